@@ -382,6 +382,20 @@ class VerifyingReader(io.RawIOBase):
         b[:n] = data
         return n
 
+    def read(self, size: int = -1) -> bytes:
+        """Like a buffered read: returns `size` bytes unless EOF comes first."""
+        if size is None or size < 0:
+            return self.readall()
+        parts = []
+        while size > 0:
+            buf = bytearray(min(size, 1 << 20))
+            n = self.readinto(buf)
+            if not n:
+                break
+            parts.append(bytes(buf[:n]))
+            size -= n
+        return b"".join(parts)
+
     def _check_end(self) -> None:
         if self._verified:
             return
@@ -481,6 +495,28 @@ class ImageSource(ABC):
 
         May be called several times for the same blob (each call is a new stream).
         """
+
+    def read_blob_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
+        """`length` bytes of the blob from `offset` (not digest-verified: it is a part).
+
+        Used to read a zstd:chunked TOC without the whole layer. This default
+        streams from the start; layouts seek, registries send a Range request.
+        """
+        if offset < 0 or length < 0 or offset + length > desc.size:
+            raise BadInputError(
+                f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes"
+            )
+        with self.open_blob(desc) as r:
+            remaining = offset
+            while remaining:
+                got = r.read(min(remaining, 1 << 20))
+                if not got:
+                    break
+                remaining -= len(got)
+            data = r.read(length)
+        if len(data) != length:
+            raise BadInputError(f"{self.description}: blob {short(desc.digest)} is truncated")
+        return data
 
     def read_blob(self, desc: Descriptor, limit: int = MAX_CONFIG_SIZE) -> bytes:
         """The whole (small) blob, verified; for configs and other JSON."""

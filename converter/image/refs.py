@@ -1,0 +1,185 @@
+"""Image references as skopeo writes them, and opening them as sources/sinks.
+
+    oci:PATH[:TAG]                   OCI layout directory (a bare PATH means the same)
+    oci-archive:PATH[:TAG]           tar of an OCI layout
+    docker-archive:PATH[:NAME:TAG]   `docker save` / `podman save` archive
+    docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   registry
+
+As in containers/image, PATH ends at the first ':' after the transport
+(paths containing ':' cannot be written as references).
+
+Registries are implemented in converter/image/registry.py, which must provide
+
+    open_source(ref: ImageRef, options: TransportOptions) -> ImageSource
+    open_sink(ref: ImageRef, options: TransportOptions) -> ImageSink
+
+This module only parses the docker:// reference into its parts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from converter.errors import UsageError
+from converter.image.model import ImageSink, ImageSource, TransportOptions
+
+TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker")
+
+# OCI ref names / Docker tags. The layout spec allows more than Docker tags
+# (e.g. "localhost/app:1" as podman writes in archives), so layouts use the looser rule.
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_REFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-/:@+]+$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
+_HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
+
+DOCKER_HUB = "docker.io"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    transport: str  # one of TRANSPORTS
+    raw: str  # as the user wrote it, for messages
+    path: str | None = None  # oci, oci-archive, docker-archive
+    tag: str | None = None  # oci/oci-archive ref name; docker tag; docker-archive "NAME:TAG"
+    host: str | None = None  # docker://
+    repository: str | None = None  # docker://, e.g. "library/alpine"
+    digest: str | None = None  # docker://...@sha256:...
+
+    def __str__(self) -> str:
+        return self.raw
+
+    @property
+    def reference_tag(self) -> str | None:
+        """Tag or "@digest" the reference names, None when it names none."""
+        if self.digest:
+            return "@" + self.digest
+        return self.tag
+
+
+def _split_path(rest: str, transport: str, raw: str) -> tuple[str, str | None]:
+    path, sep, tag = rest.partition(":")
+    if not path:
+        raise UsageError(f"{raw!r}: missing path after '{transport}:'")
+    if not sep:
+        return path, None
+    if not tag:
+        raise UsageError(f"{raw!r}: empty tag after ':'")
+    return path, tag
+
+
+def _parse_docker(rest: str, raw: str) -> ImageRef:
+    if not rest.startswith("//"):
+        raise UsageError(f"{raw!r}: registry references are written docker://HOST[:PORT]/REPO[:TAG|@DIGEST]")
+    name = rest[2:]
+    if not name:
+        raise UsageError(f"{raw!r}: missing registry and repository after docker://")
+    digest = None
+    if "@" in name:
+        name, _, digest = name.partition("@")
+        if not _DIGEST_RE.match(digest):
+            raise UsageError(f"{raw!r}: malformed digest {digest!r} (expected sha256:<64 hex>)")
+    tag = None
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, _, tag = name.rpartition(":")
+        if not _TAG_RE.match(tag):
+            raise UsageError(f"{raw!r}: invalid tag {tag!r}")
+    parts = name.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0].startswith("[")):
+        host, repo_parts = parts[0], parts[1:]
+        if not _HOST_RE.match(host):
+            raise UsageError(f"{raw!r}: invalid registry host {host!r}")
+    else:
+        host, repo_parts = DOCKER_HUB, parts
+        if len(repo_parts) == 1:
+            repo_parts = ["library"] + repo_parts
+    for comp in repo_parts:
+        if not _REPO_COMPONENT_RE.match(comp):
+            raise UsageError(
+                f"{raw!r}: invalid repository component {comp!r} (lowercase letters, digits, '.', '_', '-')"
+            )
+    if tag is None and digest is None:
+        tag = "latest"
+    return ImageRef("docker", raw, host=host, repository="/".join(repo_parts), tag=tag, digest=digest)
+
+
+def parse_ref(raw: str) -> ImageRef:
+    """Parse a reference; UsageError with the reason when it is malformed."""
+    if not raw:
+        raise UsageError("empty image reference")
+    transport, sep, rest = raw.partition(":")
+    if sep and transport == "docker":
+        return _parse_docker(rest, raw)
+    if sep and transport in ("oci", "oci-archive"):
+        path, tag = _split_path(rest, transport, raw)
+        if tag is not None and not _REFNAME_RE.match(tag):
+            raise UsageError(f"{raw!r}: invalid tag {tag!r}")
+        return ImageRef(transport, raw, path=path, tag=tag)
+    if sep and transport == "docker-archive":
+        path, name = _split_path(rest, transport, raw)
+        if name is not None:
+            if name.startswith("@"):
+                if not name[1:].isdigit():
+                    raise UsageError(f"{raw!r}: expected @INDEX (a number) after the path")
+            elif not _REFNAME_RE.match(name):
+                raise UsageError(f"{raw!r}: invalid image name {name!r}")
+        return ImageRef(transport, raw, path=path, tag=name)
+    if sep and re.match(r"^[a-z][a-z0-9+-]*$", transport) and transport not in TRANSPORTS and "/" not in transport:
+        # Looks like a transport we do not know (dir:, containers-storage:, docker-daemon:...).
+        import os
+
+        if not os.path.exists(transport):
+            raise UsageError(
+                f"{raw!r}: unknown transport {transport!r} (use oci:, oci-archive:, docker-archive: or docker://)"
+            )
+    # A bare path is an OCI layout, like oci:PATH[:TAG].
+    path, tag = _split_path(raw, "oci", raw)
+    return ImageRef("oci", raw, path=path, tag=tag)
+
+
+def open_source(ref: ImageRef | str, options: TransportOptions | None = None) -> ImageSource:
+    if isinstance(ref, str):
+        ref = parse_ref(ref)
+    options = options or TransportOptions()
+    if ref.transport == "oci":
+        from converter.image.layout import LayoutSource
+
+        return LayoutSource(ref.path, ref.tag, description=ref.raw)
+    if ref.transport == "oci-archive":
+        from converter.image.layout import OciArchiveSource
+
+        return OciArchiveSource(ref.path, ref.tag, description=ref.raw)
+    if ref.transport == "docker-archive":
+        from converter.image.dockerarchive import DockerArchiveSource
+
+        return DockerArchiveSource(ref.path, ref.tag, description=ref.raw)
+    if ref.transport == "docker":
+        from converter.image import registry
+
+        return registry.open_source(ref, options)
+    raise UsageError(f"{ref.raw!r}: unsupported transport {ref.transport!r}")
+
+
+def open_sink(ref: ImageRef | str, options: TransportOptions | None = None) -> ImageSink:
+    if isinstance(ref, str):
+        ref = parse_ref(ref)
+    options = options or TransportOptions()
+    if ref.transport == "oci":
+        from converter.image.layout import LayoutSink
+
+        return LayoutSink(ref.path, ref.tag, description=ref.raw)
+    if ref.transport == "oci-archive":
+        from converter.image.layout import OciArchiveSink
+
+        return OciArchiveSink(ref.path, ref.tag, description=ref.raw)
+    if ref.transport == "docker-archive":
+        from converter.image.dockerarchive import DockerArchiveSink
+
+        return DockerArchiveSink(ref.path, ref.tag, description=ref.raw)
+    if ref.transport == "docker":
+        from converter.image import registry
+
+        return registry.open_sink(ref, options)
+    raise UsageError(f"{ref.raw!r}: unsupported transport {ref.transport!r}")
