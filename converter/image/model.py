@@ -361,7 +361,7 @@ class VerifyingReader(io.RawIOBase):
         self._raw = raw
         self._digest = digest
         self._size = size
-        self._what = what
+        self.what = what
         self._hash = new_hasher(digest)
         self._count = 0
         self._verified = False
@@ -377,7 +377,7 @@ class VerifyingReader(io.RawIOBase):
         n = len(data)
         self._count += n
         if self._count > self._size:
-            raise BadInputError(f"{self._what}: blob is larger than the {self._size} bytes its descriptor declares")
+            raise BadInputError(f"{self.what}: blob is larger than the {self._size} bytes its descriptor declares")
         self._hash.update(data)
         b[:n] = data
         return n
@@ -401,11 +401,11 @@ class VerifyingReader(io.RawIOBase):
             return
         if self._count < self._size:
             raise BadInputError(
-                f"{self._what}: blob is truncated ({self._count} of {self._size} bytes)"
+                f"{self.what}: blob is truncated ({self._count} of {self._size} bytes)"
             )
         got = f"{self._digest.split(':')[0]}:{self._hash.hexdigest()}"
         if got != self._digest:
-            raise BadInputError(f"{self._what}: blob digest mismatch (descriptor says {self._digest}, content is {got})")
+            raise BadInputError(f"{self.what}: blob digest mismatch (descriptor says {self._digest}, content is {got})")
         self._verified = True
 
     def finish(self) -> None:

@@ -1,0 +1,445 @@
+"""Image -> image: every layer to zstd:chunked, manifests to OCI.
+
+Walks what the source reference designates (every tag when none is given,
+every platform of an index), converts each distinct input layer once with the
+layer writer, keeps config blobs byte for byte (the DiffIDs do not change),
+and writes OCI manifests and indexes to the sink children first, tags last.
+
+It only knows the ImageSource/ImageSink interfaces, not where images live,
+and only the writer's result, not the layer format.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tarfile
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any, BinaryIO, Callable
+
+from converter.chunked.format import CHUNKED_ANNOTATIONS, LEGACY_PREFIX, MANIFEST_CHECKSUM_KEY
+from converter.errors import BadInputError, UsageError, ZconvError
+from converter.image.model import (
+    DOCKER_CONFIG,
+    FOREIGN_LAYER_TYPES,
+    INDEX_TYPES,
+    INDEX_ZSTD_ANNOTATION,
+    LAYER_TYPES,
+    MANIFEST_TYPES,
+    MAX_CONFIG_SIZE,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageSink,
+    ImageSource,
+    Index,
+    Manifest,
+    Platform,
+    VerifyingReader,
+    descriptor_for,
+    parse_manifest_or_index,
+    short,
+)
+from converter.progress import Progress
+
+# Index entries with this annotation are attestations/signatures (buildx), not images.
+DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    level: int | None = None
+    threads: int = 0
+    strict: bool = False
+    force: bool = False  # re-encode layers that are already zstd:chunked
+    dual: bool = False  # index with the original and the zstd:chunked instances
+
+
+@dataclass
+class LayerReport:
+    image: str
+    index: int
+    old_digest: str
+    old_size: int
+    old_media_type: str
+    new_digest: str
+    new_size: int
+    new_media_type: str
+    diff_id: str | None
+    chunked: bool
+    reason: str | None
+    seconds: float
+    action: str  # "converted", "kept" (already zstd:chunked), "reused" (same input converted before), "foreign"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "layer": self.index,
+            "old_digest": self.old_digest,
+            "old_size": self.old_size,
+            "old_media_type": self.old_media_type,
+            "new_digest": self.new_digest,
+            "new_size": self.new_size,
+            "new_media_type": self.new_media_type,
+            "diff_id": self.diff_id,
+            "chunked": self.chunked,
+            "reason": self.reason,
+            "seconds": round(self.seconds, 3),
+            "action": self.action,
+        }
+
+
+@dataclass
+class ImageReport:
+    tag: str | None
+    source_digest: str
+    digest: str
+    media_type: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "source_digest": self.source_digest,
+            "digest": self.digest,
+            "media_type": self.media_type,
+            "size": self.size,
+        }
+
+
+@dataclass
+class ConvertReport:
+    images: list[ImageReport] = field(default_factory=list)
+    layers: list[LayerReport] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": [i.to_json() for i in self.images], "layers": [r.to_json() for r in self.layers]}
+
+
+def _is_chunked(desc: Descriptor) -> bool:
+    return LAYER_TYPES.get(desc.media_type) == "zstd" and MANIFEST_CHECKSUM_KEY in desc.annotations
+
+
+def _config_diff_ids(data: bytes) -> list[str] | None:
+    try:
+        ids = json.loads(data)["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return ids if isinstance(ids, list) else None
+
+
+def _config_platform(data: bytes) -> Platform | None:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not doc.get("os") or not doc.get("architecture"):
+        return None
+    return Platform(os=str(doc["os"]), architecture=str(doc["architecture"]), variant=doc.get("variant") or None)
+
+
+class _CountingReader:
+    """Passes reads through and tells the progress display how far the layer is."""
+
+    def __init__(self, inner: VerifyingReader, progress: Progress) -> None:
+        self.inner = inner
+        self._progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.inner.read(n)
+        self._progress.advance(len(data))
+        return data
+
+    def readinto(self, b: Any) -> int:
+        n = self.inner.readinto(b)
+        self._progress.advance(n or 0)
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __enter__(self) -> "_CountingReader":
+        return self
+
+    def __exit__(self, *a: Any) -> None:
+        self.close()
+
+
+class Converter:
+    def __init__(self, src: ImageSource, dst: ImageSink, options: ConvertOptions, progress: Progress | None = None) -> None:
+        self.src = src
+        self.dst = dst
+        self.opts = options
+        self.progress = progress or Progress(enabled=False)
+        self.report = ConvertReport()
+        self._layers: dict[str, tuple[Descriptor, LayerReport]] = {}  # input digest -> output
+        self._manifests: dict[str, Descriptor] = {}  # input manifest digest -> output manifest
+        self._copied: set[str] = set()
+
+    # ------------------------------------------------------------------ top level
+
+    def run(self) -> ConvertReport:
+        targets = self.src.targets()
+        if self.dst.reference_tag is not None and len(targets) > 1:
+            tags = ", ".join(t or "(untagged)" for t, _ in targets)
+            raise UsageError(
+                f"{self.src.description} holds {len(targets)} images ({tags}); "
+                f"the destination {self.dst.description} names one tag: name a tag in the source too, or none in the destination"
+            )
+        results: list[tuple[str | None, Descriptor]] = []
+        for tag, desc in targets:
+            label = f"{self.src.description}" if tag is None or tag == self.src.reference_tag else f"{self.src.description} (tag {tag})"
+            new = self._convert_top(desc, label)
+            out_tag = self.dst.reference_tag if self.dst.reference_tag is not None else tag
+            if out_tag is not None and out_tag.startswith("@"):
+                out_tag = None  # a by-digest source has no tag to carry over
+            results.append((out_tag, new))
+            self.report.images.append(ImageReport(out_tag, desc.digest, new.digest, new.media_type, new.size))
+        for out_tag, new in results:
+            self.dst.tag(out_tag, new)
+        self.dst.commit()
+        return self.report
+
+    def _convert_top(self, desc: Descriptor, label: str) -> Descriptor:
+        if desc.media_type in INDEX_TYPES:
+            return self._convert_index(desc, label)
+        if desc.media_type in MANIFEST_TYPES:
+            new, config = self._convert_manifest(desc, label)
+            if not self.opts.dual or new.digest == desc.digest:
+                return replace(new, annotations={}, platform=None)
+            # One image, both encodings: wrap them in an index as podman's add_compression does.
+            self._copy_tree(desc, label)
+            plat = _config_platform(config)
+            orig = Descriptor(desc.media_type, desc.digest, desc.size, platform=plat)
+            zstd = Descriptor(new.media_type, new.digest, new.size, annotations={INDEX_ZSTD_ANNOTATION: "true"}, platform=plat)
+            return self._put_index(Index(OCI_INDEX, (orig, zstd)))
+        raise BadInputError(f"{label}: unknown media type {desc.media_type!r} for the top-level manifest")
+
+    # ------------------------------------------------------------------ indexes
+
+    def _put_index(self, index: Index) -> Descriptor:
+        data = index.to_bytes()
+        d = descriptor_for(OCI_INDEX, data)
+        self.dst.put_manifest(d, data)
+        return d
+
+    def _convert_index(self, desc: Descriptor, label: str) -> Descriptor:
+        where = f"{label} index {short(desc.digest)}"
+        index = parse_manifest_or_index(self.src.get_manifest(desc), desc.media_type, where)
+        if not isinstance(index, Index):
+            raise BadInputError(f"{where}: descriptor says index but the document is a manifest")
+        originals: list[Descriptor] = []
+        converted: list[Descriptor] = []
+        for i, child in enumerate(index.manifests):
+            plat = f" {child.platform}" if child.platform else ""
+            child_label = f"{label}{plat} (manifest {i + 1}/{len(index.manifests)})"
+            if DOCKER_REFERENCE_TYPE in child.annotations:
+                # Attestations point at image manifests by digest: keep them as they are.
+                self._copy_tree(child, child_label)
+                converted.append(child)
+                continue
+            if child.media_type in INDEX_TYPES:
+                new = self._convert_index(child, child_label)
+            elif child.media_type in MANIFEST_TYPES:
+                new, _ = self._convert_manifest(child, child_label)
+            else:
+                raise BadInputError(f"{child_label}: unknown media type {child.media_type!r} in index {short(desc.digest)}")
+            if self.opts.dual and new.digest != child.digest:
+                self._copy_tree(child, child_label)
+                originals.append(child)
+            entry = Descriptor(
+                new.media_type,
+                new.digest,
+                new.size,
+                annotations={**child.annotations, INDEX_ZSTD_ANNOTATION: "true"},
+                platform=child.platform,
+                artifact_type=child.artifact_type,
+            )
+            converted.append(entry)
+        new_index = Index(OCI_INDEX, tuple(originals + converted), index.annotations, index.subject, index.artifact_type)
+        return self._put_index(new_index)
+
+    # ------------------------------------------------------------------ manifests
+
+    def _convert_manifest(self, desc: Descriptor, label: str) -> tuple[Descriptor, bytes]:
+        where = f"{label} manifest {short(desc.digest)}"
+        manifest = parse_manifest_or_index(self.src.get_manifest(desc), desc.media_type, where)
+        if not isinstance(manifest, Manifest):
+            raise BadInputError(f"{where}: descriptor says manifest but the document is an index")
+        config_data = self.src.read_blob(manifest.config, MAX_CONFIG_SIZE)
+        if desc.digest in self._manifests:
+            return self._manifests[desc.digest], config_data
+        diff_ids = _config_diff_ids(config_data)
+        if diff_ids is not None and len(diff_ids) != len(manifest.layers):
+            raise BadInputError(
+                f"{where}: {len(manifest.layers)} layers but the config lists {len(diff_ids)} diff_ids"
+            )
+        new_layers = []
+        for i, layer in enumerate(manifest.layers):
+            name = f"{label} layer {i + 1}/{len(manifest.layers)} ({short(layer.digest)})"
+            new_layers.append(self._convert_layer(layer, name, i, diff_ids[i] if diff_ids else None))
+        config_mt = OCI_CONFIG if manifest.config.media_type == DOCKER_CONFIG else manifest.config.media_type
+        config = replace(manifest.config, media_type=config_mt)
+        if not self.dst.has_blob(config):
+            self.dst.put_blob_bytes(config, config_data)
+        new_manifest = Manifest(
+            OCI_MANIFEST, config, tuple(new_layers), manifest.annotations, manifest.subject, manifest.artifact_type
+        )
+        data = new_manifest.to_bytes()
+        new = descriptor_for(OCI_MANIFEST, data)
+        self.dst.put_manifest(new, data)
+        self._manifests[desc.digest] = new
+        return new, config_data
+
+    # ------------------------------------------------------------------ layers
+
+    def _copy_blob(self, desc: Descriptor, what: str) -> None:
+        if desc.digest in self._copied or self.dst.has_blob(desc):
+            return
+        with self.src.open_blob(desc) as r:
+            r.what = what
+            self.dst.put_blob(desc, r)
+            r.finish()
+        self._copied.add(desc.digest)
+
+    def _copy_tree(self, desc: Descriptor, label: str) -> None:
+        """Copy a manifest or index and everything under it unchanged."""
+        if desc.digest in self._copied:
+            return
+        data = self.src.get_manifest(desc)
+        doc = parse_manifest_or_index(data, desc.media_type, f"{label} {short(desc.digest)}")
+        if isinstance(doc, Index):
+            for child in doc.manifests:
+                self._copy_tree(child, label)
+        else:
+            self._copy_blob(doc.config, f"{label} config {short(doc.config.digest)}")
+            for i, layer in enumerate(doc.layers):
+                if layer.media_type in FOREIGN_LAYER_TYPES and layer.urls:
+                    continue
+                self._copy_blob(layer, f"{label} layer {i + 1}/{len(doc.layers)} ({short(layer.digest)})")
+        self.dst.put_manifest(desc, data)
+        self._copied.add(desc.digest)
+
+    def _convert_layer(self, layer: Descriptor, name: str, index: int, diff_id: str | None) -> Descriptor:
+        if layer.digest in self._layers:
+            new, first = self._layers[layer.digest]
+            self.report.layers.append(replace(first, image=name, index=index, seconds=0.0, action="reused"))
+            return new
+        mt = layer.media_type
+        if mt not in LAYER_TYPES:
+            raise BadInputError(f"{name}: unknown layer media type {mt!r}")
+        started = time.monotonic()
+        if mt in FOREIGN_LAYER_TYPES:
+            # Non-distributable layers are fetched by clients from their URLs; leave them alone.
+            if not layer.urls:
+                self._copy_blob(layer, name)
+            rep = LayerReport(name, index, layer.digest, layer.size, mt, layer.digest, layer.size, mt, diff_id,
+                              False, "non-distributable layer kept as is", time.monotonic() - started, "foreign")
+            self._layers[layer.digest] = (layer, rep)
+            self.report.layers.append(rep)
+            return layer
+        if _is_chunked(layer) and not self.opts.force:
+            self._copy_blob(layer, name)
+            new = replace(layer, media_type=OCI_LAYER_ZSTD)
+            rep = LayerReport(name, index, layer.digest, layer.size, mt, layer.digest, layer.size, OCI_LAYER_ZSTD,
+                              diff_id, True, None, time.monotonic() - started, "kept")
+            self._layers[layer.digest] = (new, rep)
+            self.report.layers.append(rep)
+            self.progress.note(f"{name}: already zstd:chunked, copied")
+            return new
+
+        from converter.chunked.writer import convert_layer  # the lead's writer
+
+        readers: list[VerifyingReader] = []
+        self.progress.layer_start(name, layer.size)
+
+        def open_src() -> BinaryIO:
+            self.progress.restart()
+            r = self.src.open_blob(layer)
+            r.what = name
+            readers.append(r)
+            return _CountingReader(r, self.progress)  # type: ignore[return-value]
+
+        fd, tmp = tempfile.mkstemp(dir=self.dst.temp_dir(), prefix=".layer-")
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                try:
+                    result = convert_layer(
+                        open_src, out, level=self.opts.level, threads=self.opts.threads,
+                        strict=self.opts.strict, name=name,
+                    )
+                    if readers:
+                        readers[-1].finish()  # checks size and digest even if the writer stopped early
+                except ZconvError:
+                    raise
+                except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError, ValueError) as e:
+                    raise BadInputError(f"{name}: {type(e).__name__}: {e}") from None
+                except OSError as e:  # disk full, permissions: not the input's fault
+                    raise ZconvError(f"{name}: {e}") from None
+                except Exception as e:  # zstandard.ZstdError and other decoder errors
+                    raise BadInputError(f"{name}: {type(e).__name__}: {e}") from None
+                finally:
+                    for r in readers:
+                        r.close()
+            if diff_id is not None and result.diff_id != diff_id:
+                raise BadInputError(
+                    f"{name}: uncompressed content {result.diff_id} does not match the config's diff_id {diff_id}"
+                )
+            ann = {
+                k: v
+                for k, v in layer.annotations.items()
+                if k not in CHUNKED_ANNOTATIONS and not k.startswith(LEGACY_PREFIX)
+            }
+            ann.update(result.annotations)
+            new = Descriptor(result.media_type or OCI_LAYER_ZSTD, result.digest, result.size, annotations=ann,
+                             urls=layer.urls)
+            self.dst.put_blob_file(new, tmp)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        seconds = time.monotonic() - started
+        rep = LayerReport(name, index, layer.digest, layer.size, mt, new.digest, new.size, new.media_type,
+                          result.diff_id, result.chunked, result.reason, seconds, "converted")
+        self._layers[layer.digest] = (new, rep)
+        self.report.layers.append(rep)
+        self.progress.layer_done(rep.old_size, rep.new_size, rep.chunked, rep.reason, seconds)
+        return new
+
+
+def convert_image(
+    src: ImageSource,
+    dst: ImageSink,
+    options: ConvertOptions = ConvertOptions(),
+    progress: Progress | None = None,
+) -> ConvertReport:
+    """Convert what `src` designates into `dst`; on any error `dst` is left as it was."""
+    with dst:
+        return Converter(src, dst, options, progress).run()
+
+
+def convert_refs(
+    src_ref: str,
+    dst_ref: str,
+    options: ConvertOptions = ConvertOptions(),
+    progress: Progress | None = None,
+    src_options: Any = None,
+    dst_options: Any = None,
+    on_sink: Callable[[ImageSink], None] | None = None,
+) -> ConvertReport:
+    from converter.image.refs import open_sink, open_source, parse_ref
+
+    s, d = parse_ref(src_ref), parse_ref(dst_ref)
+    with open_source(s, src_options) as src:
+        sink = open_sink(d, dst_options)
+        if on_sink is not None:
+            on_sink(sink)
+        return convert_image(src, sink, options, progress)

@@ -1,0 +1,581 @@
+"""OCI image layouts: directories (oci:PATH[:TAG]) and their tars (oci-archive:PATH[:TAG]).
+
+Reading: index.json names the top-level manifests/indexes; a tag is the
+`org.opencontainers.image.ref.name` annotation of an index.json entry; blobs
+live in blobs/<alg>/<hex>. An archive is read in place: its members are
+located once and each blob is streamed from its offset in the tar, so
+nothing is extracted.
+
+Writing never touches the destination before commit(): blobs go into a
+staging directory next to it (same filesystem, so moving them is a rename).
+commit() moves the blobs in and writes index.json last, atomically; for a
+new directory the whole staging directory is renamed into place. An archive
+is a layout staged the same way, then tarred into a temp file renamed over
+the destination.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from typing import Any, BinaryIO, Iterable
+
+from converter.errors import BadInputError, UsageError, ZconvError
+from converter.image.model import (
+    MAX_MANIFEST_SIZE,
+    OCI_INDEX,
+    REF_NAME_ANNOTATION,
+    Descriptor,
+    ImageSink,
+    ImageSource,
+    VerifyingReader,
+    canonical_json,
+    new_hasher,
+    parse_tag_or_digest,
+    short,
+    split_digest,
+    verify_bytes,
+)
+
+LAYOUT_FILE = "oci-layout"
+LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
+INDEX_FILE = "index.json"
+
+
+def blob_relpath(digest: str) -> str:
+    algo, hexpart = split_digest(digest)
+    return f"blobs/{algo}/{hexpart}"
+
+
+def _parse_layout_index(data: bytes, where: str) -> list[Descriptor]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{where}: index.json is not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+        raise BadInputError(f"{where}: index.json has no manifests list")
+    if doc.get("schemaVersion") != 2:
+        raise BadInputError(f"{where}: index.json has unsupported schemaVersion {doc.get('schemaVersion')!r}")
+    return [Descriptor.from_dict(m, f"{where} index.json entry {i}") for i, m in enumerate(doc["manifests"])]
+
+
+class _LayoutReader(ImageSource):
+    """Common logic of layout sources; subclasses say how to open a file of the layout."""
+
+    def __init__(self, tag: str | None, description: str) -> None:
+        self.description = description
+        self.reference_tag = tag
+        self._entries: list[Descriptor] = []
+
+    # -- to implement
+    def _open(self, relpath: str) -> BinaryIO:  # raises FileNotFoundError
+        raise NotImplementedError
+
+    def _load(self) -> None:
+        try:
+            with self._open(INDEX_FILE) as f:
+                data = f.read(MAX_MANIFEST_SIZE + 1)
+        except FileNotFoundError:
+            raise BadInputError(f"{self.description}: not an OCI layout (index.json is missing)") from None
+        if len(data) > MAX_MANIFEST_SIZE:
+            raise BadInputError(f"{self.description}: index.json is larger than {MAX_MANIFEST_SIZE} bytes")
+        self._entries = _parse_layout_index(data, self.description)
+
+    def list_tags(self) -> list[str]:
+        return sorted({d.ref_name for d in self._entries if d.ref_name})
+
+    def _match(self, tag: str) -> Descriptor | None:
+        name, digest = parse_tag_or_digest(tag)
+        if digest is not None:
+            for d in self._entries:
+                if d.digest == digest:
+                    return d
+            # Any manifest in the layout may be named by digest.
+            return None
+        hits = [d for d in self._entries if d.ref_name == name]
+        if not hits:
+            # podman/buildah archives name entries "localhost/app:1" or "docker.io/library/x:tag".
+            hits = [d for d in self._entries if d.ref_name and d.ref_name.rsplit("/", 1)[-1].endswith(":" + name)]
+            if len(hits) > 1:
+                raise BadInputError(
+                    f"{self.description}: tag {name!r} matches several images "
+                    f"({', '.join(sorted(d.ref_name or '' for d in hits))}); name one exactly"
+                )
+        if len(hits) > 1:
+            raise BadInputError(f"{self.description}: index.json has several entries named {name!r}")
+        return hits[0] if hits else None
+
+    def resolve(self, tag: str) -> Descriptor:
+        d = self._match(tag)
+        if d is None:
+            tags = self.list_tags()
+            have = f"tags here: {', '.join(tags)}" if tags else "no tagged images here"
+            raise BadInputError(f"{self.description}: no image tagged {tag!r} ({have})")
+        return d
+
+    def targets(self) -> list[tuple[str | None, Descriptor]]:
+        if self.reference_tag is not None:
+            return [(self.reference_tag, self.resolve(self.reference_tag))]
+        if not self._entries:
+            raise BadInputError(f"{self.description}: index.json lists no images")
+        return [(d.ref_name, d) for d in self._entries]
+
+    def get_manifest(self, desc: Descriptor) -> bytes:
+        if desc.size > MAX_MANIFEST_SIZE:
+            raise BadInputError(
+                f"{self.description}: manifest {short(desc.digest)} is {desc.size} bytes, over the {MAX_MANIFEST_SIZE} limit"
+            )
+        try:
+            with self._open(blob_relpath(desc.digest)) as f:
+                data = f.read(desc.size + 1)
+        except FileNotFoundError:
+            raise BadInputError(f"{self.description}: manifest {desc.digest} is missing from the layout") from None
+        return verify_bytes(data, desc, f"{self.description}: manifest {short(desc.digest)}")
+
+    def open_blob(self, desc: Descriptor) -> VerifyingReader:
+        try:
+            f = self._open(blob_relpath(desc.digest))
+        except FileNotFoundError:
+            raise BadInputError(f"{self.description}: blob {desc.digest} is missing from the layout") from None
+        return VerifyingReader(f, desc.digest, desc.size, f"{self.description}: blob {short(desc.digest)}")
+
+
+class LayoutSource(_LayoutReader):
+    def __init__(self, path: str, tag: str | None = None, description: str | None = None) -> None:
+        super().__init__(tag, description or f"oci:{path}")
+        self.path = path
+        if not os.path.isdir(path):
+            raise BadInputError(f"{self.description}: no such directory")
+        self._load()
+
+    def _open(self, relpath: str) -> BinaryIO:
+        return open(os.path.join(self.path, relpath), "rb")
+
+    def read_blob_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > desc.size:
+            return super().read_blob_range(desc, offset, length)  # raises the range error
+        try:
+            with self._open(blob_relpath(desc.digest)) as f:
+                f.seek(offset)
+                data = f.read(length)
+        except FileNotFoundError:
+            raise BadInputError(f"{self.description}: blob {desc.digest} is missing from the layout") from None
+        if len(data) != length:
+            raise BadInputError(f"{self.description}: blob {short(desc.digest)} is truncated")
+        return data
+
+
+# ------------------------------------------------------------------ tar archives
+
+
+class _MemberStream:
+    """Reads [start, start+size) of a file with its own handle (several may be open at once)."""
+
+    def __init__(self, path: str, start: int, size: int) -> None:
+        self._f = open(path, "rb")
+        self._f.seek(start)
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or n > self._left:
+            n = self._left
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "_MemberStream":
+        return self
+
+    def __exit__(self, *a: Any) -> None:
+        self.close()
+
+
+class TarIndex:
+    """Member name -> (data offset, size) of an uncompressed tar, for random access.
+
+    Only regular files count; names are normalised (no leading "./").
+    Links, devices and names climbing out with ".." are refused: an archive
+    holding them is not something docker/podman/skopeo write.
+    """
+
+    def __init__(self, path: str, description: str) -> None:
+        self.path = path
+        self.description = description
+        self.members: dict[str, tuple[int, int]] = {}
+        self.symlinks: dict[str, str] = {}
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except FileNotFoundError:
+            raise BadInputError(f"{description}: no such file") from None
+        except IsADirectoryError:
+            raise BadInputError(f"{description}: is a directory, expected a tar archive") from None
+        if head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd":
+            raise BadInputError(
+                f"{description}: archive is compressed; decompress it first (gunzip / zstd -d)"
+            )
+        try:
+            with tarfile.open(path, "r:") as tf:
+                for m in tf:
+                    name = _norm_member(m.name, description)
+                    if name is None:
+                        continue
+                    if m.isreg():
+                        if m.sparse:
+                            raise BadInputError(f"{description}: member {m.name!r} is a sparse file")
+                        self.members[name] = (m.offset_data, m.size)
+                    elif m.issym() or m.islnk():
+                        self.symlinks[name] = m.linkname
+        except tarfile.TarError as e:
+            raise BadInputError(f"{description}: not a valid tar archive ({e})") from None
+        size = os.path.getsize(path)
+        for name, (off, n) in self.members.items():
+            if off + n > size:
+                raise BadInputError(f"{description}: archive is truncated (member {name!r} ends past the end)")
+
+    def open(self, name: str) -> BinaryIO:  # type: ignore[return]
+        name = _norm_member(name, self.description) or ""
+        seen = 0
+        while name in self.symlinks and seen < 8:  # docker save links duplicate layers
+            target = self.symlinks[name]
+            name = _norm_member(os.path.normpath(os.path.join(os.path.dirname(name), target)), self.description) or ""
+            seen += 1
+        if name not in self.members:
+            raise FileNotFoundError(name)
+        off, size = self.members[name]
+        return _MemberStream(self.path, off, size)
+
+    def size(self, name: str) -> int:
+        return self.members[name][1]
+
+
+def _norm_member(name: str, description: str) -> str | None:
+    n = name
+    while n.startswith("./"):
+        n = n[2:]
+    n = n.rstrip("/")
+    if not n or n == ".":
+        return None
+    if n.startswith("/") or ".." in n.split("/"):
+        raise BadInputError(f"{description}: member name {name!r} climbs out of the archive")
+    return n
+
+
+class OciArchiveSource(_LayoutReader):
+    def __init__(self, path: str, tag: str | None = None, description: str | None = None) -> None:
+        super().__init__(tag, description or f"oci-archive:{path}")
+        self.path = path
+        self._tar = TarIndex(path, self.description)
+        if INDEX_FILE not in self._tar.members:
+            raise BadInputError(f"{self.description}: not an OCI archive (index.json is missing)")
+        self._load()
+
+    def _open(self, relpath: str) -> BinaryIO:
+        return self._tar.open(relpath)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: str, data: bytes) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + "-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def layout_index_bytes(entries: Iterable[Descriptor]) -> bytes:
+    return canonical_json(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d.to_dict() for d in entries]}
+    )
+
+
+class LayoutSink(ImageSink):
+    def __init__(self, path: str, tag: str | None = None, description: str | None = None) -> None:
+        self.path = os.path.abspath(path)
+        self.description = description or f"oci:{path}"
+        self.reference_tag = tag
+        if os.path.exists(self.path):
+            if not os.path.isdir(self.path):
+                raise UsageError(f"{self.description}: exists and is not a directory")
+            names = set(os.listdir(self.path))
+            if names and INDEX_FILE not in names and LAYOUT_FILE not in names:
+                raise UsageError(f"{self.description}: directory exists, is not empty and is not an OCI layout")
+        parent = os.path.dirname(self.path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self._stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(self.path)}.zconv-")
+        except OSError as e:
+            raise ZconvError(f"{self.description}: cannot create a staging directory in {parent}: {e.strerror}") from None
+        self._tags: list[tuple[str | None, Descriptor]] = []
+        self._staged: set[str] = set()
+        self._done = False
+
+    def temp_dir(self) -> str:
+        return self._stage
+
+    def _final(self, digest: str) -> str:
+        return os.path.join(self.path, blob_relpath(digest))
+
+    def _staged_path(self, digest: str) -> str:
+        return os.path.join(self._stage, blob_relpath(digest))
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        if desc.digest in self._staged:
+            return True
+        try:
+            return os.path.getsize(self._final(desc.digest)) == desc.size
+        except OSError:
+            return False
+
+    def put_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
+        if self.has_blob(desc):
+            while stream.read(1 << 20):  # the caller may rely on the stream being consumed (verification)
+                pass
+            return
+        fd, tmp = tempfile.mkstemp(dir=self._stage, prefix=".blob-")
+        try:
+            h = new_hasher(desc.digest)
+            n = 0
+            with os.fdopen(fd, "wb") as f:
+                while True:
+                    chunk = stream.read(1 << 20)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    n += len(chunk)
+                    f.write(chunk)
+            got = f"{desc.digest.split(':')[0]}:{h.hexdigest()}"
+            if n != desc.size or got != desc.digest:
+                raise BadInputError(
+                    f"{self.description}: blob {short(desc.digest)} content does not match (size {n}, digest {got})"
+                )
+            self._place(desc, tmp)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def put_blob_file(self, desc: Descriptor, path: str) -> None:
+        # The caller computed the digest while writing the file; check the size.
+        size = os.path.getsize(path)
+        if size != desc.size:
+            raise ZconvError(f"{self.description}: blob {short(desc.digest)} file has {size} bytes, expected {desc.size}")
+        if self.has_blob(desc):
+            os.unlink(path)
+            return
+        if os.path.dirname(os.path.abspath(path)) == self._stage or os.stat(path).st_dev == os.stat(self._stage).st_dev:
+            self._place(desc, path)
+        else:
+            with open(path, "rb") as f:
+                self.put_blob(desc, f)
+            os.unlink(path)
+
+    def _place(self, desc: Descriptor, tmp: str) -> None:
+        dst = self._staged_path(desc.digest)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dst)
+        self._staged.add(desc.digest)
+
+    def put_manifest(self, desc: Descriptor, data: bytes) -> None:
+        verify_bytes(data, desc, f"{self.description}: manifest {short(desc.digest)}")
+        if self.has_blob(desc):
+            return
+        fd, tmp = tempfile.mkstemp(dir=self._stage, prefix=".blob-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        self._place(desc, tmp)
+
+    def tag(self, tag: str | None, desc: Descriptor) -> None:
+        self._tags.append((tag, desc))
+
+    def _entries(self, existing: list[Descriptor]) -> list[Descriptor]:
+        new: list[Descriptor] = []
+        for tag, desc in self._tags:
+            drop = [REF_NAME_ANNOTATION]
+            d = desc.with_annotations({REF_NAME_ANNOTATION: tag} if tag else {}, drop=drop)
+            new.append(d)
+        new_tags = {d.ref_name for d in new if d.ref_name}
+        new_untagged = {d.digest for d in new if not d.ref_name}
+        kept = [
+            d
+            for d in existing
+            if not (d.ref_name and d.ref_name in new_tags) and not (not d.ref_name and d.digest in new_untagged)
+        ]
+        return kept + new
+
+    def _write_layout(self, root: str, existing: list[Descriptor]) -> None:
+        """Move staged blobs under `root` (if it is not the stage) and write index.json last."""
+        if root != self._stage:
+            for digest in sorted(self._staged):
+                dst = os.path.join(root, blob_relpath(digest))
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.replace(self._staged_path(digest), dst)
+            for algo in {split_digest(d)[0] for d in self._staged}:
+                _fsync_dir(os.path.join(root, "blobs", algo))
+        if not os.path.exists(os.path.join(root, LAYOUT_FILE)):
+            write_file_atomic(os.path.join(root, LAYOUT_FILE), LAYOUT_CONTENT)
+        write_file_atomic(os.path.join(root, INDEX_FILE), layout_index_bytes(self._entries(existing)))
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        if not os.path.exists(self.path) or not os.listdir(self.path):
+            self._write_layout(self._stage, [])
+            for name in os.listdir(self._stage):
+                if name.startswith("."):  # temp files of failed or abandoned writes
+                    full = os.path.join(self._stage, name)
+                    if os.path.isdir(full):
+                        shutil.rmtree(full)
+                    else:
+                        os.unlink(full)
+            os.chmod(self._stage, 0o755)
+            if os.path.isdir(self.path):
+                os.rmdir(self.path)  # empty
+            os.replace(self._stage, self.path)
+            _fsync_dir(os.path.dirname(self.path))
+        else:
+            existing: list[Descriptor] = []
+            index_path = os.path.join(self.path, INDEX_FILE)
+            if os.path.exists(index_path):
+                with open(index_path, "rb") as f:
+                    existing = _parse_layout_index(f.read(), self.description)
+            self._write_layout(self.path, existing)
+            shutil.rmtree(self._stage, ignore_errors=True)
+        self._done = True
+
+    def abort(self) -> None:
+        if not self._done:
+            shutil.rmtree(self._stage, ignore_errors=True)
+            self._done = True
+
+    def close(self) -> None:
+        self.abort()
+
+
+def _tar_layout(root: str, out: BinaryIO) -> None:
+    """Tar a layout directory deterministically (sorted names, zero times and owners)."""
+
+    def add(tf: tarfile.TarFile, rel: str) -> None:
+        full = os.path.join(root, rel)
+        ti = tarfile.TarInfo(rel)
+        ti.mtime = 0
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        if os.path.isdir(full):
+            ti.type = tarfile.DIRTYPE
+            ti.mode = 0o755
+            tf.addfile(ti)
+            for name in sorted(os.listdir(full)):
+                if not name.startswith("."):
+                    add(tf, f"{rel}/{name}")
+        else:
+            ti.mode = 0o644
+            ti.size = os.path.getsize(full)
+            with open(full, "rb") as f:
+                tf.addfile(ti, f)
+
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        for name in (LAYOUT_FILE, INDEX_FILE):
+            add(tf, name)
+        add(tf, "blobs")
+
+
+class OciArchiveSink(ImageSink):
+    """Writes a whole new archive (an existing one at PATH is replaced on commit, like skopeo)."""
+
+    def __init__(self, path: str, tag: str | None = None, description: str | None = None) -> None:
+        self.path = os.path.abspath(path)
+        self.description = description or f"oci-archive:{path}"
+        self.reference_tag = tag
+        if os.path.isdir(self.path):
+            raise UsageError(f"{self.description}: is a directory (use oci:{path} for a layout directory)")
+        parent = os.path.dirname(self.path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self._work = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(self.path)}.zconv-")
+        except OSError as e:
+            raise ZconvError(f"{self.description}: cannot create a staging directory in {parent}: {e.strerror}") from None
+        self._layout = LayoutSink(os.path.join(self._work, "layout"), tag, self.description)
+        self._done = False
+
+    def temp_dir(self) -> str:
+        return self._layout.temp_dir()
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        return self._layout.has_blob(desc)
+
+    def put_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
+        self._layout.put_blob(desc, stream)
+
+    def put_blob_file(self, desc: Descriptor, path: str) -> None:
+        self._layout.put_blob_file(desc, path)
+
+    def put_manifest(self, desc: Descriptor, data: bytes) -> None:
+        self._layout.put_manifest(desc, data)
+
+    def tag(self, tag: str | None, desc: Descriptor) -> None:
+        self._layout.tag(tag, desc)
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        self._layout.commit()
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=f".{os.path.basename(self.path)}.tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                _tar_layout(os.path.join(self._work, "layout"), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        finally:
+            shutil.rmtree(self._work, ignore_errors=True)
+        self._done = True
+
+    def abort(self) -> None:
+        if not self._done:
+            self._layout.abort()
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._done = True
+
+    def close(self) -> None:
+        self.abort()
