@@ -1,0 +1,90 @@
+"""tar-split metadata: JSON lines that, with the file payloads, rebuild the tar.
+
+Line shapes (vbatts/tar-split tar/storage, JSON as Go encodes it):
+
+    {"type":2,"payload":"<base64 raw bytes>","position":N}        raw segment
+    {"type":1,"name":"<name>","size":S,"payload":"<base64 crc64>","position":N}
+
+Every tar entry gets a type-1 line after the type-2 line holding its header
+bytes. `size` is left out when 0 and `payload` is null when the entry has no
+payload; the payload checksum is Go's CRC-64 (ISO table), big-endian.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Iterator
+
+import zstandard
+
+from converter.chunked.toc import NotRepresentable, go_clean, go_json
+
+SEGMENT = 2
+FILE = 1
+
+
+class TarSplitWriter:
+    """Streams tar-split lines through a zstd compressor, keeping only the compressed bytes."""
+
+    def __init__(self, cctx: zstandard.ZstdCompressor) -> None:
+        self._chunks: list[bytes] = []
+        self._cobj = cctx.compressobj()
+        self._sha = hashlib.sha256()
+        self.uncompressed_size = 0
+        self._pos = 0
+        self._seen: set[str] = set()
+
+    def _emit(self, line: bytes) -> None:
+        line += b"\n"
+        self.uncompressed_size += len(line)
+        out = self._cobj.compress(line)
+        if out:
+            self._chunks.append(out)
+
+    def segment(self, raw: bytes) -> None:
+        if not raw:
+            return
+        self._emit(
+            go_json({"type": SEGMENT, "payload": base64.b64encode(raw).decode(), "position": self._pos})
+        )
+        self._pos += 1
+
+    def file(self, name: bytes, size: int, crc64: int | None) -> None:
+        try:
+            text = name.decode("utf-8")
+            key = text
+        except UnicodeDecodeError:
+            text = None
+            key = name.decode("utf-8", "surrogateescape")
+        clean = go_clean(key)
+        if clean in self._seen:
+            # tar-split refuses a second entry for one path, and so does the consumer.
+            raise NotRepresentable(f"path {key!r} appears twice in the layer")
+        self._seen.add(clean)
+        obj: dict = {"type": FILE}
+        if text is None:
+            obj["name_raw"] = base64.b64encode(name).decode()
+        elif text:
+            obj["name"] = text
+        if size:
+            obj["size"] = size
+        obj["payload"] = None if crc64 is None else base64.b64encode(crc64.to_bytes(8, "big")).decode()
+        obj["position"] = self._pos
+        self._emit(go_json(obj))
+        self._pos += 1
+
+    def finish(self) -> tuple[bytes, str]:
+        """The compressed tar-split and its sha256 digest."""
+        self._chunks.append(self._cobj.flush())
+        data = b"".join(self._chunks)
+        self._chunks = []
+        return data, "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def iter_tarsplit(data: bytes) -> Iterator[dict]:
+    """Parse uncompressed tar-split JSON lines (for tests and the reader)."""
+    for line in data.splitlines():
+        if line.strip():
+            yield json.loads(line)

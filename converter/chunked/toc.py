@@ -1,0 +1,211 @@
+"""TOC entries and their JSON, as the reference writer produces them.
+
+Field names and order follow containers/storage's minimal.FileMetadata; the
+JSON is encoded the way Go's encoding/json does (compact, HTML characters
+escaped), so TOCs written here and by podman/skopeo compare field by field.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+from dataclasses import dataclass
+
+from converter.chunked.tarstream import (
+    BLOCKDEV,
+    CHAR,
+    DIR,
+    FIFO,
+    LINK,
+    REG,
+    SYMLINK,
+    TarHeader,
+)
+
+TYPE_NAMES = {
+    REG: "reg",
+    LINK: "hardlink",
+    SYMLINK: "symlink",
+    CHAR: "char",
+    BLOCKDEV: "block",
+    DIR: "dir",
+    FIFO: "fifo",
+}
+TYPE_CHUNK = "chunk"
+XATTR_PREFIX = b"SCHILY.xattr."
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+class NotRepresentable(Exception):
+    """The layer cannot be expressed as zstd:chunked; the message says why."""
+
+
+def go_clean(path: str) -> str:
+    """Go's filepath.Clean on a slash path (tar-split's duplicate check uses it)."""
+    if not path:
+        return "."
+    rooted = path.startswith("/")
+    out: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if out and out[-1] != "..":
+                out.pop()
+            elif not rooted:
+                out.append("..")
+            continue
+        out.append(part)
+    s = "/".join(out)
+    if rooted:
+        return "/" + s
+    return s or "."
+
+
+def climbs_out(path: bytes) -> bool:
+    """True when `path`, taken relative to the layer root, leaves it via `..`."""
+    depth = 0
+    for part in path.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        else:
+            depth += 1
+    return False
+
+
+def rfc3339(ns: int) -> str:
+    """Go's time.Time JSON form (RFC 3339 with trimmed nanoseconds), in UTC."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    try:
+        t = _EPOCH + _dt.timedelta(seconds=secs)
+    except OverflowError:
+        raise NotRepresentable(f"timestamp {secs} is outside years 1-9999") from None
+    s = t.strftime("%Y-%m-%dT%H:%M:%S")
+    if len(s) != 19:  # years below 1000 are not zero-padded by every strftime
+        s = f"{t.year:04d}" + s[s.index("-") :]
+    if frac:
+        s += "." + f"{frac:09d}".rstrip("0")
+    return s + "Z"
+
+
+def _text(b: bytes, what: str, name: bytes) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        # Go's JSON encoder would replace the bytes with U+FFFD and the
+        # consumer would then find TOC and tar-split disagreeing.
+        raise NotRepresentable(f"{what} {name!r} is not valid UTF-8") from None
+
+
+def entry_for(h: TarHeader) -> dict:
+    """The TOC entry of a tar header, before digests and offsets are known."""
+    typ = TYPE_NAMES.get(h.typeflag)
+    name = _text(h.name, "file name", h.name)
+    if typ is None:
+        kind = {b"g": "PAX global header", b"S": "GNU sparse file", b"7": "contiguous file"}.get(
+            h.typeflag, f"entry type {h.typeflag!r}"
+        )
+        raise NotRepresentable(f"{kind} at {name!r}")
+    if h.pax and any(k.startswith(b"GNU.sparse.") for k in h.pax):
+        raise NotRepresentable(f"sparse file {name!r}")
+    e: dict = {"type": typ, "name": name}
+    if h.linkname:
+        e["linkName"] = _text(h.linkname, "link target", h.name)
+    if h.mode:
+        e["mode"] = h.mode
+    if h.size:
+        e["size"] = h.size
+    if h.uid:
+        e["uid"] = h.uid
+    if h.gid:
+        e["gid"] = h.gid
+    e["modtime"] = rfc3339(h.mtime)
+    if h.atime is not None:
+        e["accesstime"] = rfc3339(h.atime)
+    if h.ctime is not None:
+        e["changetime"] = rfc3339(h.ctime)
+    if h.devmajor:
+        e["devMajor"] = h.devmajor
+    if h.devminor:
+        e["devMinor"] = h.devminor
+    if h.pax:
+        xattrs = {}
+        for k, v in h.pax.items():
+            if k.startswith(XATTR_PREFIX):
+                xattrs[_text(k[len(XATTR_PREFIX) :], "xattr name", h.name)] = base64.b64encode(v).decode()
+        if xattrs:
+            e["xattrs"] = dict(sorted(xattrs.items()))
+    return e
+
+
+# Fields of a TOC entry in the order Go marshals them.
+FIELD_ORDER = (
+    "type",
+    "name",
+    "linkName",
+    "mode",
+    "size",
+    "uid",
+    "gid",
+    "modtime",
+    "accesstime",
+    "changetime",
+    "devMajor",
+    "devMinor",
+    "xattrs",
+    "digest",
+    "offset",
+    "endOffset",
+    "chunkSize",
+    "chunkOffset",
+    "chunkDigest",
+    "chunkType",
+)
+
+
+def go_json(obj) -> bytes:
+    """Compact JSON with Go's escaping of <, >, &, U+2028 and U+2029."""
+    s = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    s = (
+        s.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+    return s.encode("utf-8")
+
+
+def toc_json(entries: list[dict], tarsplit_digest: str) -> bytes:
+    ordered = [{k: e[k] for k in FIELD_ORDER if k in e} for e in entries]
+    return go_json({"version": 1, "entries": ordered or None, "tarSplitDigest": tarsplit_digest})
+
+
+@dataclass(frozen=True)
+class TocStats:
+    entries: int
+    regular_files: int
+    chunks: int
+    zero_chunks: int
+    largest_file: int
+
+
+def toc_stats(toc: dict) -> TocStats:
+    entries = toc.get("entries") or []
+    regs = [e for e in entries if e.get("type") == "reg"]
+    extra = [e for e in entries if e.get("type") == TYPE_CHUNK]
+    chunks = sum(1 for e in regs if e.get("size")) + len(extra)
+    zeros = sum(1 for e in entries if e.get("chunkType") == "zeros")
+    return TocStats(
+        entries=len(entries),
+        regular_files=len(regs),
+        chunks=chunks,
+        zero_chunks=zeros,
+        largest_file=max((e.get("size", 0) for e in regs), default=0),
+    )

@@ -1,0 +1,457 @@
+"""Layer writer: a tar stream in, a zstd:chunked blob out.
+
+Output layout (every box is an independent zstd frame unless marked):
+
+    [headers of entries 1..k, padding of the previous payload]  <- header frame
+    [payload chunk][payload chunk]...                            <- one frame per chunk
+    [headers ...][payload chunk]...
+    [last padding, end-of-archive blocks, trailing bytes]
+    [skippable: zstd(TOC)][skippable: zstd(tar-split)][skippable: footer]
+
+Padding travels with the *next* header because the reference writer reads
+it as part of the next tar header (Go's tar reader consumes padding when it
+advances), so frame contents line up with what the consumer expects; only
+payload frames are addressed by the TOC.
+
+Frames are compressed in batches by zstd's own thread pool
+(`multi_compress_to_buffer`) in a background thread while the main thread
+parses, hashes and chunks the next batch. Each frame is compressed on its
+own with the same parameters, so the output bytes do not depend on the
+thread count.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
+
+import zstandard
+from fastcrc import crc64
+
+from converter.chunked import toc as tocmod
+from converter.chunked.chunker import ZEROS, Chunker
+from converter.chunked.compression import detect_compression, open_tar_stream
+from converter.chunked.format import (
+    LAYER_MEDIA_TYPE_ZSTD,
+    MAX_TOC_SIZE,
+    SKIPPABLE_HEADER_SIZE,
+    Footer,
+    skippable_frame,
+)
+from converter.chunked.tarsplit import TarSplitWriter
+from converter.chunked.tarstream import LINK, CountingReader, TarStream
+from converter.errors import BadInputError, IncompatibleLayerError
+
+__all__ = ["convert_layer", "LayerResult", "detect_compression", "DEFAULT_LEVEL"]
+
+log = logging.getLogger("zconv")
+
+# Chosen by measurement against the reference writer (klauspost zstd at its
+# default level 10): see bench/ and the README.
+DEFAULT_LEVEL = 3
+READ_BLOCK = 4 << 20  # payload bytes handed to the chunker at a time
+BATCH_BYTES = 8 << 20  # frames compressed together
+BATCH_FRAMES = 2048
+MAX_BATCHES_IN_FLIGHT = 2
+STREAM_FRAME = 16 << 20  # chunks larger than this are compressed as a stream
+HEADER_FRAME_MAX = 8 << 20  # split very long runs of header-only entries
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    digest: str
+    size: int
+    diff_id: str
+    annotations: dict[str, str]
+    chunked: bool
+    reason: str | None
+    media_type: str = LAYER_MEDIA_TYPE_ZSTD
+    input_compression: str = "none"
+    tar_size: int = 0
+    seconds: float = 0.0
+    toc_entries: int = 0
+
+
+class _HashingWriter:
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.sha256 = hashlib.sha256()
+        self.offset = 0
+
+    def write(self, data) -> None:
+        self._out.write(data)
+        self.sha256.update(data)
+        self.offset += len(data)
+
+
+class FrameSink:
+    """Compresses frames in order and records where each one lands."""
+
+    def __init__(self, out: _HashingWriter, level: int, threads: int) -> None:
+        self._out = out
+        self._params = zstandard.ZstdCompressionParameters.from_level(level, write_content_size=True)
+        self._cctx = zstandard.ZstdCompressor(compression_params=self._params)
+        self._threads = threads
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._pool = cf.ThreadPoolExecutor(1) if threads > 1 else None
+        self._inflight: deque = deque()
+        self.ends: list[int] = []  # end offset of every frame, by index
+        self._count = 0
+        self._stream = None
+
+    # -- frame bookkeeping
+    def start_of(self, idx: int) -> int:
+        return self.ends[idx - 1] if idx else 0
+
+    def add(self, data: bytes) -> int:
+        """Queue one frame; returns its index."""
+        idx = self._count
+        self._count += 1
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FRAMES:
+            self._submit()
+        return idx
+
+    def _compress(self, frames: list[bytes]):
+        # One context per call: multi_compress_to_buffer runs its own threads.
+        cctx = zstandard.ZstdCompressor(compression_params=self._params)
+        return cctx.multi_compress_to_buffer(frames, threads=self._threads)
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        frames, self._batch, self._batch_bytes = self._batch, [], 0
+        if self._pool is None:
+            self._write(self._compress(frames))
+            return
+        self._inflight.append(self._pool.submit(self._compress, frames))
+        while len(self._inflight) > MAX_BATCHES_IN_FLIGHT:
+            self._write(self._inflight.popleft().result())
+
+    def _write(self, result) -> None:
+        for seg in result:
+            self._out.write(seg.tobytes())
+            self.ends.append(self._out.offset)
+
+    def drain(self) -> None:
+        self._submit()
+        while self._inflight:
+            self._write(self._inflight.popleft().result())
+
+    # -- large frames, compressed as a stream in order
+    def stream_begin(self) -> int:
+        self.drain()
+        idx = self._count
+        self._count += 1
+        self._stream = self._cctx.compressobj()
+        return idx
+
+    def stream_write(self, data) -> None:
+        out = self._stream.compress(data)
+        if out:
+            self._out.write(out)
+
+    def stream_end(self) -> None:
+        self._out.write(self._stream.flush())
+        self._stream = None
+        self.ends.append(self._out.offset)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_ZERO_DIGESTS: dict[int, str] = {}
+
+
+def _zeros_digest(n: int) -> str:
+    d = _ZERO_DIGESTS.get(n)
+    if d is None:
+        h = hashlib.sha256()
+        block = bytes(min(n, 1 << 20))
+        for off in range(0, n, len(block)):
+            h.update(block[: min(len(block), n - off)])
+        d = "sha256:" + h.hexdigest()
+        if len(_ZERO_DIGESTS) < 256:
+            _ZERO_DIGESTS[n] = d
+    return d
+
+
+@dataclass
+class _Chunk:
+    """A chunk being assembled: pieces of memory, or a stream frame once large."""
+
+    start: int
+    pieces: list = field(default_factory=list)
+    size: int = 0
+    frame: int = -1  # set when streaming
+    sha: object = None
+
+
+class _PayloadWriter:
+    """Cuts one file's payload into chunks and queues a frame per chunk."""
+
+    def __init__(self, sink: FrameSink, size: int) -> None:
+        self.sink = sink
+        self.size = size
+        self.chunks: list[tuple[int, int, str, int, str | None]] = []  # (off, size, type, frame, digest)
+        self.cur = _Chunk(0)
+        self.emitted = 0
+
+    def take(self, block: memoryview, block_start: int, upto: int) -> None:
+        """Append file bytes [emitted, upto) to the current chunk."""
+        a = self.emitted
+        if upto <= a:
+            return
+        while a < min(upto, block_start):  # held zeros from earlier blocks
+            z = min(upto, block_start, a + READ_BLOCK) - a
+            self._append(bytes(z))
+            a += z
+        if upto > a:
+            self._append(block[a - block_start : upto - block_start])
+        self.emitted = upto
+
+    def _append(self, data) -> None:
+        c = self.cur
+        if c.frame >= 0:
+            c.sha.update(data)
+            self.sink.stream_write(data)
+        else:
+            c.pieces.append(data)
+        c.size += len(data)
+        if c.frame < 0 and c.size > STREAM_FRAME:
+            c.frame = self.sink.stream_begin()
+            c.sha = hashlib.sha256()
+            for p in c.pieces:
+                c.sha.update(p)
+                self.sink.stream_write(p)
+            c.pieces = []
+
+    def cut(self, typ: str) -> None:
+        c = self.cur
+        if c.size == 0:
+            return
+        single = c.start == 0 and self.emitted == self.size
+        if c.frame >= 0:
+            self.sink.stream_end()
+            frame = c.frame
+            digest = "sha256:" + c.sha.hexdigest()
+        else:
+            data = c.pieces[0] if len(c.pieces) == 1 else b"".join(c.pieces)
+            data = bytes(data)
+            if single:
+                digest = None  # one chunk: the file digest says it all
+            elif typ == ZEROS:
+                digest = _zeros_digest(len(data))
+            else:
+                digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            frame = self.sink.add(data)
+        self.chunks.append((c.start, c.size, typ, frame, digest))
+        self.cur = _Chunk(self.emitted)
+
+
+def _write_payload(tar: TarStream, sink: FrameSink, size: int):
+    """Read `size` payload bytes; returns (chunks, sha256 hex, crc64)."""
+    sha = hashlib.sha256()
+    crc = None
+    chunker = Chunker()
+    pw = _PayloadWriter(sink, size)
+    left = size
+    block = memoryview(b"")
+    while left:
+        data = tar.read_payload(min(left, READ_BLOCK))
+        left -= len(data)
+        sha.update(data)
+        crc = crc64.go_iso(data, crc) if crc is not None else crc64.go_iso(data)
+        block = memoryview(data)
+        block_start = chunker.pos
+        cuts, safe = chunker.feed(block)
+        for end, typ in cuts:
+            pw.take(block, block_start, end)
+            pw.cut(typ)
+        pw.take(block, block_start, safe)
+    block_start = chunker.pos  # everything still held is zeros
+    for end, typ in chunker.finish():
+        pw.take(block[len(block) :], block_start, end)
+        pw.cut(typ)
+    return pw.chunks, sha.hexdigest(), crc
+
+
+def _check_hostile(h, what: str) -> None:
+    if tocmod.climbs_out(h.name):
+        raise BadInputError(
+            f"{what}: tar entry {h.name.decode('utf-8', 'replace')!r} at offset {h.offset} "
+            "climbs out of the layer root with '..'"
+        )
+    if h.typeflag == LINK and tocmod.climbs_out(h.linkname):
+        raise BadInputError(
+            f"{what}: hardlink {h.name.decode('utf-8', 'replace')!r} at offset {h.offset} "
+            f"points outside the layer root ({h.linkname.decode('utf-8', 'replace')!r})"
+        )
+
+
+def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str) -> tuple[dict, int]:
+    """The whole chunked encoding; raises NotRepresentable to ask for plain zstd."""
+    sink = FrameSink(out, level, threads)
+    cctx = zstandard.ZstdCompressor(level=level)
+    tsw = TarSplitWriter(cctx)
+    entries: list[dict] = []
+    fixups: list[tuple[dict, str, int, bool]] = []  # (entry, key, frame, end?)
+    header = bytearray()
+    try:
+        while True:
+            h = tar.next()
+            raw = tar.raw if h is not None else tar.trailer
+            header += raw
+            tsw.segment(raw)
+            if h is None:
+                break
+            _check_hostile(h, what)
+            e = tocmod.entry_for(h)
+            n = h.data_size
+            if n == 0:
+                tsw.file(h.name, h.size, 0 if h.size > 0 else None)
+                entries.append(e)
+                if len(header) > HEADER_FRAME_MAX:
+                    sink.add(bytes(header))
+                    header.clear()
+                continue
+            sink.add(bytes(header))
+            header.clear()
+            chunks, digest, crc = _write_payload(tar, sink, n)
+            tsw.file(h.name, h.size, crc)
+            e["digest"] = "sha256:" + digest
+            fixups.append((e, "offset", chunks[0][3], False))
+            fixups.append((e, "endOffset", chunks[-1][3], True))
+            entries.append(e)
+            if len(chunks) > 1:
+                name = e["name"]
+                for i, (off, size, typ, frame, cdigest) in enumerate(chunks):
+                    ce = e if i == 0 else {"type": tocmod.TYPE_CHUNK, "name": name}
+                    if off:
+                        ce["chunkOffset"] = off
+                    ce["chunkSize"] = size
+                    ce["chunkDigest"] = cdigest
+                    if typ == ZEROS:
+                        ce["chunkType"] = ZEROS
+                    if i:
+                        fixups.append((ce, "offset", frame, False))
+                        entries.append(ce)
+        for piece in tar.read_trailing():
+            header += piece
+            tsw.segment(piece)
+            if len(header) > HEADER_FRAME_MAX:
+                sink.add(bytes(header))
+                header.clear()
+        if header:
+            sink.add(bytes(header))
+        sink.drain()
+    finally:
+        sink.close()
+    for e, key, frame, end in fixups:
+        e[key] = sink.ends[frame] if end else sink.start_of(frame)
+    tarsplit, tarsplit_digest = tsw.finish()
+    toc_raw = tocmod.toc_json(entries, tarsplit_digest)
+    if len(toc_raw) > MAX_TOC_SIZE:
+        raise tocmod.NotRepresentable(f"TOC of {len(toc_raw)} bytes exceeds the consumer's 150 MiB limit")
+    toc_z = cctx.compress(toc_raw)
+    toc_off = out.offset + SKIPPABLE_HEADER_SIZE
+    out.write(skippable_frame(toc_z))
+    ts_off = out.offset + SKIPPABLE_HEADER_SIZE
+    out.write(skippable_frame(tarsplit))
+    footer = Footer(toc_off, len(toc_z), len(toc_raw), ts_off, len(tarsplit), tsw.uncompressed_size)
+    out.write(skippable_frame(footer.pack()))
+    annotations = footer.annotations("sha256:" + hashlib.sha256(toc_z).hexdigest())
+    return annotations, len(entries)
+
+
+def _write_plain(tar: TarStream, out: _HashingWriter, level: int) -> None:
+    """Plain zstd of the tar, still parsing it so hostile entries are refused."""
+    cobj = zstandard.ZstdCompressor(level=level).compressobj()
+
+    def tap(data: bytes) -> None:
+        b = cobj.compress(data)
+        if b:
+            out.write(b)
+
+    tar.src.tap = tap
+    while True:
+        h = tar.next()
+        if h is None:
+            break
+        _check_hostile(h, tar.src.what)
+        left = h.data_size
+        while left:
+            left -= len(tar.read_payload(min(left, READ_BLOCK)))
+    for _ in tar.read_trailing():
+        pass
+    out.write(cobj.flush())
+
+
+def convert_layer(
+    open_src: Callable[[], BinaryIO],
+    out: BinaryIO,
+    *,
+    level: int | None = None,
+    threads: int = 0,
+    strict: bool = False,
+    name: str = "layer",
+) -> LayerResult:
+    """Convert one layer blob (gzip, zstd or plain tar) to zstd:chunked.
+
+    `open_src` is called again if the layer has to be written as plain zstd
+    after all (then `out` is truncated and rewritten). Raises BadInputError
+    for corrupt or hostile input and IncompatibleLayerError under `strict`
+    when zstd:chunked cannot represent the layer.
+    """
+    level = DEFAULT_LEVEL if level is None else level
+    if threads <= 0:
+        threads = os.cpu_count() or 1
+    t0 = time.monotonic()
+    reason = None
+    with open_src() as raw:
+        stream, kind = open_tar_stream(raw, name)
+        src = CountingReader(stream, name)
+        w = _HashingWriter(out)
+        try:
+            annotations, n_entries = _write_chunked(TarStream(src), w, level, threads, name)
+        except tocmod.NotRepresentable as e:
+            reason = str(e)
+        finally:
+            stream.close()
+    if reason is not None:
+        if strict:
+            raise IncompatibleLayerError(f"{name}: cannot be written as zstd:chunked: {reason}")
+        log.warning("%s: written as plain zstd, not zstd:chunked: %s", name, reason)
+        out.seek(0)
+        out.truncate()
+        with open_src() as raw:
+            stream, kind = open_tar_stream(raw, name)
+            src = CountingReader(stream, name)
+            w = _HashingWriter(out)
+            try:
+                _write_plain(TarStream(src), w, level)
+            finally:
+                stream.close()
+        annotations, n_entries = {}, 0
+    out.flush()
+    return LayerResult(
+        digest="sha256:" + w.sha256.hexdigest(),
+        size=w.offset,
+        diff_id="sha256:" + src.sha256.hexdigest(),
+        annotations=annotations,
+        chunked=reason is None,
+        reason=reason,
+        input_compression=kind,
+        tar_size=src.offset,
+        seconds=time.monotonic() - t0,
+        toc_entries=n_entries,
+    )
