@@ -1,0 +1,226 @@
+"""`zconv inspect`: what an image is made of, and how chunked its layers are.
+
+For zstd:chunked layers the TOC is fetched with one ranged read (the
+manifest-position annotation says where it is), checked against the
+manifest-checksum annotation, and summarised: entries, regular files,
+chunks, zero chunks, bytes in the largest file. The layer itself is never
+read whole, so inspecting a registry image costs a few small requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import zstandard
+
+from converter.chunked.format import (
+    MANIFEST_CHECKSUM_KEY,
+    MANIFEST_POSITION_KEY,
+    MAX_TOC_SIZE,
+    TARSPLIT_POSITION_KEY,
+    parse_position,
+)
+from converter.errors import BadInputError
+from converter.image.model import (
+    INDEX_TYPES,
+    INDEX_ZSTD_ANNOTATION,
+    LAYER_TYPES,
+    MANIFEST_TYPES,
+    Descriptor,
+    ImageSource,
+    Index,
+    Manifest,
+    parse_manifest_or_index,
+    short,
+)
+from converter.progress import human
+
+
+def toc_stats(toc: dict[str, Any]) -> dict[str, int]:
+    """Counts over a parsed TOC (see the format spec, section 4)."""
+    entries = toc.get("entries")
+    if not isinstance(entries, list):
+        raise ValueError("TOC has no entries list")
+    files = chunks = zero_chunks = largest = 0
+    for e in entries:
+        if not isinstance(e, dict):
+            raise ValueError("TOC entry is not an object")
+        t = e.get("type")
+        if t == "reg":
+            files += 1
+            size = int(e.get("size") or 0)
+            largest = max(largest, size)
+            if size > 0:
+                chunks += 1
+                if e.get("chunkType") == "zeros":
+                    zero_chunks += 1
+        elif t == "chunk":
+            chunks += 1
+            if e.get("chunkType") == "zeros":
+                zero_chunks += 1
+    return {
+        "entries": sum(1 for e in entries if e.get("type") != "chunk"),
+        "toc_entries": len(entries),
+        "regular_files": files,
+        "chunks": chunks,
+        "zero_chunks": zero_chunks,
+        "largest_file_bytes": largest,
+    }
+
+
+def read_layer_toc(src: ImageSource, layer: Descriptor) -> tuple[dict[str, Any], int]:
+    """Fetch, check and parse the TOC of a zstd:chunked layer; returns (toc, compressed length)."""
+    what = f"{src.description}: layer {short(layer.digest)}"
+    try:
+        off, length, ulen, _mtype = parse_position(layer.annotations[MANIFEST_POSITION_KEY], 4)
+    except KeyError:
+        raise BadInputError(f"{what}: has {MANIFEST_CHECKSUM_KEY} but no {MANIFEST_POSITION_KEY} annotation") from None
+    except ValueError as e:
+        raise BadInputError(f"{what}: {e}") from None
+    if length > MAX_TOC_SIZE or ulen > MAX_TOC_SIZE:
+        raise BadInputError(f"{what}: TOC of {length}/{ulen} bytes exceeds the consumers' {MAX_TOC_SIZE} byte limit")
+    data = src.read_blob_range(layer, off, length)
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != layer.annotations[MANIFEST_CHECKSUM_KEY]:
+        raise BadInputError(f"{what}: TOC bytes have digest {got}, the manifest-checksum annotation says "
+                            f"{layer.annotations[MANIFEST_CHECKSUM_KEY]}")
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=ulen)
+    except zstandard.ZstdError as e:
+        raise BadInputError(f"{what}: TOC does not decompress ({e})") from None
+    if len(raw) != ulen:
+        raise BadInputError(f"{what}: TOC is {len(raw)} bytes uncompressed, the annotation says {ulen}")
+    try:
+        toc = json.loads(raw)
+    except ValueError as e:
+        raise BadInputError(f"{what}: TOC is not JSON ({e})") from None
+    if not isinstance(toc, dict):
+        raise BadInputError(f"{what}: TOC is not a JSON object")
+    return toc, length
+
+
+def _layer_info(src: ImageSource, layer: Descriptor, with_toc: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "mediaType": layer.media_type,
+        "digest": layer.digest,
+        "size": layer.size,
+        "compression": LAYER_TYPES.get(layer.media_type, "unknown"),
+        "chunked": LAYER_TYPES.get(layer.media_type) == "zstd" and MANIFEST_CHECKSUM_KEY in layer.annotations,
+    }
+    if layer.annotations:
+        info["annotations"] = dict(layer.annotations)
+    if info["chunked"] and with_toc:
+        try:
+            toc, toc_len = read_layer_toc(src, layer)
+            stats = toc_stats(toc)
+            stats["toc_bytes"] = toc_len
+            if TARSPLIT_POSITION_KEY in layer.annotations:
+                try:
+                    stats["tarsplit_bytes"] = parse_position(layer.annotations[TARSPLIT_POSITION_KEY], 3)[1]
+                except ValueError:
+                    pass
+            info["toc"] = stats
+        except (BadInputError, ValueError) as e:
+            info["toc_error"] = str(e)
+    return info
+
+
+def _node(src: ImageSource, desc: Descriptor, with_toc: bool, depth: int = 0) -> dict[str, Any]:
+    where = f"{src.description}: {short(desc.digest)}"
+    if desc.media_type not in INDEX_TYPES and desc.media_type not in MANIFEST_TYPES:
+        raise BadInputError(f"{where}: unknown media type {desc.media_type!r}")
+    doc = parse_manifest_or_index(src.get_manifest(desc), desc.media_type, where)
+    out: dict[str, Any] = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
+    if isinstance(doc, Index):
+        out["kind"] = "index"
+        out["manifests"] = []
+        for child in doc.manifests:
+            entry: dict[str, Any] = {}
+            if child.platform:
+                entry["platform"] = str(child.platform)
+            if child.annotations:
+                entry["annotations"] = dict(child.annotations)
+            if depth < 4:
+                entry.update(_node(src, child, with_toc, depth + 1))
+            out["manifests"].append(entry)
+        return out
+    assert isinstance(doc, Manifest)
+    out["kind"] = "manifest"
+    out["config"] = {"mediaType": doc.config.media_type, "digest": doc.config.digest, "size": doc.config.size}
+    out["layers"] = [_layer_info(src, layer, with_toc) for layer in doc.layers]
+    out["total_layer_bytes"] = sum(layer.size for layer in doc.layers)
+    out["chunked_layers"] = sum(1 for layer in out["layers"] if layer["chunked"])
+    return out
+
+
+def inspect_source(src: ImageSource, with_toc: bool = True) -> dict[str, Any]:
+    images = []
+    for tag, desc in src.targets():
+        images.append({"tag": tag, **_node(src, desc, with_toc)})
+    return {"reference": src.description, "images": images}
+
+
+def toc_errors(result: dict[str, Any]) -> list[str]:
+    errs: list[str] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        for layer in node.get("layers", []):
+            if "toc_error" in layer:
+                errs.append(layer["toc_error"])
+        for child in node.get("manifests", []):
+            walk(child)
+
+    for img in result["images"]:
+        walk(img)
+    return errs
+
+
+# ------------------------------------------------------------------ text output
+
+
+def format_text(result: dict[str, Any]) -> str:
+    lines: list[str] = []
+
+    def manifest_lines(node: dict[str, Any], indent: str) -> None:
+        cfg = node["config"]
+        lines.append(f"{indent}config   {cfg['digest']}  {human(cfg['size'])}  {cfg['mediaType']}")
+        n = len(node["layers"])
+        lines.append(
+            f"{indent}layers   {n}, {human(node['total_layer_bytes'])} total, {node['chunked_layers']} zstd:chunked"
+        )
+        for i, layer in enumerate(node["layers"], 1):
+            kind = "zstd:chunked" if layer["chunked"] else layer["compression"]
+            lines.append(f"{indent}  {i:>2}. {layer['digest']}  {human(layer['size']):>10}  {kind}")
+            lines.append(f"{indent}      {layer['mediaType']}")
+            for k, v in sorted(layer.get("annotations", {}).items()):
+                lines.append(f"{indent}      {k}: {v}")
+            if "toc" in layer:
+                t = layer["toc"]
+                lines.append(
+                    f"{indent}      TOC: {t['entries']} entries, {t['regular_files']} regular files, "
+                    f"{t['chunks']} chunks ({t['zero_chunks']} zero), largest file {human(t['largest_file_bytes'])}, "
+                    f"TOC {human(t['toc_bytes'])}"
+                )
+            if "toc_error" in layer:
+                lines.append(f"{indent}      TOC ERROR: {layer['toc_error']}")
+
+    def node_lines(node: dict[str, Any], indent: str) -> None:
+        if node["kind"] == "index":
+            lines.append(f"{indent}index    {node['digest']}  {node['size']} B  {node['mediaType']}")
+            for child in node["manifests"]:
+                plat = child.get("platform", "?")
+                zstd = " [zstd]" if child.get("annotations", {}).get(INDEX_ZSTD_ANNOTATION) == "true" else ""
+                lines.append(f"{indent}- {plat}{zstd}")
+                if "kind" in child:
+                    node_lines(child, indent + "  ")
+        else:
+            lines.append(f"{indent}manifest {node['digest']}  {node['size']} B  {node['mediaType']}")
+            manifest_lines(node, indent)
+
+    for img in result["images"]:
+        tag = img["tag"] if img["tag"] is not None else "(untagged)"
+        lines.append(f"{result['reference']}  tag {tag}")
+        node_lines(img, "  ")
+    return "\n".join(lines)
