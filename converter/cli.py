@@ -147,6 +147,28 @@ def inspect(
 
 
 # Command modules of other parts register themselves on import (one line each).
+from converter.commands import login, push  # noqa: F401,E402  (registers push, login, logout)
+
+
+def _setup_logging() -> None:
+    """Warnings of the library (logger "zconv") as `zconv: warning: ...` on stderr."""
+    import logging
+
+    log = logging.getLogger("zconv")
+    if not any(getattr(h, "_zconv", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("zconv: %(levelname_lower)s: %(message)s"))
+        handler.addFilter(_LevelLower())
+        handler._zconv = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+
+
+class _LevelLower:
+    def filter(self, record: object) -> bool:
+        record.levelname_lower = record.levelname.lower()  # type: ignore[attr-defined]
+        return True
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -159,6 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from click.exceptions import Abort, ClickException  # type: ignore[no-redef]
         from click.exceptions import UsageError as ClickUsageError  # type: ignore[no-redef]
 
+    _setup_logging()
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="zconv", standalone_mode=False)

@@ -165,7 +165,9 @@ class _CountingReader:
         return True
 
     def close(self) -> None:
-        self.inner.close()
+        # The converter closes the inner reader itself, after checking that
+        # the whole blob was read and matched its digest.
+        pass
 
     def __enter__(self) -> "_CountingReader":
         return self

@@ -9,16 +9,11 @@ read whole, so inspecting a registry image costs a few small requests.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
-
-import zstandard
 
 from converter.chunked.format import (
     MANIFEST_CHECKSUM_KEY,
     MANIFEST_POSITION_KEY,
-    MAX_TOC_SIZE,
     TARSPLIT_POSITION_KEY,
     parse_position,
 )
@@ -71,33 +66,20 @@ def toc_stats(toc: dict[str, Any]) -> dict[str, int]:
 
 
 def read_layer_toc(src: ImageSource, layer: Descriptor) -> tuple[dict[str, Any], int]:
-    """Fetch, check and parse the TOC of a zstd:chunked layer; returns (toc, compressed length)."""
+    """Fetch, check and parse the TOC of a zstd:chunked layer; returns (toc, compressed TOC length).
+
+    Only the TOC's byte range is read (a Range request on registries).
+    """
+    from converter.chunked.reader import read_toc
+
     what = f"{src.description}: layer {short(layer.digest)}"
     try:
-        off, length, ulen, _mtype = parse_position(layer.annotations[MANIFEST_POSITION_KEY], 4)
-    except KeyError:
-        raise BadInputError(f"{what}: has {MANIFEST_CHECKSUM_KEY} but no {MANIFEST_POSITION_KEY} annotation") from None
-    except ValueError as e:
-        raise BadInputError(f"{what}: {e}") from None
-    if length > MAX_TOC_SIZE or ulen > MAX_TOC_SIZE:
-        raise BadInputError(f"{what}: TOC of {length}/{ulen} bytes exceeds the consumers' {MAX_TOC_SIZE} byte limit")
-    data = src.read_blob_range(layer, off, length)
-    got = "sha256:" + hashlib.sha256(data).hexdigest()
-    if got != layer.annotations[MANIFEST_CHECKSUM_KEY]:
-        raise BadInputError(f"{what}: TOC bytes have digest {got}, the manifest-checksum annotation says "
-                            f"{layer.annotations[MANIFEST_CHECKSUM_KEY]}")
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=ulen)
-    except zstandard.ZstdError as e:
-        raise BadInputError(f"{what}: TOC does not decompress ({e})") from None
-    if len(raw) != ulen:
-        raise BadInputError(f"{what}: TOC is {len(raw)} bytes uncompressed, the annotation says {ulen}")
-    try:
-        toc = json.loads(raw)
-    except ValueError as e:
-        raise BadInputError(f"{what}: TOC is not JSON ({e})") from None
-    if not isinstance(toc, dict):
-        raise BadInputError(f"{what}: TOC is not a JSON object")
+        length = parse_position(layer.annotations.get(MANIFEST_POSITION_KEY, ""), 4)[1]
+    except ValueError:
+        length = 0
+    toc = read_toc(
+        lambda offset, n: src.read_blob_range(layer, offset, n), layer.annotations, size=layer.size, name=what
+    )
     return toc, length
 
 

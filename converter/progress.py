@@ -3,7 +3,8 @@
 On a terminal a single line is redrawn while a layer converts (at most ten
 times a second) and a summary line is left per layer. Anywhere else, and
 with --quiet, there is no progress output. Warnings (a layer written as plain
-zstd, and why) are printed in every mode: they matter in CI logs.
+zstd, and why; logged by the writer on the "zconv" logger, which the CLI
+prints as `zconv: warning: ...`) show in every mode: they matter in CI logs.
 """
 
 from __future__ import annotations
@@ -65,8 +66,7 @@ class Progress:
         self._drawn = True
 
     def layer_done(self, old_size: int, new_size: int, chunked: bool, reason: str | None, seconds: float) -> None:
-        if reason:
-            self.warning(f"{self._name}: written as plain zstd, not zstd:chunked: {reason}")
+        # The writer itself logs the warning for a plain-zstd layer (logger "zconv").
         if not self.enabled:
             return
         self._clear()
