@@ -441,7 +441,7 @@ class RegistryClient:
         for scheme in schemes:
             url = f"{scheme}://{self.api_host}/v2/"
             try:
-                resp = self._with_retries(lambda: self._raw("GET", url, {}, None, False), f"{self.host}")
+                resp = self._with_retries(lambda: self._raw("GET", url, {}, None, False), f"cannot connect to registry {self.host}")
             except requests.exceptions.SSLError as e:
                 text = str(e)
                 plain_server = any(s in text for s in ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure", "packet length too long", "http request"))
@@ -454,10 +454,8 @@ class RegistryClient:
                         "give its CA with --cert-dir DIR or use --tls-verify=false"
                     ) from None
                 raise RegistryError(f"registry {self.host}: TLS handshake failed: {_conn_error_text(e)}") from None
-            except RegistryError as e:
-                if scheme == "https" and "http" in schemes:
-                    last = e
-                    continue
+            except RegistryError:
+                # connection-level failures would be the same over http (same port): no fallback
                 raise
             if resp.status_code == 404:
                 raise RegistryError(f"{self.host} is not a container registry (GET /v2/ answered 404)")
@@ -987,7 +985,7 @@ class RegistryClient:
                 codes = _error_codes(resp)
                 if "NAME_UNKNOWN" in codes:
                     raise RegistryError(f"{what}: repository {repo} not found on {self.host}")
-                raise RegistryError(f"{what}: manifest not found")
+                raise RegistryError(f"{what}: manifest unknown (no such tag or digest in the repository)")
             if resp.status_code in (401, 403):
                 raise self._auth_failed(resp, repo, what)
             if resp.status_code != 200:
