@@ -304,11 +304,21 @@ class Converter:
 
     # ------------------------------------------------------------------ layers
 
+    def _open_named(self, desc: Descriptor, name: str) -> VerifyingReader:
+        """open_blob, with errors naming the image and layer rather than just the blob."""
+        try:
+            r = self.src.open_blob(desc)
+        except BadInputError as e:
+            msg = e.message
+            prefix = f"{self.src.description}: "
+            raise BadInputError(f"{name}: {msg[len(prefix):] if msg.startswith(prefix) else msg}") from None
+        r.what = name
+        return r
+
     def _copy_blob(self, desc: Descriptor, what: str) -> None:
         if desc.digest in self._copied or self.dst.has_blob(desc):
             return
-        with self.src.open_blob(desc) as r:
-            r.what = what
+        with self._open_named(desc, what) as r:
             self.dst.put_blob(desc, r)
             r.finish()
         self._copied.add(desc.digest)
@@ -366,7 +376,7 @@ class Converter:
 
         def open_src() -> BinaryIO:
             self.progress.restart()
-            r = self.src.open_blob(layer)
+            r = self._open_named(layer, name)
             r.what = name
             readers.append(r)
             return _CountingReader(r, self.progress)  # type: ignore[return-value]
