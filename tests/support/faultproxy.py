@@ -20,6 +20,12 @@ Fault actions:
                  (the registry did the work; the client never hears of it)
   stall          read the request and answer nothing until the client gives up
                  (bounded by `stall_seconds`)
+  cut_response   forward the request, send the response head and half its
+                 body, then close (a download that breaks off)
+  corrupt        forward, but flip the first byte of the response body
+
+`strip_request_headers` (lowercase names) are removed from every forwarded
+request, e.g. ("range",) to play a server that ignores Range.
 
 Bounded: at most `max_connections` concurrent connections, socket timeouts,
 a maximum header size. It binds 127.0.0.1 only.
@@ -160,6 +166,7 @@ class FaultProxy:
         self.stall_seconds = stall_seconds
         self.timeout = timeout
         self.faults: list[Fault] = []
+        self.strip_request_headers: tuple[str, ...] = ()
         self.log: list[tuple[str, str, int | str]] = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -315,6 +322,12 @@ class FaultProxy:
                     self._track(upstream)
                     up_file = upstream.makefile("rb", buffering=COPY_BLOCK)
                 assert up_file is not None
+                if self.strip_request_headers:
+                    kept = [
+                        ln for ln in head.split(b"\r\n")
+                        if ln.split(b":", 1)[0].strip().lower().decode("latin-1") not in self.strip_request_headers
+                    ]
+                    head = b"\r\n".join(kept)
                 upstream.sendall(head)
                 if action == "drop_mid":
                     n = int(headers.get("content-length", "0") or 0)
@@ -330,6 +343,19 @@ class FaultProxy:
                     self._record(method, path, "drop_response")
                     return
                 client.sendall(resp_head)
+                if action == "corrupt" and method != "HEAD":
+                    first = up_file.read(1)
+                    if first:
+                        client.sendall(bytes([first[0] ^ 0xFF]))
+                    n = int(resp_headers.get("content-length", "0") or 0)
+                    _copy_exact(up_file, client, max(0, n - len(first)))
+                    self._record(method, path, "corrupt")
+                    continue
+                if action == "cut_response":
+                    n = int(resp_headers.get("content-length", "0") or 0)
+                    _copy_exact(up_file, client, n // 2)
+                    self._record(method, path, "cut_response")
+                    return
                 self._drain_response(up_file, method, status, resp_headers, client)
                 self._record(method, path, status)
                 if resp_headers.get("connection", "").lower() == "close":
