@@ -166,6 +166,10 @@ func systemContext(a args, tmp string) *types.SystemContext {
 		SignaturePolicyPath:         filepath.Join(tmp, "policy.json"),
 		RegistriesDirPath:           filepath.Join(tmp, "registries.d"),
 	}
+	// An empty registries.conf: no mirrors, no search registries, no credential helpers.
+	if err := os.WriteFile(sys.SystemRegistriesConfPath, []byte("# empty\n"), 0o600); err != nil {
+		fail("writing %s: %v", sys.SystemRegistriesConfPath, err)
+	}
 	if !a.flags["tls-verify"] {
 		// Also lets c/image fall back to plain http, as for podman --tls-verify=false.
 		sys.DockerInsecureSkipTLSVerify = types.OptionalBoolTrue
@@ -547,6 +551,9 @@ func cmdCompress(argv []string) {
 		fail("finishing %s: %v", a.pos[0], err)
 	}
 	elapsed := time.Since(start).Seconds()
+	if err := tmpOut.Chmod(0o644); err != nil {
+		fail("chmod %s: %v", tmpOut.Name(), err)
+	}
 	if err := tmpOut.Close(); err != nil {
 		fail("writing %s: %v", outPath, err)
 	}

@@ -1,0 +1,34 @@
+"""Shared fixtures. tests/ is on sys.path, so `from support.x import ...` works."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from support.interop import InteropError, InteropTool, build_interop_binary  # noqa: E402
+from support.registry import RegistryServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """An anonymous docker-registry on 127.0.0.1 (plain http) for the whole session."""
+    with RegistryServer() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def interop_bin() -> Path:
+    """The Go interop helper (tests/interop), built on first use; fails loudly if it can't."""
+    try:
+        return build_interop_binary()
+    except InteropError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def interop(interop_bin) -> InteropTool:
+    return InteropTool(interop_bin)
