@@ -79,7 +79,7 @@ class LayerReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "image": self.image,
+            "name": self.image,
             "layer": self.index,
             "old_digest": self.old_digest,
             "old_size": self.old_size,
