@@ -141,6 +141,9 @@ def inspect(
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo(format_text(result))
+    rc = result.get("range_check")
+    if rc is not None and not rc["ok"]:
+        print(f"zconv: warning: {rc['message']}", file=sys.stderr)
     errs = toc_errors(result)
     if errs:
         raise BadInputError(f"{len(errs)} zstd:chunked layer(s) with a bad TOC; first: {errs[0]}")

@@ -117,9 +117,32 @@ class ImageReport:
 class ConvertReport:
     images: list[ImageReport] = field(default_factory=list)
     layers: list[LayerReport] = field(default_factory=list)
+    range_check: dict[str, Any] | None = None  # registries only
 
     def to_json(self) -> dict[str, Any]:
-        return {"images": [i.to_json() for i in self.images], "layers": [r.to_json() for r in self.layers]}
+        out: dict[str, Any] = {"images": [i.to_json() for i in self.images], "layers": [r.to_json() for r in self.layers]}
+        if self.range_check is not None:
+            out["range_check"] = self.range_check
+        return out
+
+
+def check_range_requests(place: ImageSource | ImageSink, digest: str, size: int) -> Any:
+    """Ask a registry source/sink whether it answers HTTP Range requests correctly.
+
+    Returns None for places that are not registries (files always can), and
+    a result with `.ok` and `.message` otherwise. Never raises: a failed check
+    is itself a reason to warn.
+    """
+    client = getattr(place, "client", None)
+    repo = getattr(place, "repository", None)
+    if client is None or repo is None or not hasattr(client, "check_range_requests"):
+        return None
+    try:
+        return client.check_range_requests(repo, digest, size)
+    except ZconvError as e:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(ok=False, message=f"could not check HTTP Range support: {e}")
 
 
 def _is_chunked(desc: Descriptor) -> bool:
@@ -209,7 +232,19 @@ class Converter:
         for out_tag, new in results:
             self.dst.tag(out_tag, new)
         self.dst.commit()
+        self._check_ranges()
         return self.report
+
+    def _check_ranges(self) -> None:
+        """On registries: partial pulls need HTTP Range answers; warn clearly when they are wrong."""
+        layer = next((r for r in self.report.layers if r.chunked), None)
+        if layer is None:
+            return
+        check = check_range_requests(self.dst, layer.new_digest, layer.new_size)
+        if check is not None:
+            self.report.range_check = {"ok": check.ok, "message": check.message}
+            if not check.ok:
+                self.progress.warning(check.message)
 
     def _convert_top(self, desc: Descriptor, label: str) -> Descriptor:
         if desc.media_type in INDEX_TYPES:

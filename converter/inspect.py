@@ -137,11 +137,30 @@ def _node(src: ImageSource, desc: Descriptor, with_toc: bool, depth: int = 0) ->
     return out
 
 
+def _first_chunked(node: dict[str, Any]) -> dict[str, Any] | None:
+    for layer in node.get("layers", []):
+        if layer["chunked"]:
+            return layer
+    for child in node.get("manifests", []):
+        found = _first_chunked(child)
+        if found:
+            return found
+    return None
+
+
 def inspect_source(src: ImageSource, with_toc: bool = True) -> dict[str, Any]:
     images = []
     for tag, desc in src.targets():
         images.append({"tag": tag, **_node(src, desc, with_toc)})
-    return {"reference": src.description, "images": images}
+    result: dict[str, Any] = {"reference": src.description, "images": images}
+    layer = next((x for x in (_first_chunked(i) for i in images) if x), None)
+    if layer is not None:
+        from converter.convert import check_range_requests
+
+        check = check_range_requests(src, layer["digest"], layer["size"])
+        if check is not None:
+            result["range_check"] = {"ok": check.ok, "message": check.message}
+    return result
 
 
 def toc_errors(result: dict[str, Any]) -> list[str]:
@@ -205,4 +224,7 @@ def format_text(result: dict[str, Any]) -> str:
         tag = img["tag"] if img["tag"] is not None else "(untagged)"
         lines.append(f"{result['reference']}  tag {tag}")
         node_lines(img, "  ")
+    if "range_check" in result:
+        rc = result["range_check"]
+        lines.append(f"HTTP Range requests: {'ok' if rc['ok'] else 'NOT OK'}: {rc['message']}")
     return "\n".join(lines)
