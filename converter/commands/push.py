@@ -100,15 +100,17 @@ class _Pusher:
             if size != desc.size:
                 raise BadInputError(f"{self.src.description}: {what} is {size} bytes, its descriptor says {desc.size}")
             self.sink.put_blob_file(desc, path)  # the registry checks the digest on upload
-        elif not self.sink.has_blob(desc):
+        elif self.sink.has_blob(desc):
+            self.sink.results[desc.digest] = "skipped"
+            self.sink.client.stats.skipped += 1
+        elif self.sink.try_mount(desc):
+            pass
+        else:
             with self.src.open_blob(desc) as r:
                 self.sink.put_blob(desc, r)
                 finish = getattr(r, "finish", None)
                 if finish:
                     finish()
-        else:
-            self.sink.results[desc.digest] = "skipped"
-            self.sink.client.stats.skipped += 1
         self.done.add(desc.digest)
 
     def tree(self, desc: Descriptor, label: str) -> None:

@@ -1089,7 +1089,8 @@ class BlobStream(io.RawIOBase):
         self._resp: requests.Response | None = None
         self._attempt = 0
         self._done = False
-        self._open(0)
+        # The GET is sent on the first read: a caller that ends up not reading (a blob
+        # mounted instead) costs no download.
 
     def _open(self, offset: int) -> None:
         headers = {"Accept-Encoding": "identity"}
@@ -1122,6 +1123,8 @@ class BlobStream(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         if self._done:
             return 0
+        if self._resp is None:
+            self._open(0)
         want = len(b)
         if self._size is not None:
             want = min(want, self._size - self._pos + 1)  # +1: notice extra bytes
@@ -1289,6 +1292,19 @@ class DockerSink(ImageSink):
         self.results[desc.digest] = how
         self._log(f"blob {short(desc.digest)} ({desc.size} bytes): {how}")
 
+    def try_mount(self, desc: Descriptor) -> bool:
+        """Mount the blob from one of `mount_sources` (same registry); True when it worked.
+
+        Callers copying from a registry should try this before opening the
+        source blob, so no byte is downloaded for a blob the registry can link.
+        """
+        for src in self.mount_sources:
+            if src != self.repository and self.client.mount_blob(self.repository, desc.digest, src) == "mounted":
+                self.client.stats.mounted += 1
+                self._record(desc, "mounted")
+                return True
+        return False
+
     def put_blob_file(self, desc: Descriptor, path: str) -> None:
         if desc.digest in self._present:
             self.results.setdefault(desc.digest, "skipped")
@@ -1309,11 +1325,8 @@ class DockerSink(ImageSink):
             self.client.stats.skipped += 1
             self._record(desc, "skipped")
             return
-        for src in self.mount_sources:
-            if src != self.repository and self.client.mount_blob(self.repository, desc.digest, src) == "mounted":
-                self.client.stats.mounted += 1
-                self._record(desc, "mounted")
-                return
+        if self.try_mount(desc):
+            return
         fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self._temp)
         try:
             h = new_hasher(desc.digest)
