@@ -369,16 +369,19 @@ class VerifyingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _account(self, data: bytes) -> None:
+        self._count += len(data)
+        if self._count > self._size:
+            raise BadInputError(f"{self.what}: blob is larger than the {self._size} bytes its descriptor declares")
+        self._hash.update(data)
+
     def readinto(self, b: Any) -> int:
         data = self._raw.read(len(b))
         if not data:
             self._check_end()
             return 0
+        self._account(data)
         n = len(data)
-        self._count += n
-        if self._count > self._size:
-            raise BadInputError(f"{self.what}: blob is larger than the {self._size} bytes its descriptor declares")
-        self._hash.update(data)
         b[:n] = data
         return n
 
@@ -388,13 +391,22 @@ class VerifyingReader(io.RawIOBase):
             return self.readall()
         parts = []
         while size > 0:
-            buf = bytearray(min(size, 1 << 20))
-            n = self.readinto(buf)
-            if not n:
+            data = self._raw.read(size)
+            if not data:
+                self._check_end()
                 break
-            parts.append(bytes(buf[:n]))
-            size -= n
-        return b"".join(parts)
+            self._account(data)
+            parts.append(data)
+            size -= len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readall(self) -> bytes:
+        parts = []
+        while True:
+            data = self.read(1 << 20)
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
 
     def _check_end(self) -> None:
         if self._verified:
