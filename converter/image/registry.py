@@ -1245,6 +1245,10 @@ class DockerSource(ImageSource):
             raise BadInputError(f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes")
         return self.client.get_range(self.repository, desc.digest, offset, length)
 
+    def check_ranges(self, desc: Descriptor, read_local: Callable[[int, int], bytes] | None = None) -> "RangeCheck":
+        """Does the registry answer Range requests correctly for this blob? (for convert/inspect warnings)"""
+        return self.client.check_range_requests(self.repository, desc.digest, desc.size, read_local)
+
     def close(self) -> None:
         if self._own_client:
             self.client.close()
@@ -1291,6 +1295,14 @@ class DockerSink(ImageSink):
         self._present.add(desc.digest)
         self.results[desc.digest] = how
         self._log(f"blob {short(desc.digest)} ({desc.size} bytes): {how}")
+
+    def check_ranges(self, desc: Descriptor, read_local: Callable[[int, int], bytes] | None = None) -> "RangeCheck":
+        """After put_blob*: does the registry serve Range requests of this blob correctly?
+
+        `RangeCheck.ok` False comes with a message fit for a warning: partial
+        pulls of zstd:chunked layers from this registry fall back to full downloads.
+        """
+        return self.client.check_range_requests(self.repository, desc.digest, desc.size, read_local)
 
     def try_mount(self, desc: Descriptor) -> bool:
         """Mount the blob from one of `mount_sources` (same registry); True when it worked.
