@@ -301,3 +301,5 @@ def test_debian_v1_then_v2_partial_pull(debian_pair, interop, registry, tmp_path
     assert missing["v2"][0] <= ref_missing["v2"][0], (
         f"pulling v2 after v1 needs {missing['v2'][0]} bytes with zconv's conversion but only "
         f"{ref_missing['v2'][0]} with the reference writer's")
+    for d in (store, ref_store):  # ~1 GB of layers; kept above only when a check failed
+        shutil.rmtree(d, ignore_errors=True)

@@ -8,12 +8,17 @@ bin="$here/zconv-interop"
 stamp="$here/.zconv-interop.sources"
 tags="containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper"
 
+# The Go toolchain of this machine kind lives in /usr/local/go (Debian's golang-go is too
+# old for go.podman.io, which needs go >= 1.26).
+if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
 if ! command -v go >/dev/null; then
   echo "build.sh: the go toolchain is not on PATH (needed to build the interop helper)" >&2
   exit 1
 fi
 # What the binary depends on: our sources, the module pins, the toolchain, the tags.
-sources="$(cd "$here" && { cat go.mod go.sum main.go; go version; echo "$tags"; } | sha256sum | cut -d' ' -f1)"
+sources="$(cd "$here" && { cat go.mod go.sum main.go build.sh; go version; echo "$tags"; } | sha256sum | cut -d' ' -f1)"
 if [ -x "$bin" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sources" ]; then
   echo "$bin"
   exit 0
@@ -22,7 +27,7 @@ start=$(date +%s)
 echo "build.sh: building $bin" >&2
 (
   cd "$here"
-  CGO_ENABLED=0 go build -mod=readonly -trimpath -tags "$tags" -o "$bin.tmp" .
+  CGO_ENABLED=0 go build -mod=readonly -trimpath -buildvcs=false -tags "$tags" -o "$bin.tmp" .
 )
 mv -f "$bin.tmp" "$bin"
 echo "$sources" > "$stamp"
