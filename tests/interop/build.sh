@@ -17,6 +17,9 @@ if ! command -v go >/dev/null; then
   echo "build.sh: the go toolchain is not on PATH (needed to build the interop helper)" >&2
   exit 1
 fi
+# Several test runs may build at once: one builds, the others wait and reuse it.
+exec 9>"$here/.build.lock"
+flock 9
 # What the binary depends on: our sources, the module pins, the toolchain, the tags.
 sources="$(cd "$here" && { cat go.mod go.sum main.go build.sh; go version; echo "$tags"; } | sha256sum | cut -d' ' -f1)"
 if [ -x "$bin" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sources" ]; then
