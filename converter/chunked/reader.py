@@ -367,8 +367,11 @@ def format_time(t: tuple[int, int] | None) -> str:
         return "none"
     import datetime as _dt
 
-    base = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(seconds=t[0])
-    return base.strftime("%Y-%m-%dT%H:%M:%S") + (f".{t[1]:09d}" if t[1] else "") + "Z"
+    try:
+        base = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(seconds=t[0])
+    except OverflowError:  # beyond year 9999 (crafted base-256 times): plain seconds
+        return f"{t[0]}.{t[1]:09d}s after the epoch"
+    return f"{base.year:04d}" + base.strftime("-%m-%dT%H:%M:%S") + (f".{t[1]:09d}" if t[1] else "") + "Z"
 
 
 _TOC_FIELDS = {
