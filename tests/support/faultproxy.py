@@ -307,6 +307,7 @@ class FaultProxy:
                     body = (
                         b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}'
                     )
+                    self._record(method, path, fault.status)  # before answering: the client may act at once
                     extra = f"Retry-After: {fault.retry_after}\r\n" if fault.retry_after else ""
                     client.sendall(
                         (
@@ -315,7 +316,6 @@ class FaultProxy:
                         ).encode()
                         + body
                     )
-                    self._record(method, path, fault.status)
                     continue
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream, timeout=self.timeout)
@@ -342,6 +342,8 @@ class FaultProxy:
                     self._drain_response(up_file, method, status, resp_headers, None)
                     self._record(method, path, "drop_response")
                     return
+                # Logged before the client sees the answer, so a test never races the log.
+                self._record(method, path, action if action in ("corrupt", "cut_response") else status)
                 client.sendall(resp_head)
                 if action == "corrupt" and method != "HEAD":
                     first = up_file.read(1)
@@ -349,15 +351,12 @@ class FaultProxy:
                         client.sendall(bytes([first[0] ^ 0xFF]))
                     n = int(resp_headers.get("content-length", "0") or 0)
                     _copy_exact(up_file, client, max(0, n - len(first)))
-                    self._record(method, path, "corrupt")
                     continue
                 if action == "cut_response":
                     n = int(resp_headers.get("content-length", "0") or 0)
                     _copy_exact(up_file, client, n // 2)
-                    self._record(method, path, "cut_response")
                     return
                 self._drain_response(up_file, method, status, resp_headers, client)
-                self._record(method, path, status)
                 if resp_headers.get("connection", "").lower() == "close":
                     return
         except (_Closed, OSError, ValueError) as e:
