@@ -252,6 +252,8 @@ def test_missing_blob_in_source(registry, tmp_path):
     assert gone in one_error_line(p)
     with RegistryClient(registry.host) as c:
         assert c.head_manifest("err/missing", "v1") is None
+        # checked before any upload: not even the config went up
+        assert c.blob_size("err/missing", m.config.digest) is None
 
 
 def test_manifest_too_large(registry, tmp_path):

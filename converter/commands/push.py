@@ -113,6 +113,25 @@ class _Pusher:
                     finish()
         self.done.add(desc.digest)
 
+    def preflight(self, desc: Descriptor) -> None:
+        """For layout directories: every blob must be there before anything is uploaded."""
+        from converter.image.layout import LayoutSource
+
+        if not isinstance(self.src, LayoutSource):
+            return  # other sources are checked as they are read
+        doc = parse_manifest_or_index(self.src.get_manifest(desc), desc.media_type,
+                                      f"{self.src.description} {short(desc.digest)}")
+        if isinstance(doc, Index):
+            for child in doc.manifests:
+                self.preflight(child)
+            return
+        for i, b in enumerate((doc.config, *doc.layers)):
+            if i and b.media_type in FOREIGN_LAYER_TYPES and b.urls:
+                continue
+            if _local_blob_path(self.src, b.digest) is None:
+                what = "config" if i == 0 else f"layer {i}"
+                raise BadInputError(f"{self.src.description}: blob {b.digest} ({what} of manifest {short(desc.digest)}) is missing from the layout")
+
     def tree(self, desc: Descriptor, label: str) -> None:
         if desc.digest in self.done:
             return
@@ -160,6 +179,7 @@ def push_image(
     client = RegistryClient(
         dest.host, creds=options.creds, tls_verify=options.tls_verify, cert_dir=options.cert_dir,
         plain_http=options.plain_http, retry=retry, timeout=timeout, chunk_size=chunk_size, log=log,
+        auth_file=options.auth_file,
     )
     sink = DockerSink(dest, client=client, log=log)
     report = PushReport(source=src_ref, destination=dst_ref)
@@ -174,7 +194,7 @@ def push_image(
                 so = src_options or options
                 src = DockerSource(sref, client=RegistryClient(
                     sref.host, creds=so.creds, tls_verify=so.tls_verify, cert_dir=so.cert_dir,
-                    plain_http=so.plain_http, retry=retry, timeout=timeout, log=log))
+                    plain_http=so.plain_http, retry=retry, timeout=timeout, log=log, auth_file=so.auth_file))
                 src._own_client = True  # type: ignore[attr-defined]
         else:
             src = open_source(s, src_options or options)
@@ -185,6 +205,7 @@ def push_image(
                 raise UsageError(f"{src.description} holds several images ({tags}); name one, e.g. {s.raw}:TAG")
             src_tag, top = targets[0]
             pusher = _Pusher(src, sink, log)
+            pusher.preflight(top)
             with sink:
                 pusher.tree(top, src.description)
                 if dest.digest:
@@ -227,6 +248,7 @@ def push(
     destination: str = typer.Argument(..., help="docker://HOST[:PORT]/REPO[:TAG|@DIGEST]"),
     creds: str = typer.Option(None, "--creds", help=CREDS_HELP, metavar="USER:PASS"),
     src_creds: str = typer.Option(None, "--src-creds", help="USER:PASSWORD for a docker:// source on another registry", metavar="USER:PASS"),
+    authfile: str = typer.Option(None, "--authfile", help="auth file to read credentials from (default: podman's lookup order)", metavar="PATH"),
     tls_verify: str = typer.Option("true", "--tls-verify", help=TLS_HELP, metavar="BOOL"),
     cert_dir: str = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
     retry: int = typer.Option(3, "--retry", min=0, max=100, help="retries per request after 429/5xx/dropped connections"),
@@ -240,8 +262,9 @@ def push(
 
     def body() -> None:
         verify = parse_bool(tls_verify, "--tls-verify")
-        opts = TransportOptions(creds=creds, tls_verify=verify, cert_dir=cert_dir)
-        sopts = TransportOptions(creds=src_creds, tls_verify=verify, cert_dir=cert_dir) if src_creds else None
+        opts = TransportOptions(creds=creds, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile)
+        sopts = (TransportOptions(creds=src_creds, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile)
+                 if src_creds else TransportOptions(tls_verify=verify, cert_dir=cert_dir, auth_file=authfile))
         log = (lambda m: None) if quiet or as_json else (lambda m: print(m, file=sys.stderr))
         report = push_image(
             source, destination, options=opts, src_options=sopts,

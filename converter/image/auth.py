@@ -61,13 +61,13 @@ def primary_auth_file() -> Path:
     return Path(f"/run/containers/{os.getuid()}/auth.json")
 
 
-def auth_file_candidates() -> list[tuple[Path, bool]]:
-    """(path, legacy_format) in lookup order."""
+def auth_file_candidates(auth_file: str | os.PathLike | None = None) -> list[tuple[Path, bool]]:
+    """(path, legacy_format) in lookup order; `auth_file` (--authfile) replaces the first one."""
     home = Path(os.path.expanduser("~"))
     xdg_config = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
     docker_dir = Path(os.environ.get("DOCKER_CONFIG") or home / ".docker")
     return [
-        (primary_auth_file(), False),
+        (Path(auth_file) if auth_file else primary_auth_file(), False),
         (xdg_config / "containers" / "auth.json", False),
         (docker_dir / "config.json", False),
         (home / ".dockercfg", True),
@@ -140,7 +140,8 @@ def _read_json(path: Path) -> dict | None:
     return data
 
 
-def lookup_credentials(host: str, repository: str | None = None) -> Credentials | None:
+def lookup_credentials(host: str, repository: str | None = None,
+                       auth_file: str | os.PathLike | None = None) -> Credentials | None:
     """Credentials for `host` (and optionally `host/repository`), or None."""
     host = _normalize_key(host)
     wanted = [host]
@@ -148,7 +149,7 @@ def lookup_credentials(host: str, repository: str | None = None) -> Credentials 
         parts = repository.split("/")
         # longest namespace first: host/a/b/c, host/a/b, host/a, host
         wanted = [f"{host}/{'/'.join(parts[:i])}" for i in range(len(parts), 0, -1)] + [host]
-    for path, legacy in auth_file_candidates():
+    for path, legacy in auth_file_candidates(auth_file):
         data = _read_json(path)
         if data is None:
             continue

@@ -325,8 +325,10 @@ class RegistryClient:
         timeout: float = 60.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         log: Callable[[str], None] | None = None,
+        auth_file: str | None = None,
     ) -> None:
         self.host = host
+        self._auth_file = auth_file
         self.api_host = "registry-1.docker.io" if host == "docker.io" else host
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
@@ -413,7 +415,7 @@ class RegistryClient:
             return self._creds_arg
         key = repository or ""
         if key not in self._creds_cache:
-            self._creds_cache[key] = authmod.lookup_credentials(self.host, repository)
+            self._creds_cache[key] = authmod.lookup_credentials(self.host, repository, self._auth_file)
         return self._creds_cache[key]
 
     # -- low level
@@ -1173,9 +1175,7 @@ class BlobStream(io.RawIOBase):
 def client_for(ref: Reference, options: TransportOptions | None, *, retry: RetryPolicy | None = None,
                timeout: float | None = None, log: Callable[[str], None] | None = None) -> RegistryClient:
     o = options or TransportOptions()
-    if o.auth_file:
-        os.environ["REGISTRY_AUTH_FILE"] = o.auth_file
-    extra = {}
+    extra: dict[str, Any] = {}
     for name in ("retry", "timeout", "chunk_size"):
         v = getattr(o, name, None)
         if v is not None:
@@ -1185,7 +1185,7 @@ def client_for(ref: Reference, options: TransportOptions | None, *, retry: Retry
     if timeout is not None:
         extra["timeout"] = timeout
     return RegistryClient(ref.host, creds=o.creds, tls_verify=o.tls_verify, cert_dir=o.cert_dir,
-                          plain_http=o.plain_http, log=log, **extra)
+                          plain_http=o.plain_http, log=log, auth_file=o.auth_file, **extra)
 
 
 class DockerSource(ImageSource):
