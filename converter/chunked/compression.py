@@ -10,6 +10,7 @@ cannot balloon memory.
 
 from __future__ import annotations
 
+import io
 from typing import BinaryIO
 
 import zstandard
@@ -33,12 +34,18 @@ def detect_compression(head: bytes) -> str:
     return "none"
 
 
-class _Prefixed:
+class _Prefixed(io.RawIOBase):
     """A reader that first returns bytes already taken from the stream."""
 
     def __init__(self, head: bytes, f: BinaryIO) -> None:
+        super().__init__()
         self._head = head
         self._f = f
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
 
     def read(self, n: int = -1) -> bytes:
         if self._head:
@@ -56,6 +63,7 @@ class _Prefixed:
         close = getattr(self._f, "close", None)
         if close:
             close()
+        super().close()
 
 
 class ZstdFrameWalker:

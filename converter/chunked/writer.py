@@ -316,7 +316,7 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
                 break
             _check_hostile(h, what)
             e = tocmod.entry_for(h)
-            n = h.data_size
+            n = tar.payload_remaining
             if n == 0:
                 tsw.file(h.name, h.size, 0 if h.size > 0 else None)
                 entries.append(e)
@@ -388,9 +388,8 @@ def _write_plain(tar: TarStream, out: _HashingWriter, level: int) -> None:
         if h is None:
             break
         _check_hostile(h, tar.src.what)
-        left = h.data_size
-        while left:
-            left -= len(tar.read_payload(min(left, READ_BLOCK)))
+        while tar.payload_remaining:
+            tar.read_payload(READ_BLOCK)
     for _ in tar.read_trailing():
         pass
     out.write(cobj.flush())

@@ -1,0 +1,77 @@
+"""Chunk boundaries against the plain byte-by-byte model of the reference."""
+
+import os
+import random
+
+import pytest
+
+from converter.chunked.chunker import chunk_boundaries
+from plain_chunker import plain_chunks
+
+
+def _payloads():
+    rnd = random.Random(42)
+    cases = {}
+    for n in (0, 1, 511, 512, 513, 65536, 200_000):
+        cases[f"random-{n}"] = rnd.randbytes(n)
+    body = rnd.randbytes(50_000)
+    for run in (1023, 1024, 1025):
+        z = bytes(run)
+        cases[f"zeros{run}-start"] = z + body
+        cases[f"zeros{run}-middle"] = body[:25_000] + z + body[25_000:]
+        cases[f"zeros{run}-end"] = body + z
+        cases[f"zeros{run}-only"] = z
+    cases["alternating-runs"] = b"".join(
+        rnd.randbytes(rnd.randint(1, 3000)) + bytes(rnd.choice((1000, 1023, 1024, 1025, 5000)))
+        for _ in range(60)
+    )
+    cases["text-like"] = b"".join(rnd.choice([b"the ", b"quick ", b"fox\n", b"\x00\x00"]) for _ in range(60_000))
+    cases["constant"] = b"A" * 300_000
+    cases["multi-mib"] = rnd.randbytes(3 << 20) + bytes(100_000) + rnd.randbytes(1 << 20)
+    return cases
+
+
+PAYLOADS = _payloads()
+
+
+@pytest.mark.parametrize("name", sorted(PAYLOADS))
+def test_chunks_match_plain_model(name):
+    data = PAYLOADS[name]
+    expected = plain_chunks(data)
+    assert chunk_boundaries(data) == expected
+    # Block boundaries must not matter, whatever they cut through.
+    for block in (1, 63, 64, 1000, 4096) if len(data) < 300_000 else (65_536, 1_000_003):
+        if block == 1 and len(data) > 20_000:
+            continue
+        assert chunk_boundaries(data, block=block) == expected, block
+
+
+def test_random_structured_payloads_match_plain_model():
+    rnd = random.Random(7)
+    for _ in range(60):
+        parts = []
+        for _ in range(rnd.randint(1, 8)):
+            kind = rnd.random()
+            if kind < 0.35:
+                parts.append(bytes(rnd.choice((1, 100, 1023, 1024, 1025, 4000))))
+            elif kind < 0.5:
+                parts.append(b"\x00\x01" * rnd.randint(1, 3000))
+            else:
+                parts.append(rnd.randbytes(rnd.randint(1, 90_000)))
+        data = b"".join(parts)
+        block = rnd.choice((1000, 4096, 65536, 1 << 22))
+        assert chunk_boundaries(data, block=block) == plain_chunks(data)
+
+
+def test_chunks_cover_payload_and_average_near_64k():
+    data = os.urandom(8 << 20)
+    chunks = chunk_boundaries(data)
+    assert sum(size for _, size, _ in chunks) == len(data)
+    assert all(a[0] + a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    # 16 rollsum bits: about one split every 64 KiB of random data.
+    assert 60 <= len(chunks) <= 200
+
+
+def test_hole_is_one_zeros_chunk_however_long():
+    data = b"a" * 10 + bytes(10 << 20) + b"b" * 10
+    assert chunk_boundaries(data, block=1 << 20) == [(0, 10, ""), (10, 10 << 20, "zeros"), ((10 << 20) + 10, 10, "")]
