@@ -145,6 +145,35 @@ def test_push_docker_archive_source(registry, tmp_path):
         assert src.read_blob(m.config) == img.config.data
 
 
+def test_push_oci_archive_source(registry, tmp_path):
+    import tarfile
+
+    archive = tmp_path / "img.tar"
+    with tarfile.open(archive, "w") as tf:
+        for p in sorted(SAMPLE.rglob("*")):
+            tf.add(p, arcname=str(p.relative_to(SAMPLE)), recursive=False)
+    p = zconv("push", f"oci-archive:{archive}:v1", f"docker://{registry.host}/push/fromociarchive:v1", "--json")
+    assert p.returncode == 0, p.stderr
+    assert_registry_has(registry.host, "push/fromociarchive:v1", layout_blobs(SAMPLE), top_digest(SAMPLE, "v1"))
+
+
+def test_rerun_after_a_failed_push_uploads_nothing_again(registry, tmp_path):
+    """A push that dies at the end (here: the manifest PUT keeps failing) leaves its blobs;
+    the next run only checks them (HEAD) and finishes the job."""
+    layout = big_image(tmp_path, seed=23, big=400_000)
+    with FaultProxy(registry.port) as proxy:
+        proxy.add(Fault("status", method="PUT", path="/manifests/", status=500, times=-1))
+        p = zconv("push", f"oci:{layout}:v1", f"docker://{proxy.host}/rerun/app:v1", "--quiet",
+                  "--retry", "1", "--retry-delay", "0.01")
+        assert p.returncode == 4
+        assert "/manifests/" not in one_error_line(p)  # names the reference, not a URL path
+        proxy.clear()
+        p = zconv("push", f"oci:{layout}:v1", f"docker://{proxy.host}/rerun/app:v1", "--json")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["blobs"] == {"uploaded": 0, "mounted": 0, "skipped": 3}  # config + 2 layers
+    assert_registry_has(registry.host, "rerun/app:v1", layout_blobs(layout), top_digest(layout, "v1"))
+
+
 def test_second_push_skips_existing_blobs(registry):
     dest = f"push/again:v1"
     assert zconv("push", f"oci:{SAMPLE}:v1", f"docker://{registry.host}/{dest}").returncode == 0
