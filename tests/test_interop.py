@@ -303,3 +303,32 @@ def test_debian_v1_then_v2_partial_pull(debian_pair, interop, registry, tmp_path
         f"{ref_missing['v2'][0]} with the reference writer's")
     for d in (store, ref_store):  # ~1 GB of layers; kept above only when a check failed
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# the Go helper against a registry with basic auth and TLS (as other suites use it)
+
+
+def test_partial_pull_with_auth_and_tls(edge_tars, interop, tmp_path):
+    from support.registry import RegistryServer, make_self_signed_cert
+
+    tar = edge_tars["gnu-tar-tree"]
+    manifest = convert_ours(interop, [tar], tmp_path / "src", tmp_path / "ours", "v1")
+    cert, key = make_self_signed_cert(tmp_path / "tls")
+    certs = tmp_path / "certs.d"  # containers/image: *.crt in the cert dir are CA roots
+    certs.mkdir()
+    shutil.copy(cert, certs / "ca.crt")
+    with RegistryServer(auth=("alice", "s3cret"), tls=(cert, key)) as reg:
+        assert reg.url.startswith("https://")
+        net = dict(creds="alice:s3cret", cert_dir=certs, tls_verify=True)
+        with pytest.raises(InteropError, match="(?i)unauthorized|authentication"):
+            interop.copy(f"oci:{tmp_path / 'ours'}:v1", f"docker://{reg.ref('private', 'v1')}",
+                         cert_dir=certs, tls_verify=True)
+        interop.copy(f"oci:{tmp_path / 'ours'}:v1", f"docker://{reg.ref('private', 'v1')}", **net)
+        store = tmp_path / "store"
+        res = interop.pull(f"docker://{reg.ref('private', 'v1')}", store,
+                           log=tmp_path / "pull.log", **net)
+        assert_no_mounts_under(store)
+    res["log_file"] = str(tmp_path / "pull.log")
+    assert_partial_pull(res, manifest, "auth+tls")
+    assert_tree_equal(res, [tar], "auth+tls")
