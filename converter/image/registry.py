@@ -509,6 +509,8 @@ class RegistryClient:
                 if resp.status_code not in _RETRY_STATUS:
                     return resp
                 detail = _error_detail(resp)
+                if not detail.startswith("HTTP "):
+                    detail = f"HTTP {resp.status_code} ({detail})"
                 retry_after = resp.headers.get("Retry-After")
                 resp.close()
                 err = _Transient(detail, retry_after)
@@ -632,6 +634,8 @@ class RegistryClient:
             resp = once()
             if resp.status_code in _RETRY_STATUS:
                 detail, ra = _error_detail(resp), resp.headers.get("Retry-After")
+                if not detail.startswith("HTTP "):
+                    detail = f"HTTP {resp.status_code} ({detail})"
                 resp.close()
                 raise _Transient(detail, ra)
             return resp
@@ -671,7 +675,7 @@ class RegistryClient:
         """Size of the blob if the repository has it (HEAD), else None."""
         resp = self.request(
             "HEAD", f"/v2/{repo}/blobs/{digest}", repository=repo,
-            scopes=self._push(repo) if push else self._pull(repo), what=f"{self.host}/{repo}@{short(digest)}",
+            scopes=self._push(repo) if push else self._pull(repo), what=f"{self.host}/{repo}: checking for blob {short(digest)}",
         )
         resp.close()
         if resp.status_code == 200:
@@ -712,7 +716,7 @@ class RegistryClient:
     def _start_upload(self, repo: str) -> str:
         resp = self.request(
             "POST", f"/v2/{repo}/blobs/uploads/", repository=repo, scopes=self._push(repo),
-            headers={"Content-Length": "0"}, what=f"{self.host}/{repo}: start upload",
+            headers={"Content-Length": "0"}, what=f"{self.host}/{repo}: starting a blob upload",
         )
         resp.close()
         if resp.status_code == 202:
@@ -738,7 +742,7 @@ class RegistryClient:
         that resume after failures where the registry keeps the session.
         """
         check_digest(digest)
-        what = f"{self.host}/{repo}: blob {short(digest)}"
+        what = f"{self.host}/{repo}: uploading blob {short(digest)}"
         if not known_absent and self.blob_size(repo, digest, push=True) is not None:
             self.stats.skipped += 1
             return "skipped"
@@ -796,7 +800,7 @@ class RegistryClient:
             resp = self.request(
                 "PUT", url, repository=repo, scopes=self._push(repo),
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                body=body, retry=False, what=f"{self.host}/{repo}: blob {short(digest)}",
+                body=body, retry=False, what=f"{self.host}/{repo}: uploading blob {short(digest)}",
             )
         finally:
             for f in files:
@@ -823,7 +827,7 @@ class RegistryClient:
         return end, self._location(resp, repo) if resp.headers.get("Location") else location
 
     def _put_chunked(self, repo: str, location: str, digest: str, size: int, open_file: Callable[[], BinaryIO]) -> None:
-        what = f"{self.host}/{repo}: blob {short(digest)}"
+        what = f"{self.host}/{repo}: uploading blob {short(digest)}"
         offset = 0
         attempt = 0
         with open_file() as f:
@@ -1025,7 +1029,8 @@ class RegistryClient:
         return Descriptor(media_type=mt, digest=digest, size=int(size))
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
-        what = f"{self.host}/{repo}:{ref}" if not ref.startswith("sha") else f"{self.host}/{repo}@{short(ref)}"
+        what = (f"{self.host}/{repo}:{ref}: writing the tag" if not ref.startswith("sha")
+                else f"{self.host}/{repo}@{short(ref)}: pushing manifest")
         if len(data) > MAX_MANIFEST_SIZE:
             raise BadInputError(f"{what}: manifest is {len(data)} bytes, over the {MAX_MANIFEST_SIZE}-byte limit registries accept")
         resp = self.request("PUT", f"/v2/{repo}/manifests/{ref}", repository=repo, scopes=self._push(repo),
