@@ -12,7 +12,7 @@ all: test
 sysdeps:
 	@bash .ci/sysdeps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py converter/chunked/_rollsum.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

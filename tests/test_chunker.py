@@ -5,8 +5,19 @@ import random
 
 import pytest
 
-from converter.chunked.chunker import chunk_boundaries
+from converter.chunked import chunker
+from converter.chunked.chunker import NativeChunker, NumpyChunker
 from plain_chunker import plain_chunks
+
+IMPLS = {"numpy": NumpyChunker, "native": NativeChunker}
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def chunk_boundaries(request):
+    if request.param == "native" and chunker._rollsum is None:
+        pytest.fail("the native scanner was not built (is a C compiler installed?)")
+    impl = IMPLS[request.param]
+    return lambda data, block=1 << 22: chunker.chunk_boundaries(data, block, impl=impl)
 
 
 def _payloads():
@@ -35,7 +46,7 @@ PAYLOADS = _payloads()
 
 
 @pytest.mark.parametrize("name", sorted(PAYLOADS))
-def test_chunks_match_plain_model(name):
+def test_chunks_match_plain_model(name, chunk_boundaries):
     data = PAYLOADS[name]
     expected = plain_chunks(data)
     assert chunk_boundaries(data) == expected
@@ -46,7 +57,7 @@ def test_chunks_match_plain_model(name):
         assert chunk_boundaries(data, block=block) == expected, block
 
 
-def test_random_structured_payloads_match_plain_model():
+def test_random_structured_payloads_match_plain_model(chunk_boundaries):
     rnd = random.Random(7)
     for _ in range(60):
         parts = []
@@ -63,7 +74,7 @@ def test_random_structured_payloads_match_plain_model():
         assert chunk_boundaries(data, block=block) == plain_chunks(data)
 
 
-def test_chunks_cover_payload_and_average_near_64k():
+def test_chunks_cover_payload_and_average_near_64k(chunk_boundaries):
     data = os.urandom(8 << 20)
     chunks = chunk_boundaries(data)
     assert sum(size for _, size, _ in chunks) == len(data)
@@ -72,6 +83,13 @@ def test_chunks_cover_payload_and_average_near_64k():
     assert 60 <= len(chunks) <= 200
 
 
-def test_hole_is_one_zeros_chunk_however_long():
+def test_hole_is_one_zeros_chunk_however_long(chunk_boundaries):
     data = b"a" * 10 + bytes(10 << 20) + b"b" * 10
     assert chunk_boundaries(data, block=1 << 20) == [(0, 10, ""), (10, 10 << 20, "zeros"), ((10 << 20) + 10, 10, "")]
+
+
+def test_native_and_numpy_agree_on_large_random_payload():
+    if chunker._rollsum is None:
+        pytest.fail("the native scanner was not built")
+    data = os.urandom(24 << 20)
+    assert chunker.chunk_boundaries(data, impl=NativeChunker) == chunker.chunk_boundaries(data, impl=NumpyChunker)

@@ -34,7 +34,7 @@ DATA = ""
 ZEROS = "zeros"
 
 
-class Chunker:
+class NumpyChunker:
     """Feed a file's payload in blocks; collect chunk ends as (end_offset, type).
 
     `feed()` returns the chunk ends now decided, and the offset up to which
@@ -148,9 +148,38 @@ class Chunker:
         return cuts
 
 
-def chunk_boundaries(data: bytes, block: int = 1 << 22) -> list[tuple[int, int, str]]:
+class NativeChunker:
+    """The same interface over the C scanner (converter/chunked/_rollsum.c)."""
+
+    def __init__(self) -> None:
+        self._state = (WINDOW * CHAR_OFFSET, WINDOW * (WINDOW - 1) * CHAR_OFFSET, 0, bytes(WINDOW), 0, 0)
+
+    @property
+    def pos(self) -> int:
+        return self._state[5]
+
+    def feed(self, data) -> tuple[list[tuple[int, str]], int]:
+        cuts, self._state = _rollsum.scan(data, self._state)
+        return [(end, ZEROS if z else DATA) for end, z in cuts], self._state[5] - self._state[4]
+
+    def finish(self) -> list[tuple[int, str]]:
+        cuts, self._state = _rollsum.finish(self._state)
+        out = [(end, ZEROS if z else DATA) for end, z in cuts]
+        out.append((self.pos, DATA))
+        return out
+
+
+try:
+    from converter.chunked import _rollsum
+except ImportError:  # built without a C compiler: same chunks, numpy speed
+    _rollsum = None
+
+Chunker = NativeChunker if _rollsum is not None else NumpyChunker
+
+
+def chunk_boundaries(data: bytes, block: int = 1 << 22, impl=None) -> list[tuple[int, int, str]]:
     """All chunks of one payload as (offset, size, type); empty payload -> []."""
-    ch = Chunker()
+    ch = (impl or Chunker)()
     ends: list[tuple[int, str]] = []
     mv = memoryview(data)
     for i in range(0, len(data), block):
