@@ -386,9 +386,11 @@ class RegistryClient:
             return True
         import certifi
 
-        parts = [open(certifi.where(), "rb").read()]
+        from pathlib import Path
+
+        parts = [Path(certifi.where()).read_bytes()]
         for c in crts:
-            parts.append(b"\n" + open(c, "rb").read())
+            parts.append(b"\n" + Path(c).read_bytes())
         fd, path = tempfile.mkstemp(prefix="zconv-ca-", suffix=".pem")
         with os.fdopen(fd, "wb") as f:
             f.write(b"".join(parts))
@@ -539,6 +541,8 @@ class RegistryClient:
             if creds is None:
                 return {}
             return {"Authorization": "Basic " + oras_auth_utils.get_basic_auth(creds.username, creds.password)}
+        if not scopes and params.get("scope"):
+            scopes = tuple(params["scope"].split(" "))  # what the registry's challenge asked for
         key = tuple(sorted(scopes))
         if force:
             self._tokens.pop(key, None)
