@@ -74,16 +74,16 @@ def _parse_string(b: bytes) -> bytes:
     return b if i < 0 else b[:i]
 
 
+_OCTAL_DIGITS = b"01234567"
+
+
 def _parse_octal(b: bytes) -> int:
     b = _parse_string(b.strip(b" \x00"))
     if not b:
         return 0
-    try:
-        if not all(48 <= c <= 55 for c in b):
-            raise ValueError
-        value = int(b, 8)
-    except ValueError:
-        raise TarFormatError(f"invalid octal number {b!r}") from None
+    if b.translate(None, _OCTAL_DIGITS):
+        raise TarFormatError(f"invalid octal number {b!r}")
+    value = int(b, 8)
     if value >= 1 << 64:
         raise TarFormatError(f"octal number {b!r} out of range")
     return value if value < 1 << 63 else value - (1 << 64)

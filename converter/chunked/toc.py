@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import json
 from dataclasses import dataclass
 
@@ -79,6 +80,7 @@ def climbs_out(path: bytes) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)
 def rfc3339(ns: int) -> str:
     """Go's time.Time JSON form (RFC 3339 with trimmed nanoseconds), in UTC."""
     secs, frac = divmod(ns, 1_000_000_000)

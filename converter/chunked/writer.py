@@ -91,7 +91,12 @@ class _HashingWriter:
 
 
 class FrameSink:
-    """Compresses frames in order and records where each one lands."""
+    """Compresses frames in order, writes them, and records where each lands.
+
+    Batches go to one background thread that compresses (zstd's own worker
+    threads), writes, hashes the output and digests the chunks that need it,
+    so the main thread only parses, chunks and hashes payloads.
+    """
 
     def __init__(self, out: _HashingWriter, level: int, threads: int) -> None:
         self._out = out
@@ -99,58 +104,64 @@ class FrameSink:
         self._cctx = zstandard.ZstdCompressor(compression_params=self._params)
         self._threads = threads
         self._batch: list[bytes] = []
+        self._want: list[int] = []  # frame indexes whose sha256 is wanted
+        self._first = 0  # index of the batch's first frame
         self._batch_bytes = 0
         self._pool = cf.ThreadPoolExecutor(1) if threads > 1 else None
         self._inflight: deque = deque()
         self.ends: list[int] = []  # end offset of every frame, by index
+        self.digests: dict[int, str] = {}
         self._count = 0
         self._stream = None
 
-    # -- frame bookkeeping
     def start_of(self, idx: int) -> int:
         return self.ends[idx - 1] if idx else 0
 
-    def add(self, data: bytes) -> int:
+    def add(self, data: bytes, want_digest: bool = False) -> int:
         """Queue one frame; returns its index."""
         idx = self._count
         self._count += 1
         self._batch.append(data)
+        if want_digest:
+            self._want.append(idx)
         self._batch_bytes += len(data)
         if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FRAMES:
             self._submit()
         return idx
 
-    def _compress(self, frames: list[bytes]):
-        # One context per call: multi_compress_to_buffer runs its own threads.
+    def _process(self, first: int, frames: list[bytes], want: list[int]) -> None:
+        # A context per call: multi_compress_to_buffer runs its own threads.
         cctx = zstandard.ZstdCompressor(compression_params=self._params)
-        return cctx.multi_compress_to_buffer(frames, threads=self._threads)
-
-    def _submit(self) -> None:
-        if not self._batch:
-            return
-        frames, self._batch, self._batch_bytes = self._batch, [], 0
-        if self._pool is None:
-            self._write(self._compress(frames))
-            return
-        self._inflight.append(self._pool.submit(self._compress, frames))
-        while len(self._inflight) > MAX_BATCHES_IN_FLIGHT:
-            self._write(self._inflight.popleft().result())
-
-    def _write(self, result) -> None:
+        result = cctx.multi_compress_to_buffer(frames, threads=self._threads)
+        for i in want:
+            self.digests[i] = "sha256:" + hashlib.sha256(frames[i - first]).hexdigest()
         for seg in result:
             self._out.write(seg.tobytes())
             self.ends.append(self._out.offset)
 
+    def _submit(self) -> None:
+        if not self._batch:
+            return
+        job = (self._first, self._batch, self._want)
+        self._first, self._batch, self._want, self._batch_bytes = self._count, [], [], 0
+        if self._pool is None:
+            self._process(*job)
+            return
+        self._inflight.append(self._pool.submit(self._process, *job))
+        while len(self._inflight) > MAX_BATCHES_IN_FLIGHT:
+            self._inflight.popleft().result()
+
     def drain(self) -> None:
         self._submit()
         while self._inflight:
-            self._write(self._inflight.popleft().result())
+            self._inflight.popleft().result()
 
     # -- large frames, compressed as a stream in order
     def stream_begin(self) -> int:
         self.drain()
         idx = self._count
         self._count += 1
+        self._first = self._count
         self._stream = self._cctx.compressobj()
         return idx
 
@@ -247,13 +258,10 @@ class _PayloadWriter:
         else:
             data = c.pieces[0] if len(c.pieces) == 1 else b"".join(c.pieces)
             data = bytes(data)
-            if single:
-                digest = None  # one chunk: the file digest says it all
-            elif typ == ZEROS:
+            digest = None  # one chunk: the file digest says it all
+            if not single and typ == ZEROS:
                 digest = _zeros_digest(len(data))
-            else:
-                digest = "sha256:" + hashlib.sha256(data).hexdigest()
-            frame = self.sink.add(data)
+            frame = self.sink.add(data, want_digest=not single and typ != ZEROS)
         self.chunks.append((c.start, c.size, typ, frame, digest))
         self.cur = _Chunk(self.emitted)
 
@@ -304,7 +312,8 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
     cctx = zstandard.ZstdCompressor(level=level)
     tsw = TarSplitWriter(cctx)
     entries: list[dict] = []
-    fixups: list[tuple[dict, str, int, bool]] = []  # (entry, key, frame, end?)
+    # Values known only once frames are written: (entry, key, frame, start|end|digest)
+    fixups: list[tuple[dict, str, int, str]] = []
     header = bytearray()
     try:
         while True:
@@ -329,8 +338,8 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
             chunks, digest, crc = _write_payload(tar, sink, n)
             tsw.file(h.name, h.size, crc)
             e["digest"] = "sha256:" + digest
-            fixups.append((e, "offset", chunks[0][3], False))
-            fixups.append((e, "endOffset", chunks[-1][3], True))
+            fixups.append((e, "offset", chunks[0][3], "start"))
+            fixups.append((e, "endOffset", chunks[-1][3], "end"))
             entries.append(e)
             if len(chunks) > 1:
                 name = e["name"]
@@ -339,11 +348,15 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
                     if off:
                         ce["chunkOffset"] = off
                     ce["chunkSize"] = size
-                    ce["chunkDigest"] = cdigest
+                    if cdigest:
+                        ce["chunkDigest"] = cdigest
+                    else:  # hashed by the sink's thread with the frame
+                        ce["chunkDigest"] = None
+                        fixups.append((ce, "chunkDigest", frame, "digest"))
                     if typ == ZEROS:
                         ce["chunkType"] = ZEROS
                     if i:
-                        fixups.append((ce, "offset", frame, False))
+                        fixups.append((ce, "offset", frame, "start"))
                         entries.append(ce)
         for piece in tar.read_trailing():
             header += piece
@@ -356,8 +369,9 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
         sink.drain()
     finally:
         sink.close()
-    for e, key, frame, end in fixups:
-        e[key] = sink.ends[frame] if end else sink.start_of(frame)
+    resolve = {"start": sink.start_of, "end": sink.ends.__getitem__, "digest": sink.digests.__getitem__}
+    for e, key, frame, kind in fixups:
+        e[key] = resolve[kind](frame)
     tarsplit, tarsplit_digest = tsw.finish()
     toc_raw = tocmod.toc_json(entries, tarsplit_digest)
     if len(toc_raw) > MAX_TOC_SIZE:
