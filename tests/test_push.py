@@ -210,6 +210,23 @@ def test_converted_image_push_checks_range_requests(registry, tmp_path):
     assert rc["ok"] is True, rc
 
 
+def test_push_between_two_registries_streams_and_verifies(registry, tmp_path):
+    assert zconv("push", f"oci:{SAMPLE}:v1", f"docker://{registry.host}/x/src:v1").returncode == 0
+    # docker-registry reads REGISTRY_* variables as configuration (REGISTRY_AUTH_FILE = auth.file!)
+    authfile = os.environ.pop("REGISTRY_AUTH_FILE")
+    try:
+        other = RegistryServer().start()
+    finally:
+        os.environ["REGISTRY_AUTH_FILE"] = authfile
+    try:
+        p = zconv("push", f"docker://{registry.host}/x/src:v1", f"docker://{other.host}/x/dst:v1", "--json")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["blobs"] == {"uploaded": 4, "mounted": 0, "skipped": 0}
+        assert_registry_has(other.host, "x/dst:v1", layout_blobs(SAMPLE), top_digest(SAMPLE, "v1"))
+    finally:
+        other.stop()
+
+
 # ------------------------------------------------------------------ faults
 
 
