@@ -169,6 +169,11 @@ def run(mib: int = 256, rounds: int = 3, report=print) -> dict:
         report(f"  RegistryClient.push_blob     {mibs['client']:8.1f} MiB/s  {best['client']:.2f}s"
                f"  = {result['ratio_client_vs_curl']:.2f}x curl's throughput (in-process, chunked;"
                f" {min(cpu):.2f}s of client CPU: the registry is the bottleneck)")
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB -> MiB (Linux)
+        result["peak_rss_mib_child_processes"] = rss
+        report(f"  peak RSS of the zconv push processes: {rss:.0f} MiB for a {size / (1 << 20):.0f} MiB blob (streamed)")
         report(f"  (fixed cost of a zconv push process, {startup:.2f}s: start-up, imports, HEADs, manifest;"
                " subtracted from the CLI times)")
         return result
