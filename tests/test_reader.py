@@ -148,7 +148,13 @@ def _ann(built, **kw) -> dict:
 def test_missing_annotation_is_named(built) -> None:
     ann = dict(built.annotations)
     del ann[TARSPLIT_POSITION_KEY]
-    with pytest.raises(BadInputError, match="tarsplit-position is missing"):
+    # The TOC alone (what `inspect` reads) does not need the tar-split position...
+    assert read_toc(io.BytesIO(built.blob), ann)["entries"]
+    # ...a partial pull does: the consumer falls back without it.
+    with pytest.raises(BadInputError, match="^layer 3: annotation .*tarsplit-position is missing"):
+        load_layer(io.BytesIO(built.blob), ann, name="layer 3")
+    del ann[MANIFEST_POSITION_KEY]
+    with pytest.raises(BadInputError, match="manifest-position is missing"):
         read_toc(io.BytesIO(built.blob), ann, name="layer 3")
 
 

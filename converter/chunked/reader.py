@@ -201,6 +201,7 @@ def parse_annotations(
     name: str = "layer",
     max_toc_size: int = MAX_TOC_SIZE,
     max_tarsplit_size: int = MAX_TARSPLIT_SIZE,
+    require_tarsplit: bool = True,
 ) -> ChunkedAnnotations:
     """Parse and bound-check the three zstd:chunked annotations.
 
@@ -209,7 +210,8 @@ def parse_annotations(
     too because we keep it in memory.
     """
     ann = annotations or {}
-    for key in (MANIFEST_CHECKSUM_KEY, MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY):
+    required = (MANIFEST_CHECKSUM_KEY, MANIFEST_POSITION_KEY) + ((TARSPLIT_POSITION_KEY,) if require_tarsplit else ())
+    for key in required:
         if key not in ann:
             raise _bad(name, f"annotation {key} is missing")
     checksum = ann[MANIFEST_CHECKSUM_KEY]
@@ -219,21 +221,25 @@ def parse_annotations(
     if mtype != MANIFEST_TYPE_CRFS:
         raise _bad(name, f"manifest type {mtype} in {MANIFEST_POSITION_KEY} is not {MANIFEST_TYPE_CRFS}")
     toc = Position(off, ln, uln)
-    ts_off, ts_ln, ts_uln = _parse_ints(ann[TARSPLIT_POSITION_KEY], 3, TARSPLIT_POSITION_KEY, name)
-    tarsplit = Position(ts_off, ts_ln, ts_uln)
+    tarsplit: Position | None = None
+    if TARSPLIT_POSITION_KEY in ann:
+        ts_off, ts_ln, ts_uln = _parse_ints(ann[TARSPLIT_POSITION_KEY], 3, TARSPLIT_POSITION_KEY, name)
+        tarsplit = Position(ts_off, ts_ln, ts_uln)
     if toc.length > max_toc_size or toc.uncompressed_length > max_toc_size:
         raise _bad(
             name,
             f"TOC of {toc.length} bytes compressed / {toc.uncompressed_length} uncompressed "
             f"exceeds the consumer's limit of {max_toc_size} bytes",
         )
-    if tarsplit.length > max_tarsplit_size or tarsplit.uncompressed_length > max_tarsplit_size:
+    if tarsplit and (tarsplit.length > max_tarsplit_size or tarsplit.uncompressed_length > max_tarsplit_size):
         raise _bad(
             name,
             f"tar-split of {tarsplit.length} bytes compressed / {tarsplit.uncompressed_length} uncompressed "
             f"exceeds the limit of {max_tarsplit_size} bytes",
         )
     for what, pos in (("TOC", toc), ("tar-split", tarsplit)):
+        if pos is None:
+            continue
         if pos.length == 0:
             raise _bad(name, f"{what} position declares an empty frame")
         if pos.offset < SKIPPABLE_HEADER_SIZE:
@@ -243,7 +249,7 @@ def parse_annotations(
                 name,
                 f"{what} at offset {pos.offset} length {pos.length} ends past the blob's {blob_size} bytes",
             )
-    if toc.offset < tarsplit.end and tarsplit.offset < toc.end:
+    if tarsplit and toc.offset < tarsplit.end and tarsplit.offset < toc.end:
         raise _bad(name, f"TOC ({toc.offset}+{toc.length}) and tar-split ({tarsplit.offset}+{tarsplit.length}) overlap")
     return ChunkedAnnotations(checksum, toc, tarsplit, mtype)
 
@@ -1191,7 +1197,7 @@ def read_toc(
     entry's fields, names, ranges and duplicates.
     """
     access = as_access(reader, size, name)
-    ann = parse_annotations(annotations, access.size, access.name)
+    ann = parse_annotations(annotations, access.size, access.name, require_tarsplit=False)
     _, data = read_toc_bytes(access, ann)
     toc = parse_toc(data, access.name)
     entries = toc_entries(toc, access.name)
