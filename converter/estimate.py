@@ -56,7 +56,7 @@ from converter.chunked.reader import (
 )
 from converter.errors import BadInputError, UsageError
 from converter.image.model import (
-    INDEX_TYPES,
+    INDEX_ZSTD_ANNOTATION,
     Descriptor,
     ImageSource,
     Index,
@@ -392,15 +392,21 @@ def select_image(src: ImageSource, plat: tuple[str, str, str | None]) -> tuple[s
             return label, doc
         assert isinstance(doc, Index)
         want_os, want_arch, want_variant = plat
-        cands = [
-            m for m in doc.manifests
-            if m.platform is not None and m.platform.os == want_os and m.platform.architecture == want_arch
-            and (want_variant is None or m.platform.variant == want_variant)
-        ]
-        if not cands:
-            nested = [m for m in doc.manifests if m.media_type in INDEX_TYPES]
-            if len(doc.manifests) == 1 or (len(nested) == 1 and not cands):
-                cands = [doc.manifests[0] if len(doc.manifests) == 1 else nested[0]]
+        # As containers/image's chooseInstance: matching platform first, then
+        # entries without a platform; zstd instances (podman's annotation)
+        # before others; then index order.
+        ranked = []
+        for pos, m in enumerate(doc.manifests):
+            if m.platform is None:
+                prio = 1
+            elif (m.platform.os == want_os and m.platform.architecture == want_arch
+                  and (want_variant is None or m.platform.variant in (None, want_variant))):
+                prio = 0
+            else:
+                continue
+            is_zstd = m.annotations.get(INDEX_ZSTD_ANNOTATION) == "true"
+            ranked.append(((prio, not is_zstd, pos), m))
+        cands = [m for _, m in sorted(ranked, key=lambda r: r[0])]
         if not cands:
             have = ", ".join(str(m.platform) for m in doc.manifests if m.platform) or "none"
             raise UsageError(f"{label}: no image for {'/'.join(p for p in plat if p)} (has: {have}); use --platform")

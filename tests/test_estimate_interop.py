@@ -118,3 +118,26 @@ def test_estimate_matches_consumer_missing_bytes(interop, registry, tmp_path: Pa
     # Files found in OLD and zero chunks are not fetched: less than the blobs.
     pulled = [x for x in ours["layers"] if x["mode"] != "reused"]
     assert ours["total"]["fetch_bytes"] < sum(x["size"] for x in pulled)
+
+
+def test_estimate_gzip_old_image_then_chunked_version(interop, registry, tmp_path: Path) -> None:
+    """A client with the gzip image pulls its zstd:chunked conversion: gzip layers leave no
+    TOC behind, so only NEW's own lower layers help, exactly as the consumer logs it."""
+    sample = Path(__file__).resolve().parent.parent / "testdata" / "sample"
+    zconv_convert(f"oci:{sample}", f"oci:{tmp_path / 'z'}")
+    old, new = f"docker://{registry.ref('zconv-estimate-gz', 'gz')}", f"docker://{registry.ref('zconv-estimate-gz', 'z')}"
+    interop.copy(f"oci:{sample}:v1", old)
+    interop.copy(f"oci:{tmp_path / 'z'}:v1", new)
+    est = subprocess.run(
+        [sys.executable, "-m", "converter.cli", "estimate", old, new, "--hard-links", "true",
+         "--reflinks", str(_can_reflink(tmp_path)).lower(), "--tls-verify", "false", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert est.returncode == 0, est.stderr
+    ours = json.loads(est.stdout)
+    interop.pull(old, tmp_path / "store")
+    theirs = interop.pull(new, tmp_path / "store")
+    assert [(x["missing_bytes"], x["total_bytes"]) for x in ours["layers"]] == [
+        (x["missing_bytes"], x["total_bytes"]) for x in theirs["layers"]
+    ], theirs["log"]
+    assert any(x["missing_bytes"] < x["total_bytes"] for x in theirs["layers"])  # lower-layer reuse happened
