@@ -323,3 +323,14 @@ def test_blob_access_refuses_short_reads() -> None:
         acc.read_at(0, 10)
     with pytest.raises(BadInputError, match="outside the blob"):
         acc.read_at(95, 10)
+
+
+def test_tarsplit_file_name_without_toc_file_is_reported() -> None:
+    def rename(lines: list) -> None:
+        for d in lines:
+            if d["type"] == 1 and d["name"] == "etc/hostname":
+                d["name"] = "etc/hostname.bak"
+    b = build_chunked(make_tar(sample_files()), mutate_tarsplit=rename)
+    layer = load_layer(io.BytesIO(b.blob), b.annotations, check_match=False)
+    problems = check_toc_matches_tarsplit(layer.entries, layer.tarsplit, "L")
+    assert any("'etc/hostname.bak', 6 bytes) has no regular file" in p for p in problems), problems

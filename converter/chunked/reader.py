@@ -1132,6 +1132,18 @@ def check_toc_matches_tarsplit(entries: list[TocEntry], tarsplit: bytes, name: s
         fsize = file_sizes.get(hdr.name)
         if hdr.has_data and fsize is not None and fsize != hdr.size:
             problems.append(f"{where}: tar-split file size {fsize} != header size {hdr.size}")
+    # The consumer rebuilds the tar by opening each tar-split file entry's
+    # name in the extracted tree: a payload-carrying name that is not a
+    # regular file of the TOC (with that size) fails the pull at the end.
+    regs = {go_clean(e.name): e for e in entries if e.type == "reg"}
+    for ts in ts_entries:
+        if ts.type == 1 and ts.size > 0:
+            e = regs.get(go_clean(ts.name_str))
+            if e is None or e.size != ts.size:
+                problems.append(
+                    f"{name}: tar-split entry {ts.line} ({ts.name_str!r}, {ts.size} bytes) has no regular file "
+                    "of that size in the TOC; the consumer cannot rebuild the tar"
+                )
     for e in list(pending.values())[:20]:
         problems.append(f"{e.where(name)}: entry is missing from the tar-split")
     if len(pending) > 20:
