@@ -132,7 +132,7 @@ def test_push_docker_archive_source(registry, tmp_path):
     img = make_sample.make_image(make_sample.sample_layers(4), docker=True)
     archive = tmp_path / "saved.tar"
     make_sample.write_docker_archive(str(archive), [(img, ["localhost/app:2"])])
-    p = zconv("push", f"docker-archive:{archive}", f"docker://{registry.host}/push/fromarchive:2", "--json")
+    p = zconv("push", f"docker-archive:{archive}", f"docker://{registry.host}/push/fromarchive:2", "--json", "--jobs", "1")
     assert p.returncode == 0, p.stderr
     with DockerSource(f"docker://{registry.host}/push/fromarchive:2") as src:
         (_, top), = src.targets()

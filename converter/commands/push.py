@@ -83,10 +83,11 @@ def _local_blob_path(src: ImageSource, digest: str) -> str | None:
 
 
 class _Pusher:
-    def __init__(self, src: ImageSource, sink: DockerSink, log: Callable[[str], None]) -> None:
+    def __init__(self, src: ImageSource, sink: DockerSink, log: Callable[[str], None], jobs: int = 1) -> None:
         self.src = src
         self.sink = sink
         self.log = log
+        self.jobs = jobs
         self.done: set[str] = set()
         self.manifests = 0
         self.chunked_layers: list[Descriptor] = []
@@ -102,7 +103,7 @@ class _Pusher:
             self.sink.put_blob_file(desc, path)  # the registry checks the digest on upload
         elif self.sink.has_blob(desc):
             self.sink.results[desc.digest] = "skipped"
-            self.sink.client.stats.skipped += 1
+            self.sink.client.count("skipped")
         elif self.sink.try_mount(desc):
             pass
         else:
@@ -132,6 +133,31 @@ class _Pusher:
                 what = "config" if i == 0 else f"layer {i}"
                 raise BadInputError(f"{self.src.description}: blob {b.digest} ({what} of manifest {short(desc.digest)}) is missing from the layout")
 
+    def blobs(self, items: list[tuple[Descriptor, str]]) -> None:
+        """The blobs of one manifest, `jobs` at a time (largest first); the first error stops the rest."""
+        todo: dict[str, tuple[Descriptor, str]] = {}
+        for d, what in items:
+            if d.digest not in self.done:
+                todo.setdefault(d.digest, (d, what))
+        work = sorted(todo.values(), key=lambda t: -t[0].size)
+        if self.jobs <= 1 or len(work) <= 1:
+            for d, what in work:
+                self.blob(d, what)
+            return
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        self.sink.client.ping()  # once, before the threads
+        with ThreadPoolExecutor(max_workers=min(self.jobs, len(work)), thread_name_prefix="zconv-push") as ex:
+            futures = [ex.submit(self.blob, d, what) for d, what in work]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in pending:
+                f.cancel()
+            for f in futures:
+                if f.done() and not f.cancelled() and f.exception() is not None:
+                    raise f.exception()  # type: ignore[misc]
+            for f in futures:
+                f.result()
+
     def tree(self, desc: Descriptor, label: str) -> None:
         if desc.digest in self.done:
             return
@@ -141,13 +167,14 @@ class _Pusher:
             for child in doc.manifests:
                 self.tree(child, f"{label} {child.platform or short(child.digest)}")
         else:
-            self.blob(doc.config, f"{label} config {short(doc.config.digest)}")
+            items = [(doc.config, f"{label} config {short(doc.config.digest)}")]
             for i, layer in enumerate(doc.layers):
                 if layer.media_type in FOREIGN_LAYER_TYPES and layer.urls:
                     continue  # non-distributable: clients fetch it from its URLs
-                self.blob(layer, f"{label} layer {i + 1}/{len(doc.layers)} {short(layer.digest)}")
+                items.append((layer, f"{label} layer {i + 1}/{len(doc.layers)} {short(layer.digest)}"))
                 if MANIFEST_CHECKSUM_KEY in layer.annotations:
                     self.chunked_layers.append(layer)
+            self.blobs(items)
         self.sink.put_manifest(desc, data)
         self.manifests += 1
         self.done.add(desc.digest)
@@ -163,6 +190,7 @@ def push_image(
     timeout: float = 60.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     check_ranges: bool = True,
+    jobs: int = 3,
     log: Callable[[str], None] = lambda m: None,
     warn: Callable[[str], None] = lambda m: print(f"zconv: warning: {m}", file=sys.stderr),
 ) -> PushReport:
@@ -204,7 +232,7 @@ def push_image(
                 tags = ", ".join(t or "(untagged)" for t, _ in targets)
                 raise UsageError(f"{src.description} holds several images ({tags}); name one, e.g. {s.raw}:TAG")
             src_tag, top = targets[0]
-            pusher = _Pusher(src, sink, log)
+            pusher = _Pusher(src, sink, log, jobs=jobs)
             pusher.preflight(top)
             with sink:
                 pusher.tree(top, src.description)
@@ -255,6 +283,7 @@ def push(
     retry_delay: float = typer.Option(2.0, "--retry-delay", min=0.0, max=300.0, help="first retry delay in seconds (doubles each time)"),
     timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="seconds without progress before a request counts as failed"),
     chunk_size: int = typer.Option(DEFAULT_CHUNK_SIZE // (1024 * 1024), "--chunk-size", min=1, help="MiB; larger blobs are uploaded in resumable chunks"),
+    jobs: int = typer.Option(3, "--jobs", "-j", min=1, max=16, help="blobs uploaded at the same time"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON report on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress messages"),
 ) -> None:
@@ -269,7 +298,7 @@ def push(
         report = push_image(
             source, destination, options=opts, src_options=sopts,
             retry=RetryPolicy(retries=retry, delay=retry_delay, max_delay=max(30.0, retry_delay)),
-            timeout=timeout, chunk_size=chunk_size * 1024 * 1024, log=log,
+            timeout=timeout, chunk_size=chunk_size * 1024 * 1024, log=log, jobs=jobs,
         )
         if as_json:
             print(json.dumps(report.to_json(), indent=2))

@@ -32,6 +32,7 @@ import io
 import os
 import re
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable
@@ -310,7 +311,9 @@ class PushStats:
 class RegistryClient:
     """One registry host: authentication, retries, blobs and manifests.
 
-    Not thread-safe; use one per thread.
+    Blob operations may run in several threads at once (push uploads blobs in
+    parallel): the session pools connections, and counters, the retry budget,
+    the first ping and token fetches are under a lock.
     """
 
     def __init__(
@@ -336,6 +339,7 @@ class RegistryClient:
         self.stats = PushStats()
         self._log = log or (lambda msg: None)
         self._retries_left = self.retry.total
+        self._lock = threading.RLock()
         self._creds_arg = authmod.parse_creds(creds) if creds else None
         self._creds_cache: dict[str, authmod.Credentials | None] = {}
         self._tls_verify = tls_verify
@@ -348,7 +352,7 @@ class RegistryClient:
         # oras-py's Registry sets up the session (cookie policy); we only use its session.
         self._oras = oras.provider.Registry(hostname=self.api_host, insecure=bool(plain_http), tls_verify=tls_verify)
         self.session: requests.Session = self._oras.session
-        adapter = _Adapter(pool_connections=4, pool_maxsize=4)
+        adapter = _Adapter(pool_connections=4, pool_maxsize=16)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers["User-Agent"] = "zconv (oras-py session)"
@@ -412,6 +416,10 @@ class RegistryClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def count(self, what: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self.stats, what, getattr(self.stats, what) + n)
+
     def credentials(self, repository: str | None = None) -> authmod.Credentials | None:
         if self._creds_arg:
             return self._creds_arg
@@ -440,6 +448,11 @@ class RegistryClient:
         """GET /v2/ once: picks https/http and learns how the registry authenticates."""
         if self._scheme is not None:
             return
+        with self._lock:
+            if self._scheme is None:
+                self._ping()
+
+    def _ping(self) -> None:
         schemes = self._schemes()
         last: Exception | None = None
         for scheme in schemes:
@@ -523,11 +536,12 @@ class RegistryClient:
 
     def _backoff(self, attempt: int, err: _Transient, what: str) -> None:
         """Sleep before retry number `attempt`+1, or raise when the budget is spent."""
-        if attempt >= self.retry.retries or self._retries_left <= 0:
-            tries = attempt + 1
-            raise RegistryError(f"{what}: {err} (gave up after {tries} attempt{'s' if tries > 1 else ''})")
-        self._retries_left -= 1
-        self.stats.retries += 1
+        with self._lock:
+            if attempt >= self.retry.retries or self._retries_left <= 0:
+                tries = attempt + 1
+                raise RegistryError(f"{what}: {err} (gave up after {tries} attempt{'s' if tries > 1 else ''})")
+            self._retries_left -= 1
+            self.stats.retries += 1
         wait = self.retry.wait(attempt, err.retry_after)
         self._log(f"{what}: {err}; retrying in {wait:.1f}s")
         time.sleep(wait)
@@ -544,11 +558,12 @@ class RegistryClient:
         if not scopes and params.get("scope"):
             scopes = tuple(params["scope"].split(" "))  # what the registry's challenge asked for
         key = tuple(sorted(scopes))
-        if force:
-            self._tokens.pop(key, None)
-        if key not in self._tokens:
-            self._tokens[key] = self._fetch_token(params, scopes, creds)
-        tok = self._tokens[key]
+        with self._lock:
+            if force:
+                self._tokens.pop(key, None)
+            if key not in self._tokens:
+                self._tokens[key] = self._fetch_token(params, scopes, creds)
+            tok = self._tokens[key]
         return {"Authorization": f"Bearer {tok}"} if tok else {}
 
     def _fetch_token(self, params: dict[str, str], scopes: tuple[str, ...], creds: authmod.Credentials | None) -> str:
@@ -748,13 +763,13 @@ class RegistryClient:
         check_digest(digest)
         what = f"{self.host}/{repo}: uploading blob {short(digest)}"
         if not known_absent and self.blob_size(repo, digest, push=True) is not None:
-            self.stats.skipped += 1
+            self.count("skipped")
             return "skipped"
         location = None
         for src in dict.fromkeys(m for m in mount_from if m != repo):
             got = self.mount_blob(repo, digest, src)
             if got == "mounted":
-                self.stats.mounted += 1
+                self.count("mounted")
                 return "mounted"
             location = got or location
         attempt = 0
@@ -766,14 +781,14 @@ class RegistryClient:
                     self._put_monolithic(repo, location, digest, size, open_file)
                 else:
                     self._put_chunked(repo, location, digest, size, open_file)
-                self.stats.uploaded += 1
+                self.count("uploaded")
                 return "uploaded"
             except _Transient as e:
                 self._backoff(attempt, e, what)
                 attempt += 1
                 # The PUT may have landed and only its answer got lost.
                 if self.blob_size(repo, digest, push=True) is not None:
-                    self.stats.uploaded += 1
+                    self.count("uploaded")
                     return "uploaded"
                 location = None
 
@@ -812,7 +827,7 @@ class RegistryClient:
         if resp.status_code in (404, 400) and "BLOB_UPLOAD_UNKNOWN" in _error_codes(resp):
             raise _Transient("upload session expired")
         self._check_done(resp, repo, digest)
-        self.stats.bytes_uploaded += size
+        self.count("bytes_uploaded", size)
 
     def _upload_offset(self, repo: str, location: str) -> tuple[int, str] | None:
         """Where the registry's upload session stands (GET upload status), None if it is gone."""
@@ -855,7 +870,7 @@ class RegistryClient:
                     if status is None:
                         raise _Transient(f"{e}; upload session lost") from None
                     offset, location = status
-                    self.stats.resumed += 1
+                    self.count("resumed")
                     self._log(f"{what}: resuming at byte {offset}")
                     continue
                 resp.close()
@@ -874,7 +889,7 @@ class RegistryClient:
                 location = self._location(resp, repo)
                 end = _range_end(resp)
                 offset = end if end is not None else offset + n
-                self.stats.bytes_uploaded += n
+                self.count("bytes_uploaded", n)
         url = oras.utils.append_url_params(location, {"digest": digest})
         try:
             resp = self.request("PUT", url, repository=repo, scopes=self._push(repo),
@@ -1321,7 +1336,7 @@ class DockerSink(ImageSink):
         """
         for src in self.mount_sources:
             if src != self.repository and self.client.mount_blob(self.repository, desc.digest, src) == "mounted":
-                self.client.stats.mounted += 1
+                self.client.count("mounted")
                 self._record(desc, "mounted")
                 return True
         return False
@@ -1343,7 +1358,7 @@ class DockerSink(ImageSink):
             self.results.setdefault(desc.digest, "skipped")
             return
         if self.client.blob_size(self.repository, desc.digest, push=True) is not None:
-            self.client.stats.skipped += 1
+            self.client.count("skipped")
             self._record(desc, "skipped")
             return
         if self.try_mount(desc):
