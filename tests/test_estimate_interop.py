@@ -10,10 +10,15 @@ layer, the same total.
 
 from __future__ import annotations
 
+import http.server
 import json
 import random
+import socketserver
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -141,3 +146,87 @@ def test_estimate_gzip_old_image_then_chunked_version(interop, registry, tmp_pat
         (x["missing_bytes"], x["total_bytes"]) for x in theirs["layers"]
     ], theirs["log"]
     assert any(x["missing_bytes"] < x["total_bytes"] for x in theirs["layers"])  # lower-layer reuse happened
+
+
+class _CountingProxy(http.server.BaseHTTPRequestHandler):
+    """Read-only pass-through to the registry that records blob bytes sent to the client."""
+
+    protocol_version = "HTTP/1.1"
+    upstream = ""
+    blob_gets: list = []
+
+    def do_GET(self) -> None:
+        self._forward("GET")
+
+    def do_HEAD(self) -> None:
+        self._forward("HEAD")
+
+    def _forward(self, method: str) -> None:
+        req = urllib.request.Request(self.upstream + self.path, method=method)
+        merged: dict[str, str] = {}
+        for k, v in self.headers.items():  # repeated headers (Accept) must all reach the registry
+            if k.lower() not in ("host", "connection"):
+                merged[k] = f"{merged[k]}, {v}" if k in merged else v
+        for k, v in merged.items():
+            req.add_header(k, v)
+        try:
+            resp = urllib.request.urlopen(req, timeout=60)
+        except urllib.error.HTTPError as e:
+            resp = e
+        body = resp.read() if method == "GET" else b""
+        self.send_response(resp.status)
+        for k, v in resp.headers.items():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)) if method == "GET" else resp.headers.get("Content-Length", "0"))
+        self.end_headers()
+        if method == "GET":
+            self.wfile.write(body)
+            if "/blobs/" in self.path:
+                self.blob_gets.append((self.path.rsplit("/", 1)[-1], self.headers.get("Range"), len(body)))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_estimate_fetch_bytes_match_what_the_consumer_downloads(interop, registry, tmp_path: Path) -> None:
+    """fetch_bytes (TOC + tar-split + merged ranges) against the bytes the consumer really
+    received for the layer blobs, counted by a pass-through proxy. Multipart range
+    answers add a few part headers, hence the small allowance per range."""
+    old_tars, new_tars = _pair()
+    for name, tars in (("old", old_tars), ("new", new_tars)):
+        write_oci_image(tmp_path / f"{name}-src", "v1", list(tars))
+        zconv_convert(f"oci:{tmp_path / (name + '-src')}:v1", f"oci:{tmp_path / name}:v1")
+        interop.copy(f"oci:{tmp_path / name}:v1", f"docker://{registry.ref('zconv-fetch', name)}")
+
+    class Handler(_CountingProxy):
+        upstream = registry.url
+        blob_gets: list = []
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        host = f"127.0.0.1:{srv.server_address[1]}"
+        old, new = f"docker://{host}/zconv-fetch:old", f"docker://{host}/zconv-fetch:new"
+        est = subprocess.run(
+            [sys.executable, "-m", "converter.cli", "estimate", old, new, "--hard-links", "true",
+             "--reflinks", str(_can_reflink(tmp_path)).lower(), "--tls-verify", "false", "--json"],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert est.returncode == 0, est.stderr
+        ours = json.loads(est.stdout)
+        interop.pull(old, tmp_path / "store")
+        Handler.blob_gets.clear()
+        interop.pull(new, tmp_path / "store")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    layer_digests = {x["digest"].split(":")[1] for x in ours["layers"] if x["mode"] == "partial"}
+    got = [g for g in Handler.blob_gets if g[0].split(":")[-1] in layer_digests]
+    assert got, Handler.blob_gets
+    received = sum(g[2] for g in got)
+    ranges = sum(x["ranges"] for x in ours["layers"]) + 2 * len(layer_digests)  # + TOC and tar-split
+    want = ours["total"]["fetch_bytes"]
+
+    assert want <= received <= want * 1.01 + 200 * ranges, (want, received, got)
