@@ -185,3 +185,10 @@ def test_layer_the_consumer_would_refuse_is_a_full_download(tmp_path: Path, caps
 def test_bad_platform_is_a_usage_error(tmp_path: Path, value: str, capsys) -> None:
     img = _image(tmp_path, "i", [[("a", A)]])
     assert main(["estimate", img, img, "--platform", value]) == 64
+
+
+@pytest.mark.parametrize("command", ["estimate", "verify"])
+def test_help_renders(command: str, capsys) -> None:
+    # rich markup in option help once broke --help ("[/VARIANT]" read as a closing tag)
+    assert main([command, "--help"]) == 0
+    assert "Usage: zconv " + command in capsys.readouterr().out

@@ -31,7 +31,7 @@ def estimate(
     reflinks: str = typer.Option("true", "--reflinks", metavar="BOOL",
                                  help="Whether the client's store can reflink (btrfs, XFS). containers/storage "
                                  "v1.65+ reuses chunks of changed files only then; false models ext4/overlay stores."),
-    platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH[/VARIANT] to pick from indexes "
+    platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH or OS/ARCH/VARIANT to pick from indexes "
                                            "(default: this machine's)."),
     creds: Optional[str] = typer.Option(None, "--creds", help=CREDS_HELP),
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help=TLS_HELP),
