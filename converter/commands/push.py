@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -232,14 +233,13 @@ def push_image(
                 tags = ", ".join(t or "(untagged)" for t, _ in targets)
                 raise UsageError(f"{src.description} holds several images ({tags}); name one, e.g. {s.raw}:TAG")
             src_tag, top = targets[0]
+            if dest.digest and dest.digest != top.digest:
+                raise UsageError(f"{dst_ref}: the image's digest is {top.digest}, not the one in the destination")
             pusher = _Pusher(src, sink, log, jobs=jobs)
             pusher.preflight(top)
             with sink:
                 pusher.tree(top, src.description)
-                if dest.digest:
-                    if dest.digest != top.digest:
-                        raise UsageError(f"{dst_ref}: the image's digest is {top.digest}, not the one in the destination")
-                else:
+                if not dest.digest:
                     tag = dest.tag or (src_tag if src_tag and not src_tag.startswith("@") and _plain_tag(src_tag) else "latest")
                     sink.tag(tag, top)
                     report.destination = f"docker://{dest.host}/{dest.repository}:{tag}"
@@ -294,7 +294,14 @@ def push(
         opts = TransportOptions(creds=creds, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile)
         sopts = (TransportOptions(creds=src_creds, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile)
                  if src_creds else TransportOptions(tls_verify=verify, cert_dir=cert_dir, auth_file=authfile))
-        log = (lambda m: None) if quiet or as_json else (lambda m: print(m, file=sys.stderr))
+        lock = threading.Lock()
+
+        def log(m: str) -> None:
+            if not (quiet or as_json):
+                with lock:  # blobs upload in several threads: whole lines only
+                    sys.stderr.write(m + "\n")
+                    sys.stderr.flush()
+
         report = push_image(
             source, destination, options=opts, src_options=sopts,
             retry=RetryPolicy(retries=retry, delay=retry_delay, max_delay=max(30.0, retry_delay)),
@@ -304,8 +311,9 @@ def push(
             print(json.dumps(report.to_json(), indent=2))
         elif not quiet:
             b = report.blobs
+            where = report.destination if "@" in report.destination else f"{report.destination}@{report.digest}"
             print(
-                f"pushed {report.destination}@{report.digest} "
+                f"pushed {where} "
                 f"({b['uploaded']} uploaded, {b['mounted']} mounted, {b['skipped']} already there)"
             )
 
