@@ -394,3 +394,29 @@ def test_push_tls_self_signed_ca(tls_registry, tmp_path):
     assert p.returncode == 0, p.stderr
     p = zconv("push", f"oci:{SAMPLE}:v1", dest, "--tls-verify=maybe")
     assert p.returncode == 64
+
+
+def test_convert_into_an_authenticated_tls_registry_uses_the_docker_sink(tmp_path, tmp_path_factory):
+    """`zconv convert ... docker://` goes through the same sink: credentials, CA dir, tag last."""
+    d = tmp_path_factory.mktemp("tls-auth")
+    cert, key = make_self_signed_cert(d)
+    authfile = os.environ.pop("REGISTRY_AUTH_FILE")  # docker-registry would read it as configuration
+    try:
+        reg = RegistryServer(auth=("carol", "pw"), tls=(cert, key)).start()
+    finally:
+        os.environ["REGISTRY_AUTH_FILE"] = authfile
+    try:
+        certs = tmp_path / "certs"
+        certs.mkdir()
+        shutil.copy(cert, certs / "ca.crt")
+        dest = f"docker://{reg.host}/conv/app:v1-zstd"
+        p = zconv("convert", f"oci:{SAMPLE}:v1", dest, "--cert-dir", str(certs), "--dest-creds", "carol:pw")
+        assert p.returncode == 0, p.stderr
+        with RegistryClient(reg.host, creds="carol:pw", cert_dir=str(certs)) as c:
+            data, mt, digest = c.get_manifest("conv/app", "v1-zstd")
+            doc = json.loads(data)
+            assert {layer["mediaType"] for layer in doc["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+            for layer in doc["layers"]:
+                assert c.blob_size("conv/app", layer["digest"]) == layer["size"]
+    finally:
+        reg.stop()
