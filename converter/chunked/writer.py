@@ -53,8 +53,9 @@ __all__ = ["convert_layer", "LayerResult", "detect_compression", "DEFAULT_LEVEL"
 log = logging.getLogger("zconv")
 
 # Chosen by measurement against the reference writer (klauspost zstd at its
-# default level 10): see bench/ and the README.
-DEFAULT_LEVEL = 3
+# default level 10, "better compression"): on a Debian root filesystem layer
+# our frames are 0.33% smaller at level 7 and 0.19% larger at level 6.
+DEFAULT_LEVEL = 7
 READ_BLOCK = 4 << 20  # payload bytes handed to the chunker at a time
 BATCH_BYTES = 8 << 20  # frames compressed together
 BATCH_FRAMES = 2048
@@ -100,8 +101,11 @@ class FrameSink:
 
     def __init__(self, out: _HashingWriter, level: int, threads: int) -> None:
         self._out = out
-        self._params = zstandard.ZstdCompressionParameters.from_level(level, write_content_size=True)
-        self._cctx = zstandard.ZstdCompressor(compression_params=self._params)
+        # Level, not explicit parameters: libzstd then picks per frame the
+        # parameter row for that frame's size, whose stronger strategies for
+        # small inputs make per-file frames ~1.5% smaller.
+        self._level = level
+        self._cctx = zstandard.ZstdCompressor(level=level)
         self._threads = threads
         self._batch: list[bytes] = []
         self._want: list[int] = []  # frame indexes whose sha256 is wanted
@@ -131,7 +135,7 @@ class FrameSink:
 
     def _process(self, first: int, frames: list[bytes], want: list[int]) -> None:
         # A context per call: multi_compress_to_buffer runs its own threads.
-        cctx = zstandard.ZstdCompressor(compression_params=self._params)
+        cctx = zstandard.ZstdCompressor(level=self._level)
         result = cctx.multi_compress_to_buffer(frames, threads=self._threads)
         for i in want:
             self.digests[i] = "sha256:" + hashlib.sha256(frames[i - first]).hexdigest()
