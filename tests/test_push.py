@@ -420,3 +420,38 @@ def test_convert_into_an_authenticated_tls_registry_uses_the_docker_sink(tmp_pat
                 assert c.blob_size("conv/app", layer["digest"]) == layer["size"]
     finally:
         reg.stop()
+
+
+def test_rerun_after_a_killed_push_finishes_without_reuploading(registry, tmp_path):
+    """SIGKILL while the big layer is in flight; the next run skips what arrived and completes."""
+    import signal
+    import time
+
+    layout = big_image(tmp_path, seed=24, big=3 * 1024 * 1024)
+    with FaultProxy(registry.port, stall_seconds=120) as proxy:
+        proxy.add(Fault("stall", method="PATCH", after=1, times=1))  # the big layer's 2nd chunk hangs
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())",
+             "push", f"oci:{layout}:v1", f"docker://{proxy.host}/crash/app:v1", "--quiet",
+             "--chunk-size", "1", "--timeout", "120"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 120  # a guard against hanging, not a timing assertion
+            while not (proxy.requests("PATCH", None) and proxy.requests("PATCH")[-1][2] == "stall"
+                       and len([e for e in proxy.requests("PUT", "/blobs/uploads/") if e[2] == 201]) == 2):
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, proxy.log
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()
+        with RegistryClient(registry.host) as c:
+            assert c.head_manifest("crash/app", "v1") is None  # nothing tagged by the killed run
+        proxy.clear()
+        p = zconv("push", f"oci:{layout}:v1", f"docker://{proxy.host}/crash/app:v1", "--json", "--chunk-size", "1")
+        assert p.returncode == 0, p.stderr
+        # config and small layer arrived before the kill: only the big layer goes up again
+        assert json.loads(p.stdout)["blobs"] == {"uploaded": 1, "mounted": 0, "skipped": 2}
+    assert_registry_has(registry.host, "crash/app:v1", layout_blobs(layout), top_digest(layout, "v1"))
