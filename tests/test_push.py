@@ -41,6 +41,7 @@ def isolated_auth(tmp_path, monkeypatch):
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home/.config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home/.cache"))  # remembered upload sessions
     monkeypatch.delenv("DOCKER_CONFIG", raising=False)
 
 
@@ -423,7 +424,8 @@ def test_convert_into_an_authenticated_tls_registry_uses_the_docker_sink(tmp_pat
 
 
 def test_rerun_after_a_killed_push_finishes_without_reuploading(registry, tmp_path):
-    """SIGKILL while the big layer is in flight; the next run skips what arrived and completes."""
+    """SIGKILL while the big layer is in flight; the next run skips the blobs that arrived,
+    continues the big layer's upload session at the registry's offset, and completes."""
     import signal
     import time
 
@@ -450,8 +452,15 @@ def test_rerun_after_a_killed_push_finishes_without_reuploading(registry, tmp_pa
         with RegistryClient(registry.host) as c:
             assert c.head_manifest("crash/app", "v1") is None  # nothing tagged by the killed run
         proxy.clear()
+        before = len(proxy.log)
         p = zconv("push", f"oci:{layout}:v1", f"docker://{proxy.host}/crash/app:v1", "--json", "--chunk-size", "1")
         assert p.returncode == 0, p.stderr
-        # config and small layer arrived before the kill: only the big layer goes up again
-        assert json.loads(p.stdout)["blobs"] == {"uploaded": 1, "mounted": 0, "skipped": 2}
+        report = json.loads(p.stdout)
+        # config and small layer arrived before the kill: only the big layer goes up again,
+        # and only from where the killed run's upload session stands (its first 1 MiB chunk arrived)
+        assert report["blobs"] == {"uploaded": 1, "mounted": 0, "skipped": 2}
+        assert report["resumedUploads"] == 1
+        big = max(layout_blobs(layout).values(), key=len)
+        assert report["bytesUploaded"] == len(big) - (1 << 20)
+        assert [e for e in proxy.log[before:] if e[0] == "POST"] == []  # no new upload session
     assert_registry_has(registry.host, "crash/app:v1", layout_blobs(layout), top_digest(layout, "v1"))

@@ -29,6 +29,12 @@ from support.registry import RegistryServer
 FAST = RetryPolicy(retries=4, delay=0.02, max_delay=0.2)
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Remembered upload sessions go to a per-test cache, not the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def _blob(tmp_path: Path, size: int, seed: int = 0) -> tuple[Path, bytes, str]:
     data = hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1)
     data = bytes(b ^ (i * 131 & 0xFF) for i, b in enumerate(data[:size]))

@@ -28,7 +28,9 @@ Protocol notes that shape the code:
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
+import json
 import os
 import re
 import tempfile
@@ -279,7 +281,11 @@ def _range_end(resp: requests.Response) -> int | None:
     if not rng:
         return None
     m = re.match(r"^(?:bytes=)?0-(\d+)$", rng.strip())
-    return int(m.group(1)) + 1 if m else None
+    if not m:
+        return None
+    end = int(m.group(1))
+    # distribution says "0-0" for an empty session too; we never leave a 1-byte session
+    return 0 if end == 0 else end + 1
 
 
 def _conn_error_text(e: BaseException) -> str:
@@ -772,6 +778,11 @@ class RegistryClient:
                 self.count("mounted")
                 return "mounted"
             location = got or location
+        resume_at = 0
+        if location is None and size > self.chunk_size:
+            found = self._earlier_session(repo, digest, size)
+            if found is not None:
+                resume_at, location = found
         attempt = 0
         while True:
             try:
@@ -780,7 +791,8 @@ class RegistryClient:
                 if size <= self.chunk_size:
                     self._put_monolithic(repo, location, digest, size, open_file)
                 else:
-                    self._put_chunked(repo, location, digest, size, open_file)
+                    self._put_chunked(repo, location, digest, size, open_file, start=resume_at)
+                    resume_at = 0
                 self.count("uploaded")
                 return "uploaded"
             except _Transient as e:
@@ -788,9 +800,55 @@ class RegistryClient:
                 attempt += 1
                 # The PUT may have landed and only its answer got lost.
                 if self.blob_size(repo, digest, push=True) is not None:
+                    self._forget_session(repo, digest)
                     self.count("uploaded")
                     return "uploaded"
                 location = None
+                resume_at = 0
+
+    # Upload sessions of large blobs are remembered in ~/.cache/zconv/uploads, so a run
+    # after a crash continues where the registry stands instead of starting over.
+
+    def _session_path(self, repo: str, digest: str) -> str:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        key = hashlib.sha256(f"{self.api_host}/{repo}@{digest}".encode()).hexdigest()
+        return os.path.join(base, "zconv", "uploads", f"{key}.json")
+
+    def _remember_session(self, repo: str, digest: str, location: str, offset: int) -> None:
+        path = self._session_path(repo, digest)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"location": location, "offset": offset}, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # best effort: without it a crashed upload starts over
+
+    def _forget_session(self, repo: str, digest: str) -> None:
+        try:
+            os.unlink(self._session_path(repo, digest))
+        except OSError:
+            pass
+
+    def _earlier_session(self, repo: str, digest: str, size: int) -> tuple[int, str] | None:
+        """(offset, location) of an upload an earlier run left in the registry, if it is still usable."""
+        try:
+            with open(self._session_path(repo, digest)) as f:
+                loc = json.load(f)["location"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        self.ping()
+        if not isinstance(loc, str) or not loc.startswith(f"{self._scheme}://{self.api_host}/"):
+            self._forget_session(repo, digest)
+            return None
+        status = self._upload_offset(repo, loc)
+        if status is None or not 0 < status[0] < size:
+            self._forget_session(repo, digest)
+            return None
+        self.count("resumed")
+        self._log(f"{self.host}/{repo}: blob {short(digest)}: continuing an earlier run's upload at byte {status[0]}")
+        return status
 
     def _check_done(self, resp: requests.Response, repo: str, digest: str) -> None:
         resp.close()
@@ -845,9 +903,10 @@ class RegistryClient:
             end = 0
         return end, self._location(resp, repo) if resp.headers.get("Location") else location
 
-    def _put_chunked(self, repo: str, location: str, digest: str, size: int, open_file: Callable[[], BinaryIO]) -> None:
+    def _put_chunked(self, repo: str, location: str, digest: str, size: int, open_file: Callable[[], BinaryIO],
+                     start: int = 0) -> None:
         what = f"{self.host}/{repo}: uploading blob {short(digest)}"
-        offset = 0
+        offset = start
         attempt = 0
         with open_file() as f:
             while offset < size:
@@ -868,6 +927,7 @@ class RegistryClient:
                     attempt += 1
                     status = self._upload_offset(repo, location)
                     if status is None:
+                        self._forget_session(repo, digest)
                         raise _Transient(f"{e}; upload session lost") from None
                     offset, location = status
                     self.count("resumed")
@@ -890,13 +950,14 @@ class RegistryClient:
                 end = _range_end(resp)
                 offset = end if end is not None else offset + n
                 self.count("bytes_uploaded", n)
+                self._remember_session(repo, digest, location, offset)
         url = oras.utils.append_url_params(location, {"digest": digest})
-        try:
-            resp = self.request("PUT", url, repository=repo, scopes=self._push(repo),
-                                headers={"Content-Length": "0"}, retry=False, what=what)
-        except _Transient:
-            raise
+        resp = self.request("PUT", url, repository=repo, scopes=self._push(repo),
+                            headers={"Content-Length": "0"}, retry=False, what=what)
+        if resp.status_code not in (201, 204):
+            self._forget_session(repo, digest)  # a refused final PUT ends the session
         self._check_done(resp, repo, digest)
+        self._forget_session(repo, digest)
 
     def open_blob(self, repo: str, digest: str, size: int | None = None) -> "BlobStream":
         """A streaming, digest-verifying reader of the blob (resumes with Range after drops)."""
