@@ -28,27 +28,36 @@ FILE = 1
 class TarSplitWriter:
     """Streams tar-split lines through a zstd compressor, keeping only the compressed bytes."""
 
+    FLUSH = 1 << 20  # lines are handed to the compressor in batches of this size
+
     def __init__(self, cctx: zstandard.ZstdCompressor) -> None:
         self._chunks: list[bytes] = []
         self._cobj = cctx.compressobj()
-        self._sha = hashlib.sha256()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self.uncompressed_size = 0
         self._pos = 0
         self._seen: set[str] = set()
 
     def _emit(self, line: bytes) -> None:
-        line += b"\n"
-        self.uncompressed_size += len(line)
-        out = self._cobj.compress(line)
+        self._pending.append(line)
+        self._pending_size += len(line)
+        if self._pending_size >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending, self._pending_size = [], 0
+        self.uncompressed_size += len(data)
+        out = self._cobj.compress(data)
         if out:
             self._chunks.append(out)
 
     def segment(self, raw: bytes) -> None:
         if not raw:
             return
-        self._emit(
-            go_json({"type": SEGMENT, "payload": base64.b64encode(raw).decode(), "position": self._pos})
-        )
+        # Base64 needs no JSON escaping: format the line directly (hot path).
+        self._emit(b'{"type":2,"payload":"%s","position":%d}\n' % (base64.b64encode(raw), self._pos))
         self._pos += 1
 
     def file(self, name: bytes, size: int, crc64: int | None) -> None:
@@ -72,11 +81,12 @@ class TarSplitWriter:
             obj["size"] = size
         obj["payload"] = None if crc64 is None else base64.b64encode(crc64.to_bytes(8, "big")).decode()
         obj["position"] = self._pos
-        self._emit(go_json(obj))
+        self._emit(go_json(obj) + b"\n")
         self._pos += 1
 
     def finish(self) -> tuple[bytes, str]:
         """The compressed tar-split and its sha256 digest."""
+        self._flush()
         self._chunks.append(self._cobj.flush())
         data = b"".join(self._chunks)
         self._chunks = []
