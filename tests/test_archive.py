@@ -200,3 +200,23 @@ def test_podman_saved_archive_converts_and_podman_loads_it_back(tmp_path, podman
     assert podman_archives["id"] in [i.removeprefix("sha256:") for i in images] or \
         "sha256:" + podman_archives["id"] in images
     assert manifest["config"]["digest"].split(":")[1] == podman_archives["id"].removeprefix("sha256:")
+
+
+def test_docker_25_archive_reads_as_docker_archive_and_as_oci_archive(tmp_path):
+    """docker save >= 25 writes an OCI layout plus manifest.json pointing into blobs/."""
+    img = ms.make_image(ms.sample_layers(), compress=False)
+    tree = tmp_path / "tree"
+    ms.write_layout(str(tree), img.blobs(), [("docker.io/library/app:1", img.manifest)])
+    blobs = [f"blobs/sha256/{b.digest.split(':')[1]}" for b in img.layers]
+    (tree / "manifest.json").write_bytes(ms.dumps([{
+        "Config": f"blobs/sha256/{img.config.digest.split(':')[1]}",
+        "RepoTags": ["app:1"],
+        "Layers": blobs,
+    }]))
+    archive = tmp_path / "docker25.tar"
+    subprocess.run(["tar", "-C", str(tree), "-cf", str(archive), "."], check=True)
+    as_docker = convert_refs(f"docker-archive:{archive}:app:1", f"oci:{tmp_path / 'd'}:x")
+    as_oci = convert_refs(f"oci-archive:{archive}:1", f"oci:{tmp_path / 'o'}:x")
+    assert [r.new_digest for r in as_docker.layers] == [r.new_digest for r in as_oci.layers]
+    _, manifest = only_manifest(tmp_path / "d")
+    check_layers_match_config(tmp_path / "d", manifest)
