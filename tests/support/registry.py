@@ -214,7 +214,10 @@ class RegistryServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                env={**os.environ, "OTEL_TRACES_EXPORTER": "none"},
+                # docker-registry reads REGISTRY_* variables as configuration: a user's
+                # REGISTRY_AUTH_FILE (podman's) would become auth.file and stop it starting.
+                env={**{k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+                     "OTEL_TRACES_EXPORTER": "none"},
             )
             log.close()
             deadline = time.monotonic() + self.start_timeout
