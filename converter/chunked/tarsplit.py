@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-from typing import Iterator
-
 import zstandard
 
 from converter.chunked.toc import NotRepresentable, go_clean, go_json
@@ -91,10 +88,3 @@ class TarSplitWriter:
         data = b"".join(self._chunks)
         self._chunks = []
         return data, "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def iter_tarsplit(data: bytes) -> Iterator[dict]:
-    """Parse uncompressed tar-split JSON lines (for tests and the reader)."""
-    for line in data.splitlines():
-        if line.strip():
-            yield json.loads(line)
