@@ -53,6 +53,9 @@ from converter.chunked.format import (
     TARSPLIT_POSITION_KEY,
     Footer,
 )
+from converter.chunked import tarstream
+from converter.chunked.tarstream import HEADER_ONLY_TYPES
+from converter.chunked.toc import TYPE_NAMES, XATTR_PREFIX, go_clean
 from converter.errors import BadInputError
 
 FetchRange = Callable[[int, int], bytes]
@@ -64,8 +67,6 @@ CHUNK_TYPES = ("", "zeros")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 SHA256_EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
 INT64_MAX = (1 << 63) - 1
-# Go's archive/tar refuses PAX and GNU long-name data above 1 MiB.
-MAX_SPECIAL_FILE_SIZE = 1 << 20
 # Decompression works in pieces this large, so output is bounded to the
 # limit plus one piece whatever a frame header claims.
 _READ_PIECE = 1 << 20
@@ -73,17 +74,6 @@ _READ_PIECE = 1 << 20
 # instead of making the decoder allocate it.
 MAX_WINDOW_SIZE = 1 << 27
 
-# Tar type flags the consumer knows (minimal.TarTypes), and Go's legacy ones.
-_TAR_TO_TOC = {
-    b"0": "reg",
-    b"1": "hardlink",
-    b"2": "symlink",
-    b"3": "char",
-    b"4": "block",
-    b"5": "dir",
-    b"6": "fifo",
-}
-_HEADER_ONLY_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")
 _GO_ZERO_TIME = -62135596800  # 0001-01-01T00:00:00Z, Go's time.Time{}
 
 
@@ -722,29 +712,11 @@ def iter_tarsplit(data: bytes, name: str = "layer") -> Iterator[TarSplitEntry]:
         yield TarSplitEntry(1, position, payload, fname, size, line=line)
 
 
-def go_clean(path: str) -> str:
-    """Go's path/filepath.Clean on Unix."""
-    if path == "":
-        return "."
-    rooted = path.startswith("/")
-    out: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if out and out[-1] != "..":
-                out.pop()
-            elif not rooted:
-                out.append("..")
-            continue
-        out.append(part)
-    s = "/".join(out)
-    if rooted:
-        return "/" + s
-    return s or "."
-
-
 # ----------------------------------------------- tar headers (Go archive/tar)
+#
+# The header blocks kept in the tar-split are parsed by tarstream, the same
+# code the writer reads layers with, so writer and reader cannot drift apart;
+# this section only adapts tarstream's entries to the consumer's view.
 
 
 @dataclass(frozen=True)
@@ -765,7 +737,7 @@ class TarHeader:
 
     @property
     def has_data(self) -> bool:
-        return self.typeflag not in _HEADER_ONLY_TYPES
+        return self.typeflag not in HEADER_ONLY_TYPES
 
     @property
     def padding(self) -> int:
@@ -773,254 +745,60 @@ class TarHeader:
 
     @property
     def toc_type(self) -> str | None:
-        return _TAR_TO_TOC.get(self.typeflag)
+        return TYPE_NAMES.get(self.typeflag)
 
 
 class _HeaderError(Exception):
     pass
 
 
-def _parse_string(b: bytes) -> bytes:
-    i = b.find(b"\x00")
-    return b if i < 0 else b[:i]
+def _secs_nsec(ns: int | None) -> tuple[int, int] | None:
+    return None if ns is None else divmod(ns, 1_000_000_000)
 
 
-def _parse_octal(b: bytes) -> int:
-    b = b.strip(b" \x00")
-    if not b:
-        return 0
-    s = _parse_string(b)
-    if not s or not all(0x30 <= c <= 0x37 for c in s):
-        raise _HeaderError(f"invalid octal field {b[:20]!r}")
-    v = int(s, 8)
-    if v >= 1 << 64:
-        raise _HeaderError("octal field overflows")
-    return v if v < 1 << 63 else v - (1 << 64)  # int64(uint64) as Go does
-
-
-def _parse_numeric(b: bytes) -> int:
-    if b and b[0] & 0x80:
-        inv = 0xFF if b[0] & 0x40 else 0
-        x = 0
-        for i, c in enumerate(b):
-            c ^= inv
-            if i == 0:
-                c &= 0x7F
-            if x >> 56:
-                raise _HeaderError("base-256 field overflows")
-            x = (x << 8) | c
-        if x >> 63:
-            raise _HeaderError("base-256 field overflows")
-        return ~x if inv == 0xFF else x
-    return _parse_octal(b)
-
-
-def _block_format(blk: bytes) -> str:
-    chk = _parse_octal(blk[148:156])
-    unsigned = sum(blk[:148]) + 8 * 0x20 + sum(blk[156:])
-    signed = sum((c - 256 if c > 127 else c) for c in blk[:148]) + 8 * 0x20 + sum(
-        (c - 256 if c > 127 else c) for c in blk[156:]
+def _from_tarstream(h: tarstream.TarHeader) -> TarHeader:
+    """tarstream's header as the reader compares it: text names, (secs, nsec) times, base64 xattrs."""
+    xattrs = {
+        k[len(XATTR_PREFIX) :].decode("utf-8", "surrogateescape"): base64.b64encode(v).decode()
+        for k, v in (h.pax or {}).items()
+        if k.startswith(XATTR_PREFIX)
+    }
+    return TarHeader(
+        typeflag=h.typeflag,
+        name=h.name.decode("utf-8", "surrogateescape"),
+        linkname=h.linkname.decode("utf-8", "surrogateescape"),
+        mode=h.mode,
+        size=h.size,
+        uid=h.uid,
+        gid=h.gid,
+        modtime=_secs_nsec(h.mtime),
+        accesstime=_secs_nsec(h.atime),
+        changetime=_secs_nsec(h.ctime),
+        devmajor=h.devmajor,
+        devminor=h.devminor,
+        xattrs=xattrs,
     )
-    if chk != unsigned and chk != signed:
-        raise _HeaderError("header checksum mismatch")
-    magic, version, trailer = blk[257:263], blk[263:265], blk[508:512]
-    if magic == b"ustar\x00" and trailer == b"tar\x00":
-        return "star"
-    if magic == b"ustar\x00":
-        return "ustar"
-    if magic == b"ustar " and version == b" \x00":
-        return "gnu"
-    return "v7"
-
-
-def _parse_pax(data: bytes) -> dict[str, bytes]:
-    recs: dict[str, bytes] = {}
-    while data:
-        sp = data.find(b" ")
-        if sp <= 0:
-            raise _HeaderError("malformed PAX record")
-        lstr = data[:sp]
-        if not lstr.isdigit():
-            raise _HeaderError("malformed PAX record length")
-        ln = int(lstr)
-        if ln <= sp or ln > len(data):
-            raise _HeaderError("PAX record length out of range")
-        rec, data = data[sp + 1 : ln], data[ln:]
-        if not rec.endswith(b"\n"):
-            raise _HeaderError("PAX record without newline")
-        rec = rec[:-1]
-        eq = rec.find(b"=")
-        if eq <= 0:
-            raise _HeaderError("PAX record without key")
-        key, value = rec[:eq], rec[eq + 1 :]
-        k = key.decode("utf-8", "surrogateescape")
-        if k in ("path", "linkpath", "uname", "gname"):
-            if b"\x00" in value:
-                raise _HeaderError(f"PAX record {k} contains NUL")
-        elif b"\x00" in key:
-            raise _HeaderError("PAX key contains NUL")
-        if k.startswith("GNU.sparse."):
-            raise _HeaderError("GNU sparse PAX records (sparse files are not supported)")
-        recs[k] = value
-    return recs
-
-
-def _parse_pax_time(v: bytes) -> tuple[int, int]:
-    s = v.decode("ascii", "strict")
-    m = re.fullmatch(r"([+-]?)(\d+)(?:\.(\d*))?", s)
-    if not m:
-        raise _HeaderError(f"invalid PAX time {s!r}")
-    sec = int(m.group(2))
-    frac = (m.group(3) or "")[:9].ljust(9, "0")
-    ns = int(frac) if frac.strip("0") else 0
-    if m.group(1) == "-":
-        if ns:
-            return -sec - 1, 1_000_000_000 - ns
-        return -sec, 0
-    return sec, ns
 
 
 def parse_tar_header(buf: bytes) -> TarHeader | None:
     """The next tar entry's header from `buf` (extension headers included), the way Go's tar reader sees it.
 
     Returns None at the end-of-archive marker or when `buf` is empty.
-    Raises _HeaderError when Go would fail.
+    Raises _HeaderError when Go would fail, and for what the consumer
+    refuses in a header (PAX global headers, GNU sparse records).
     """
-    pos = 0
-    pax: dict[str, bytes] | None = None
-    long_name: bytes | None = None
-    long_link: bytes | None = None
-    while True:
-        blk = buf[pos : pos + 512]
-        if not blk:
-            return None
-        if len(blk) < 512:
-            raise _HeaderError("truncated tar header")
-        if blk == bytes(512):
-            nxt = buf[pos + 512 : pos + 1024]
-            if not nxt:
-                return None
-            if len(nxt) < 512:
-                raise _HeaderError("truncated end-of-archive block")
-            if nxt == bytes(512):
-                return None
-            raise _HeaderError("zero block followed by a non-zero block")
-        fmt = _block_format(blk)
-        pos += 512
-        typeflag = blk[156:157]
-        name_b = _parse_string(blk[0:100])
-        link_b = _parse_string(blk[157:257])
-        size = _parse_numeric(blk[124:136])
-        mode = _parse_numeric(blk[100:108])
-        uid = _parse_numeric(blk[108:116])
-        gid = _parse_numeric(blk[116:124])
-        mtime: tuple[int, int] | None = (_parse_numeric(blk[136:148]), 0)
-        atime: tuple[int, int] | None = None
-        ctime: tuple[int, int] | None = None
-        devmajor = devminor = 0
-        if fmt != "v7":
-            devmajor = _parse_numeric(blk[329:337])
-            devminor = _parse_numeric(blk[337:345])
-            prefix = b""
-            if fmt == "ustar":
-                prefix = _parse_string(blk[345:500])
-            elif fmt == "star":
-                prefix = _parse_string(blk[345:476])
-                atime = (_parse_numeric(blk[476:488]), 0)
-                ctime = (_parse_numeric(blk[488:500]), 0)
-            else:  # gnu
-                try:
-                    if blk[345] != 0:
-                        atime = (_parse_numeric(blk[345:357]), 0)
-                    if blk[357] != 0:
-                        ctime = (_parse_numeric(blk[357:369]), 0)
-                except _HeaderError:
-                    atime = ctime = None
-                    p = _parse_string(blk[345:500])
-                    if p.isascii():
-                        prefix = p
-            if prefix:
-                name_b = prefix + b"/" + name_b
-        if size < 0:
-            raise _HeaderError("negative size")
-        if typeflag in (b"x", b"g", b"L", b"K"):
-            if size > MAX_SPECIAL_FILE_SIZE:
-                raise _HeaderError("extension header larger than 1 MiB")
-            data = buf[pos : pos + size]
-            if len(data) < size:
-                raise _HeaderError("truncated extension header data")
-            pos += size + (-size) % 512
-            if typeflag in (b"x", b"g"):
-                pax = _parse_pax(data)
-                if typeflag == b"g":
-                    raise _HeaderError("PAX global header (type 'g') is not a file the consumer accepts")
-            elif typeflag == b"L":
-                long_name = _parse_string(data)
-            else:
-                long_link = _parse_string(data)
-            continue
-        xattrs: dict[str, str] = {}
-        if pax:
-            try:
-                for k, v in pax.items():
-                    if k.startswith("SCHILY.xattr."):
-                        xattrs[k[len("SCHILY.xattr.") :]] = base64.b64encode(v).decode()
-                    if v == b"":
-                        continue
-                    if k == "path":
-                        name_b = v
-                    elif k == "linkpath":
-                        link_b = v
-                    elif k == "uid":
-                        uid = _go_parse_int(v)
-                    elif k == "gid":
-                        gid = _go_parse_int(v)
-                    elif k == "size":
-                        size = _go_parse_int(v)
-                    elif k == "mtime":
-                        mtime = _parse_pax_time(v)
-                    elif k == "atime":
-                        atime = _parse_pax_time(v)
-                    elif k == "ctime":
-                        ctime = _parse_pax_time(v)
-            except (ValueError, UnicodeDecodeError):
-                raise _HeaderError("invalid PAX record value") from None
-            if size < 0:
-                raise _HeaderError("negative size")
-        if long_name:
-            name_b = long_name
-        if long_link:
-            link_b = long_link
-        name = name_b.decode("utf-8", "surrogateescape")
-        if typeflag == b"\x00":
-            typeflag = b"5" if name.endswith("/") else b"0"
-        elif typeflag == b"7":
-            pass  # contiguous file: Go keeps it; the consumer rejects it as unknown
-        return TarHeader(
-            typeflag=typeflag,
-            name=name,
-            linkname=link_b.decode("utf-8", "surrogateescape"),
-            mode=mode,
-            size=size,
-            uid=uid,
-            gid=gid,
-            modtime=mtime,
-            accesstime=atime,
-            changetime=ctime,
-            devmajor=devmajor,
-            devminor=devminor,
-            xattrs=xattrs,
-        )
-
-
-def _go_parse_int(v: bytes) -> int:
-    s = v.decode("ascii")
-    if not re.fullmatch(r"[+-]?\d+", s):
-        raise ValueError(s)
-    n = int(s)
-    if not -(1 << 63) <= n <= INT64_MAX:
-        raise ValueError(s)
-    return n
+    stream = tarstream.TarStream(tarstream.CountingReader(io.BytesIO(buf), "tar-split segment"))
+    try:
+        h = stream.next()
+    except BadInputError as e:
+        raise _HeaderError(str(e)) from None
+    if h is None:
+        return None
+    if h.pax and any(k.startswith(b"GNU.sparse.") for k in h.pax):
+        raise _HeaderError("GNU sparse PAX records (sparse files are not supported)")
+    if h.typeflag == tarstream.XGLOBAL:
+        raise _HeaderError("PAX global header (type 'g') is not a file the consumer accepts")
+    return _from_tarstream(h)
 
 
 def iter_tarsplit_headers(entries: Iterable[TarSplitEntry], name: str = "layer") -> Iterator[tuple[TarHeader, TarSplitEntry]]:

@@ -69,7 +69,8 @@ class TarHeader:
         return 0 if self.typeflag in HEADER_ONLY_TYPES else self.size
 
 
-def _parse_string(b: bytes) -> bytes:
+def parse_cstring(b: bytes) -> bytes:
+    """A NUL-terminated field (Go's parseString): everything before the first NUL."""
     i = b.find(b"\x00")
     return b if i < 0 else b[:i]
 
@@ -78,7 +79,7 @@ _OCTAL_DIGITS = b"01234567"
 
 
 def _parse_octal(b: bytes) -> int:
-    b = _parse_string(b.strip(b" \x00"))
+    b = parse_cstring(b.strip(b" \x00"))
     if not b:
         return 0
     if b.translate(None, _OCTAL_DIGITS):
@@ -129,7 +130,7 @@ def _parse_pax_time(v: bytes) -> int:
     return s * 1_000_000_000 + ns
 
 
-def _parse_pax(data: bytes) -> dict[bytes, bytes]:
+def parse_pax_records(data: bytes) -> dict[bytes, bytes]:
     """PAX extended-header records, raw; GNU sparse 0.0 maps folded as Go does."""
     records: dict[bytes, bytes] = {}
     sparse: list[bytes] = []
@@ -148,7 +149,8 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
         if eq < 0:
             raise TarFormatError("PAX record without '='")
         k, v = rec[:eq], rec[eq + 1 :]
-        if not k or (k in (b"path", b"linkpath", b"uname", b"gname") and b"\x00" in v):
+        # Go's validPAXRecord: no NUL in the value of a name record, none in any other key.
+        if not k or (b"\x00" in v if k in (b"path", b"linkpath", b"uname", b"gname") else b"\x00" in k):
             raise TarFormatError(f"invalid PAX record {k!r}")
         if k in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
             sparse.append(v)
@@ -194,8 +196,8 @@ def parse_header_block(blk: bytes) -> TarHeader:
         fmt = "v7"
     h = TarHeader(
         typeflag=blk[156:157],
-        name=_parse_string(blk[0:100]),
-        linkname=_parse_string(blk[157:257]),
+        name=parse_cstring(blk[0:100]),
+        linkname=parse_cstring(blk[157:257]),
         size=_parse_numeric(blk[124:136]),
         mode=_parse_numeric(blk[100:108]),
         uid=_parse_numeric(blk[108:116]),
@@ -208,9 +210,9 @@ def parse_header_block(blk: bytes) -> TarHeader:
     h.devminor = _parse_numeric(blk[337:345])
     prefix = b""
     if fmt == "ustar":
-        prefix = _parse_string(blk[345:500])
+        prefix = parse_cstring(blk[345:500])
     elif fmt == "star":
-        prefix = _parse_string(blk[345:476])
+        prefix = parse_cstring(blk[345:476])
         h.atime = _ns(_parse_numeric(blk[476:488]))
         h.ctime = _ns(_parse_numeric(blk[488:500]))
     else:  # GNU: atime/ctime live where USTAR has its prefix
@@ -222,7 +224,7 @@ def parse_header_block(blk: bytes) -> TarHeader:
         except TarFormatError:
             # Archives from pre-1.8 Go writers put a USTAR prefix here.
             h.atime = h.ctime = None
-            p = _parse_string(blk[345:500])
+            p = parse_cstring(blk[345:500])
             if all(0 < c < 0x80 for c in p):
                 prefix = p
         h.old_gnu_sparse = h.typeflag == GNU_SPARSE
@@ -231,7 +233,8 @@ def parse_header_block(blk: bytes) -> TarHeader:
     return h
 
 
-def _merge_pax(h: TarHeader, pax: dict[bytes, bytes]) -> None:
+def merge_pax(h: TarHeader, pax: dict[bytes, bytes]) -> None:
+    """Apply PAX records to a header (Go's mergePAX); TarFormatError on a bad number or time."""
     for k, v in pax.items():
         if not v:
             continue  # an empty record keeps the header's value
@@ -365,20 +368,20 @@ class TarStream:
             t = h.typeflag
             try:
                 if t in (XHEADER, XGLOBAL):
-                    pax = _parse_pax(self._read_special(h.size, "PAX header"))
+                    pax = parse_pax_records(self._read_special(h.size, "PAX header"))
                     if t == XGLOBAL:
-                        _merge_pax(h, pax)
+                        merge_pax(h, pax)
                         return self._entry(h, 0)
                     continue
                 if t in (GNU_LONGNAME, GNU_LONGLINK):
-                    data = _parse_string(self._read_special(h.size, "GNU long name"))
+                    data = parse_cstring(self._read_special(h.size, "GNU long name"))
                     if t == GNU_LONGNAME:
                         long_name = data
                     else:
                         long_link = data
                     continue
                 if pax:
-                    _merge_pax(h, pax)
+                    merge_pax(h, pax)
             except TarFormatError as e:
                 raise BadInputError(f"{self.src.what}: tar header at offset {start}: {e}") from None
             if long_name:
