@@ -46,24 +46,10 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from converter.chunked.reader import (
-    SHA256_EMPTY,
-    BlobAccess,
-    ChunkedLayer,
-    TocEntry,
-    is_chunked,
-    load_layer,
-)
+from converter.chunked.reader import SHA256_EMPTY, ChunkedLayer, TocEntry, is_chunked, load_layer
 from converter.errors import BadInputError, UsageError
-from converter.image.model import (
-    INDEX_ZSTD_ANNOTATION,
-    Descriptor,
-    ImageSource,
-    Index,
-    Manifest,
-    parse_manifest_or_index,
-    short,
-)
+from converter.image.model import INDEX_ZSTD_ANNOTATION, Descriptor, ImageSource, Index, Manifest, short
+from converter.imageread import layer_access, layer_name, read_manifest
 
 MAX_NUMBER_MISSING_CHUNKS = 1024  # maxNumberMissingChunks
 AUTO_MERGE_PARTS_THRESHOLD = 1024  # autoMergePartsThreshold
@@ -387,7 +373,7 @@ def select_image(src: ImageSource, plat: tuple[str, str, str | None]) -> tuple[s
     tag, desc = targets[0]
     label = src.description
     for _ in range(4):
-        doc = parse_manifest_or_index(src.get_manifest(desc), desc.media_type, label)
+        doc = read_manifest(src, desc, label)
         if isinstance(doc, Manifest):
             return label, doc
         assert isinstance(doc, Index)
@@ -416,10 +402,7 @@ def select_image(src: ImageSource, plat: tuple[str, str, str | None]) -> tuple[s
 
 
 def _load(src: ImageSource, desc: Descriptor, name: str) -> ChunkedLayer:
-    def fetch(off: int, n: int) -> bytes:
-        return src.read_blob_range(desc, off, n)
-
-    return load_layer(BlobAccess(fetch, desc.size, name), dict(desc.annotations))
+    return load_layer(layer_access(src, desc, name), dict(desc.annotations))
 
 
 @dataclass
@@ -484,7 +467,7 @@ def estimate_sources(
             if not is_chunked(desc.annotations) or desc.digest in loaded:
                 continue
             try:
-                layer = _load(src, desc, f"{label} layer {i} {short(desc.digest)}")
+                layer = _load(src, desc, layer_name(label, i, desc))
             except BadInputError:
                 continue  # pulled whole: leaves no TOC for the cache
             res.old_chunked_layers += 1
@@ -508,7 +491,7 @@ def estimate_sources(
             est.disk_bytes = None
             continue
         try:
-            layer = _load(new, desc, f"{label} layer {i} {short(desc.digest)}")
+            layer = _load(new, desc, layer_name(label, i, desc))
         except BadInputError as e:
             est.reason = f"the consumer would refuse its metadata: {e}"
             est.fetch_bytes = desc.size

@@ -27,9 +27,9 @@ from converter.image.model import (
     ImageSource,
     Index,
     Manifest,
-    parse_manifest_or_index,
     short,
 )
+from converter.imageread import layer_access, read_manifest
 from converter.progress import human
 
 
@@ -77,9 +77,7 @@ def read_layer_toc(src: ImageSource, layer: Descriptor) -> tuple[dict[str, Any],
         length = parse_position(layer.annotations.get(MANIFEST_POSITION_KEY, ""), 4)[1]
     except ValueError:
         length = 0
-    toc = read_toc(
-        lambda offset, n: src.read_blob_range(layer, offset, n), layer.annotations, size=layer.size, name=what
-    )
+    toc = read_toc(layer_access(src, layer, what), layer.annotations)
     return toc, length
 
 
@@ -113,7 +111,7 @@ def _node(src: ImageSource, desc: Descriptor, with_toc: bool, depth: int = 0) ->
     where = f"{src.description}: {short(desc.digest)}"
     if desc.media_type not in INDEX_TYPES and desc.media_type not in MANIFEST_TYPES:
         raise BadInputError(f"{where}: unknown media type {desc.media_type!r}")
-    doc = parse_manifest_or_index(src.get_manifest(desc), desc.media_type, where)
+    doc = read_manifest(src, desc, where)
     out: dict[str, Any] = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
     if isinstance(doc, Index):
         out["kind"] = "index"

@@ -61,16 +61,8 @@ from converter.chunked.reader import (
     toc_entries,
 )
 from converter.errors import BadInputError, ZconvError
-from converter.image.model import (
-    INDEX_TYPES,
-    MANIFEST_TYPES,
-    Descriptor,
-    ImageSource,
-    Index,
-    Manifest,
-    parse_manifest_or_index,
-    short,
-)
+from converter.image.model import Descriptor, ImageSource, Manifest, short
+from converter.imageread import iter_manifests, layer_access, layer_name
 
 # A full check decompresses the whole layer; refuse layers whose tar-split
 # claims more than this (a crafted layer could claim exabytes).
@@ -446,27 +438,6 @@ def _config_diff_ids(src: ImageSource, m: Manifest) -> list[str] | None:
     return None
 
 
-def iter_manifests(src: ImageSource, max_depth: int = 4) -> Iterator[tuple[str, Descriptor, Manifest]]:
-    """(label, descriptor, manifest) for every image the reference designates (indexes expanded)."""
-
-    def walk(desc: Descriptor, label: str, depth: int) -> Iterator[tuple[str, Descriptor, Manifest]]:
-        if depth > max_depth:
-            raise BadInputError(f"{label}: indexes nested too deeply")
-        data = src.get_manifest(desc)
-        doc = parse_manifest_or_index(data, desc.media_type, label)
-        if isinstance(doc, Index):
-            for i, child in enumerate(doc.manifests):
-                if child.media_type in MANIFEST_TYPES or child.media_type in INDEX_TYPES:
-                    plat = f" {child.platform}" if child.platform else ""
-                    yield from walk(child, f"{label} [{i}{plat}]", depth + 1)
-        else:
-            yield label, desc, doc
-
-    for tag, desc in src.targets():
-        label = f"{src.description}" + (f" ({tag})" if tag and tag not in src.description else "")
-        yield from walk(desc, label, 0)
-
-
 def _range_checker(src: ImageSource) -> Any:
     """The registry's range-request probe, when the source is a registry."""
     client = getattr(src, "client", None)
@@ -502,7 +473,7 @@ def verify_source(src: ImageSource, full: bool | None = None, reference: str | N
             elif len(diff_ids) != len(m.layers):
                 iv.problems.append(f"{label}: config lists {len(diff_ids)} DiffIDs for {len(m.layers)} layers")
             for i, desc in enumerate(m.layers):
-                name = f"{label} layer {i} {short(desc.digest)}"
+                name = layer_name(label, i, desc)
                 diff_id = diff_ids[i] if diff_ids and i < len(diff_ids) else None
                 chunked = is_chunked(desc.annotations)
                 if chunked and checker is not None and not range_checked:
@@ -514,10 +485,7 @@ def verify_source(src: ImageSource, full: bool | None = None, reference: str | N
                     if not rc.ok:
                         report.problems.append(rc.message)
 
-                def fetch(off: int, n: int, desc: Descriptor = desc) -> bytes:
-                    return src.read_blob_range(desc, off, n)
-
-                access = BlobAccess(fetch, desc.size, name)
+                access = layer_access(src, desc, name)
                 full_access = None
                 copy_path = None
                 fh = None
