@@ -34,6 +34,13 @@ def detect_compression(head: bytes) -> str:
     return "none"
 
 
+def _close_wrapped(f) -> None:
+    """Close the stream a reader wraps (the readers here own their source), if it can be closed."""
+    close = getattr(f, "close", None)
+    if close:
+        close()
+
+
 class _Prefixed(io.RawIOBase):
     """A reader that first returns bytes already taken from the stream."""
 
@@ -60,9 +67,7 @@ class _Prefixed(io.RawIOBase):
         return True
 
     def close(self) -> None:
-        close = getattr(self._f, "close", None)
-        if close:
-            close()
+        _close_wrapped(self._f)
         super().close()
 
 
@@ -207,9 +212,7 @@ class ZstdStream:
         return True
 
     def close(self) -> None:
-        close = getattr(self._f, "close", None)
-        if close:
-            close()
+        _close_wrapped(self._f)
 
 
 def open_tar_stream(raw: BinaryIO, what: str) -> tuple[BinaryIO, str]:
