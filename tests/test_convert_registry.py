@@ -111,3 +111,21 @@ def test_cli_convert_json_to_registry(registry):
                        capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
     assert i.returncode == 0, i.stderr
     assert "TOC:" in i.stdout and "HTTP Range requests: ok" in i.stdout
+
+
+def test_dual_to_registry_publishes_both_instances(registry):
+    from converter.convert import ConvertOptions
+
+    report = convert_refs(f"oci:{SAMPLE}:v1", f"docker://{registry.host}/dual:v1", ConvertOptions(dual=True))
+    assert report.images[0].media_type == "application/vnd.oci.image.index.v1+json"
+    with open_source(f"docker://{registry.host}/dual:v1") as src:
+        (_, top), = src.targets()
+        index = parse_manifest_or_index(src.get_manifest(top), top.media_type)
+        assert isinstance(index, Index)
+        orig, zstd = index.manifests
+        assert orig.digest == ms.sample_image().manifest.digest
+        assert zstd.annotations["io.github.containers.compression.zstd"] == "true"
+        # the original gzip instance is complete on the registry
+        for layer in ms.sample_image().layers:
+            desc = next(x for x in parse_manifest_or_index(src.get_manifest(orig)).layers if x.digest == layer.digest)
+            assert src.read_blob(desc) == layer.data

@@ -122,3 +122,18 @@ def test_tampered_toc_checksum_is_reported(tmp_path, converted):
     assert "TOC ERROR" in format_text(result)
     with pytest.raises(BadInputError):
         read_layer_toc(LayoutSource(str(bad)), Descriptor.from_dict(manifest["layers"][0]))
+
+
+def test_inspect_docker_archive_synthesises_schema2_manifest(tmp_path):
+    from converter.image.dockerarchive import DockerArchiveSource
+
+    img = ms.make_image(ms.sample_layers(), docker=True)
+    archive = tmp_path / "img.tar"
+    ms.write_docker_archive(str(archive), [(img, ["app:1"])])
+    result = inspect_source(DockerArchiveSource(str(archive)))
+    (entry,) = result["images"]
+    assert entry["tag"] == "1"
+    assert entry["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert entry["config"]["digest"] == img.config.digest
+    assert [layer["digest"] for layer in entry["layers"]] == [ms.sha256(t) for t in img.tars]
+    assert [layer["compression"] for layer in entry["layers"]] == ["none"] * 3
