@@ -6,7 +6,8 @@ import random
 import pytest
 
 from converter.chunked import chunker
-from converter.chunked.chunker import NativeChunker, NumpyChunker
+from converter.chunked.chunker import NativeChunker
+from converter.chunked.chunker_numpy import NumpyChunker
 from plain_chunker import plain_chunks
 
 IMPLS = {"numpy": NumpyChunker, "native": NativeChunker}

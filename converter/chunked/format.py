@@ -37,7 +37,10 @@ FOOTER_SIZE = 64
 FOOTER_FRAME_SIZE = SKIPPABLE_HEADER_SIZE + FOOTER_SIZE
 MANIFEST_TYPE_CRFS = 1
 
-# Chunking parameters of the reference writer (containers/storage compressor).
+# Chunking parameters of the reference writer (containers/storage compressor):
+# bup rollsum window and char offset, split bits, minimum zero run of a hole.
+WINDOW = 64
+CHAR_OFFSET = 31
 ROLLSUM_BITS = 16
 HOLES_THRESHOLD = 1024
 
