@@ -22,11 +22,11 @@ import base64
 import json
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from converter.errors import AuthError, UsageError
+from converter.fsutil import write_file_atomic
 
 DOCKER_IO = "docker.io"
 _DOCKER_IO_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/")
@@ -179,19 +179,7 @@ def lookup_credentials(host: str, repository: str | None = None,
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".auth-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent="\t")
-            f.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_file_atomic(path, (json.dumps(data, indent="\t") + "\n").encode(), mode=0o600)
 
 
 def store_credentials(host: str, creds: Credentials, path: Path | None = None) -> Path:

@@ -24,6 +24,7 @@ import tempfile
 from typing import Any, BinaryIO, Iterable
 
 from converter.errors import BadInputError, UsageError, ZconvError
+from converter.fsutil import write_file_atomic
 from converter.image.model import (
     MAX_MANIFEST_SIZE,
     OCI_INDEX,
@@ -297,24 +298,6 @@ def _fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def write_file_atomic(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + "-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def layout_index_bytes(entries: Iterable[Descriptor]) -> bytes:
