@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from converter.chunked.writer import DEFAULT_LEVEL
 from converter.cli_app import app
 from converter.errors import UsageError, ZconvError
 from converter.image.model import TransportOptions
@@ -58,7 +59,8 @@ def convert(
     dst: str = typer.Argument(..., help="Destination: oci:PATH[:TAG], oci-archive:PATH[:TAG] or docker://HOST/REPO:TAG. "
                               "Without a tag the source tags are kept. Left untouched if anything fails."),
     level: Optional[int] = typer.Option(None, "--level", "-l", min=1, max=22,
-                                        help="zstd compression level (default: the writer's measured default)."),
+                                        help=f"zstd compression level (default {DEFAULT_LEVEL}: the lowest at which "
+                                        "the output is no larger than containers/storage's writer)."),
     threads: int = typer.Option(0, "--threads", "-t", min=0,
                                 help="Frames compressed in parallel; 0 = one per CPU. Output is identical for any value."),
     strict: bool = typer.Option(False, "--strict",
