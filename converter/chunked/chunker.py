@@ -29,7 +29,8 @@ class NativeChunker:
     """The same interface over the C scanner (converter/chunked/_rollsum.c)."""
 
     def __init__(self) -> None:
-        self._state = (WINDOW * CHAR_OFFSET, WINDOW * (WINDOW - 1) * CHAR_OFFSET, 0, bytes(WINDOW), 0, 0)
+        # (s1, s2, window offset, window, zero run, position, pending splits)
+        self._state = (WINDOW * CHAR_OFFSET, WINDOW * (WINDOW - 1) * CHAR_OFFSET, 0, bytes(WINDOW), 0, 0, ())
 
     @property
     def pos(self) -> int:
