@@ -13,6 +13,7 @@ payload; the payload checksum is Go's CRC-64 (ISO table), big-endian.
 from __future__ import annotations
 
 import base64
+import concurrent.futures as cf
 import hashlib
 import zstandard
 
@@ -30,6 +31,10 @@ class TarSplitWriter:
     def __init__(self, cctx: zstandard.ZstdCompressor) -> None:
         self._chunks: list[bytes] = []
         self._cobj = cctx.compressobj()
+        # One worker compresses the batches in order, off the parsing thread
+        # (zstd releases the GIL); list.append keeps their order.
+        self._worker = cf.ThreadPoolExecutor(1)
+        self._jobs: list[cf.Future] = []
         self._pending: list[bytes] = []
         self._pending_size = 0
         self.uncompressed_size = 0
@@ -46,6 +51,11 @@ class TarSplitWriter:
         data = b"".join(self._pending)
         self._pending, self._pending_size = [], 0
         self.uncompressed_size += len(data)
+        self._jobs.append(self._worker.submit(self._compress, data))
+        if len(self._jobs) > 4:  # bound the batches waiting in memory
+            self._jobs.pop(0).result()
+
+    def _compress(self, data: bytes) -> None:
         out = self._cobj.compress(data)
         if out:
             self._chunks.append(out)
@@ -84,7 +94,14 @@ class TarSplitWriter:
     def finish(self) -> tuple[bytes, str]:
         """The compressed tar-split and its sha256 digest."""
         self._flush()
+        for job in self._jobs:
+            job.result()
+        self.close()
         self._chunks.append(self._cobj.flush())
         data = b"".join(self._chunks)
         self._chunks = []
         return data, "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def close(self) -> None:
+        """Stop the worker (also when the layer is abandoned half way)."""
+        self._worker.shutdown(wait=True, cancel_futures=True)

@@ -371,6 +371,9 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
         if header:
             sink.add(bytes(header))
         sink.drain()
+    except BaseException:
+        tsw.close()  # abandoned half way: stop its worker (finish() does it otherwise)
+        raise
     finally:
         sink.close()
     resolve = {"start": sink.start_of, "end": sink.ends.__getitem__, "digest": sink.digests.__getitem__}
