@@ -23,6 +23,7 @@ thread count.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import logging
 import os
@@ -184,20 +185,14 @@ class FrameSink:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-_ZERO_DIGESTS: dict[int, str] = {}
-
-
+@functools.lru_cache(maxsize=256)
 def _zeros_digest(n: int) -> str:
-    d = _ZERO_DIGESTS.get(n)
-    if d is None:
-        h = hashlib.sha256()
-        block = bytes(min(n, 1 << 20))
-        for off in range(0, n, len(block)):
-            h.update(block[: min(len(block), n - off)])
-        d = "sha256:" + h.hexdigest()
-        if len(_ZERO_DIGESTS) < 256:
-            _ZERO_DIGESTS[n] = d
-    return d
+    """Digest of a zeros chunk: holes of one size recur (sparse images, disk files)."""
+    h = hashlib.sha256()
+    block = bytes(min(n, 1 << 20))
+    for off in range(0, n, len(block)):
+        h.update(block[: min(len(block), n - off)])
+    return "sha256:" + h.hexdigest()
 
 
 @dataclass
