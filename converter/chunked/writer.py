@@ -431,42 +431,45 @@ def convert_layer(
     if threads <= 0:
         threads = os.cpu_count() or 1
     t0 = time.monotonic()
-    reason = None
-    with open_src() as raw:
-        stream, kind = open_tar_stream(raw, name)
-        src = CountingReader(stream, name)
-        w = _HashingWriter(out)
-        try:
-            annotations, n_entries = _write_chunked(TarStream(src), w, level, threads, name)
-        except tocmod.NotRepresentable as e:
-            reason = str(e)
-        finally:
-            stream.close()
-    if reason is not None:
-        if strict:
-            raise IncompatibleLayerError(f"{name}: cannot be written as zstd:chunked: {reason}")
-        log.warning("%s: written as plain zstd, not zstd:chunked: %s", name, reason)
-        out.seek(0)
-        out.truncate()
+
+    def one_pass(write) -> tuple[str, str, int, _HashingWriter]:
+        """Run `write(tar, out)` over a fresh read of the source."""
         with open_src() as raw:
             stream, kind = open_tar_stream(raw, name)
             src = CountingReader(stream, name)
-            w = _HashingWriter(out)
             try:
-                _write_plain(TarStream(src), w, level)
+                w = _HashingWriter(out)
+                write(TarStream(src), w)
+                return kind, "sha256:" + src.sha256.hexdigest(), src.offset, w
             finally:
                 stream.close()
-        annotations, n_entries = {}, 0
+
+    reason = None
+    result: dict = {}
+
+    def chunked(tar: TarStream, w: _HashingWriter) -> None:
+        result["annotations"], result["entries"] = _write_chunked(tar, w, level, threads, name)
+
+    try:
+        kind, diff_id, tar_size, w = one_pass(chunked)
+    except tocmod.NotRepresentable as e:
+        reason = str(e)
+        if strict:
+            raise IncompatibleLayerError(f"{name}: cannot be written as zstd:chunked: {reason}") from None
+        log.warning("%s: written as plain zstd, not zstd:chunked: %s", name, reason)
+        out.seek(0)
+        out.truncate()
+        kind, diff_id, tar_size, w = one_pass(lambda tar, w: _write_plain(tar, w, level))
     out.flush()
     return LayerResult(
         digest="sha256:" + w.sha256.hexdigest(),
         size=w.offset,
-        diff_id="sha256:" + src.sha256.hexdigest(),
-        annotations=annotations,
+        diff_id=diff_id,
+        annotations=result.get("annotations", {}),
         chunked=reason is None,
         reason=reason,
         input_compression=kind,
-        tar_size=src.offset,
+        tar_size=tar_size,
         seconds=time.monotonic() - t0,
-        toc_entries=n_entries,
+        toc_entries=result.get("entries", 0),
     )
