@@ -15,6 +15,7 @@ import typer
 
 from converter.chunked.writer import DEFAULT_LEVEL
 from converter.cli_app import app
+from converter.commands import parse_bool
 from converter.errors import UsageError, ZconvError
 from converter.image.model import TransportOptions
 
@@ -25,20 +26,11 @@ EXIT_CODES_HELP = (
 )
 
 
-def _bool_word(value: str, flag: str) -> bool:
-    v = value.strip().lower()
-    if v in ("true", "1", "yes", "on"):
-        return True
-    if v in ("false", "0", "no", "off"):
-        return False
-    raise UsageError(f"{flag}: expected true or false, got {value!r}")
-
-
 def transport_options(creds: Optional[str], tls_verify: str, cert_dir: Optional[str],
                       authfile: Optional[str]) -> TransportOptions:
     return TransportOptions(
         creds=creds,
-        tls_verify=_bool_word(tls_verify, "--tls-verify"),
+        tls_verify=parse_bool(tls_verify, "--tls-verify"),
         cert_dir=cert_dir,
         auth_file=authfile,
     )
