@@ -34,7 +34,7 @@ from converter.image.model import (
     ImageSource,
     VerifyingReader,
     canonical_json,
-    new_hasher,
+    copy_verified,
     parse_tag_or_digest,
     short,
     split_digest,
@@ -44,6 +44,16 @@ from converter.image.model import (
 LAYOUT_FILE = "oci-layout"
 LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
 INDEX_FILE = "index.json"
+
+
+def _staging_dir(path: str, description: str) -> str:
+    """A fresh directory beside `path`, so finished files move into place by rename."""
+    parent = os.path.dirname(path)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.zconv-")
+    except OSError as e:
+        raise ZconvError(f"{description}: cannot create a staging directory in {parent}: {e.strerror}") from None
 
 
 def blob_relpath(digest: str) -> str:
@@ -317,12 +327,7 @@ class LayoutSink(ImageSink):
             names = set(os.listdir(self.path))
             if names and INDEX_FILE not in names and LAYOUT_FILE not in names:
                 raise UsageError(f"{self.description}: directory exists, is not empty and is not an OCI layout")
-        parent = os.path.dirname(self.path)
-        try:
-            os.makedirs(parent, exist_ok=True)
-            self._stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(self.path)}.zconv-")
-        except OSError as e:
-            raise ZconvError(f"{self.description}: cannot create a staging directory in {parent}: {e.strerror}") from None
+        self._stage = _staging_dir(self.path, self.description)
         self._tags: list[tuple[str | None, Descriptor]] = []
         self._staged: set[str] = set()
         self._done = False
@@ -351,21 +356,8 @@ class LayoutSink(ImageSink):
             return
         fd, tmp = tempfile.mkstemp(dir=self._stage, prefix=".blob-")
         try:
-            h = new_hasher(desc.digest)
-            n = 0
             with os.fdopen(fd, "wb") as f:
-                while True:
-                    chunk = stream.read(1 << 20)
-                    if not chunk:
-                        break
-                    h.update(chunk)
-                    n += len(chunk)
-                    f.write(chunk)
-            got = f"{desc.digest.split(':')[0]}:{h.hexdigest()}"
-            if n != desc.size or got != desc.digest:
-                raise BadInputError(
-                    f"{self.description}: blob {short(desc.digest)} content does not match (size {n}, digest {got})"
-                )
+                copy_verified(stream, f, desc, self.description)
             self._place(desc, tmp)
         except BaseException:
             if os.path.exists(tmp):
@@ -507,12 +499,7 @@ class OciArchiveSink(ImageSink):
         self.reference_tag = tag
         if os.path.isdir(self.path):
             raise UsageError(f"{self.description}: is a directory (use oci:{path} for a layout directory)")
-        parent = os.path.dirname(self.path)
-        try:
-            os.makedirs(parent, exist_ok=True)
-            self._work = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(self.path)}.zconv-")
-        except OSError as e:
-            raise ZconvError(f"{self.description}: cannot create a staging directory in {parent}: {e.strerror}") from None
+        self._work = _staging_dir(self.path, self.description)
         self._layout = LayoutSink(os.path.join(self._work, "layout"), tag, self.description)
         self._done = False
 

@@ -102,6 +102,29 @@ def new_hasher(digest: str) -> "hashlib._Hash":
     return hashlib.new(split_digest(digest)[0])
 
 
+def copy_verified(stream: BinaryIO, out: BinaryIO, desc: "Descriptor", what: str) -> None:
+    """Copy a blob stream to `out`, checking it against its descriptor.
+
+    Stops as soon as the stream runs past the descriptor's size (a hostile or
+    broken source cannot fill the disk) and raises BadInputError naming `what`
+    when size or digest differ.
+    """
+    h = new_hasher(desc.digest)
+    n = 0
+    while True:
+        buf = stream.read(1 << 20)
+        if not buf:
+            break
+        n += len(buf)
+        if n > desc.size:
+            raise BadInputError(f"{what}: blob {short(desc.digest)} is larger than its {desc.size}-byte descriptor")
+        h.update(buf)
+        out.write(buf)
+    got = f"{split_digest(desc.digest)[0]}:{h.hexdigest()}"
+    if n != desc.size or got != desc.digest:
+        raise BadInputError(f"{what}: blob {short(desc.digest)} does not match its descriptor ({n} bytes, {got})")
+
+
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 

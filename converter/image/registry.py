@@ -62,6 +62,7 @@ from converter.image.model import (
     TransportOptions,
     VerifyingReader,
     check_digest,
+    copy_verified,
     new_hasher,
     parse_tag_or_digest,
     sha256_digest,
@@ -1426,21 +1427,8 @@ class DockerSink(ImageSink):
             return
         fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self._temp)
         try:
-            h = new_hasher(desc.digest)
-            n = 0
             with os.fdopen(fd, "wb") as out:
-                while True:
-                    buf = stream.read(1 << 20)
-                    if not buf:
-                        break
-                    n += len(buf)
-                    if n > desc.size:
-                        raise BadInputError(f"{self.description}: source blob {short(desc.digest)} is larger than its {desc.size}-byte descriptor")
-                    h.update(buf)
-                    out.write(buf)
-            got = f"{desc.digest.split(':')[0]}:{h.hexdigest()}"
-            if n != desc.size or got != desc.digest:
-                raise BadInputError(f"{self.description}: source blob {short(desc.digest)} does not match its descriptor ({n} bytes, {got})")
+                copy_verified(stream, out, desc, f"{self.description}: source")
             how = self.client.push_blob(self.repository, desc.digest, desc.size, lambda: open(tmp, "rb"), known_absent=True)
             self._record(desc, how)
         finally:
