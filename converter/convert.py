@@ -43,9 +43,9 @@ from converter.image.model import (
     Platform,
     VerifyingReader,
     descriptor_for,
-    parse_manifest_or_index,
     short,
 )
+from converter.imageread import Node, walk
 from converter.progress import Progress
 
 # Index entries with this annotation are attestations/signatures (buildx), not images.
@@ -167,6 +167,16 @@ def _config_platform(data: bytes) -> Platform | None:
     return Platform(os=str(doc["os"]), architecture=str(doc["architecture"]), variant=doc.get("variant") or None)
 
 
+# A converted manifest or index, and for a manifest its config bytes (the --dual index needs its platform).
+_Converted = tuple[Descriptor, "bytes | None"]
+
+
+def _where(desc: Descriptor, label: str) -> str:
+    """How conversion errors name a manifest or index document."""
+    kind = "index" if desc.media_type in INDEX_TYPES else "manifest"
+    return f"{label} {kind} {short(desc.digest)}"
+
+
 class _CountingReader:
     """Passes reads through and tells the progress display how far the layer is."""
 
@@ -247,19 +257,17 @@ class Converter:
                 self.progress.warning(check.message)
 
     def _convert_top(self, desc: Descriptor, label: str) -> Descriptor:
-        if desc.media_type in INDEX_TYPES:
-            return self._convert_index(desc, label)
-        if desc.media_type in MANIFEST_TYPES:
-            new, config = self._convert_manifest(desc, label)
-            if not self.opts.dual or new.digest == desc.digest:
-                return replace(new, annotations={}, platform=None)
-            # One image, both encodings: wrap them in an index as podman's add_compression does.
-            self._copy_tree(desc, label)
-            plat = _config_platform(config)
-            orig = Descriptor(desc.media_type, desc.digest, desc.size, platform=plat)
-            zstd = Descriptor(new.media_type, new.digest, new.size, annotations={INDEX_ZSTD_ANNOTATION: "true"}, platform=plat)
-            return self._put_index(Index(OCI_INDEX, (orig, zstd)))
-        raise BadInputError(f"{label}: unknown media type {desc.media_type!r} for the top-level manifest")
+        if desc.media_type not in INDEX_TYPES and desc.media_type not in MANIFEST_TYPES:
+            raise BadInputError(f"{label}: unknown media type {desc.media_type!r} for the top-level manifest")
+        new, config = walk(self.src, desc, label, self._convert_manifest, self._convert_index, where=_where)
+        if config is None or not self.opts.dual or new.digest == desc.digest:
+            return replace(new, annotations={}, platform=None) if config is not None else new
+        # One image, both encodings: wrap them in an index as podman's add_compression does.
+        self._copy_tree(desc, label)
+        plat = _config_platform(config)
+        orig = Descriptor(desc.media_type, desc.digest, desc.size, platform=plat)
+        zstd = Descriptor(new.media_type, new.digest, new.size, annotations={INDEX_ZSTD_ANNOTATION: "true"}, platform=plat)
+        return self._put_index(Index(OCI_INDEX, (orig, zstd)))
 
     # ------------------------------------------------------------------ indexes
 
@@ -269,11 +277,11 @@ class Converter:
         self.dst.put_manifest(d, data)
         return d
 
-    def _convert_index(self, desc: Descriptor, label: str) -> Descriptor:
-        where = f"{label} index {short(desc.digest)}"
-        index = parse_manifest_or_index(self.src.get_manifest(desc), desc.media_type, where)
-        if not isinstance(index, Index):
-            raise BadInputError(f"{where}: descriptor says index but the document is a manifest")
+    def _convert_index(self, node: Node, descend: Callable[[Descriptor, str], _Converted]) -> _Converted:
+        desc, label, index = node.desc, node.label, node.doc
+        assert isinstance(index, Index)
+        if desc.media_type in MANIFEST_TYPES:
+            raise BadInputError(f"{_where(desc, label)}: descriptor says manifest but the document is an index")
         originals: list[Descriptor] = []
         converted: list[Descriptor] = []
         for i, child in enumerate(index.manifests):
@@ -281,17 +289,14 @@ class Converter:
             child_label = f"{label}{plat} (manifest {i + 1}/{len(index.manifests)})"
             if DOCKER_REFERENCE_TYPE in child.annotations:
                 # Attestations point at image manifests by digest: keep them as they are.
-                self._copy_tree(child, child_label)
+                self._copy_tree(child, child_label, node.depth + 1)
                 converted.append(child)
                 continue
-            if child.media_type in INDEX_TYPES:
-                new = self._convert_index(child, child_label)
-            elif child.media_type in MANIFEST_TYPES:
-                new, _ = self._convert_manifest(child, child_label)
-            else:
+            if child.media_type not in INDEX_TYPES and child.media_type not in MANIFEST_TYPES:
                 raise BadInputError(f"{child_label}: unknown media type {child.media_type!r} in index {short(desc.digest)}")
+            new, _ = descend(child, child_label)
             if self.opts.dual and new.digest != child.digest:
-                self._copy_tree(child, child_label)
+                self._copy_tree(child, child_label, node.depth + 1)
                 originals.append(child)
             entry = Descriptor(
                 new.media_type,
@@ -303,15 +308,16 @@ class Converter:
             )
             converted.append(entry)
         new_index = Index(OCI_INDEX, tuple(originals + converted), index.annotations, index.subject, index.artifact_type)
-        return self._put_index(new_index)
+        return self._put_index(new_index), None
 
     # ------------------------------------------------------------------ manifests
 
-    def _convert_manifest(self, desc: Descriptor, label: str) -> tuple[Descriptor, bytes]:
-        where = f"{label} manifest {short(desc.digest)}"
-        manifest = parse_manifest_or_index(self.src.get_manifest(desc), desc.media_type, where)
-        if not isinstance(manifest, Manifest):
-            raise BadInputError(f"{where}: descriptor says manifest but the document is an index")
+    def _convert_manifest(self, node: Node) -> _Converted:
+        desc, label, manifest = node.desc, node.label, node.doc
+        assert isinstance(manifest, Manifest)
+        where = _where(desc, label)
+        if desc.media_type in INDEX_TYPES:
+            raise BadInputError(f"{where}: descriptor says index but the document is a manifest")
         config_data = self.src.read_blob(manifest.config, MAX_CONFIG_SIZE)
         if desc.digest in self._manifests:
             return self._manifests[desc.digest], config_data
@@ -358,23 +364,33 @@ class Converter:
             r.finish()
         self._copied.add(desc.digest)
 
-    def _copy_tree(self, desc: Descriptor, label: str) -> None:
-        """Copy a manifest or index and everything under it unchanged."""
-        if desc.digest in self._copied:
-            return
-        data = self.src.get_manifest(desc)
-        doc = parse_manifest_or_index(data, desc.media_type, f"{label} {short(desc.digest)}")
-        if isinstance(doc, Index):
-            for child in doc.manifests:
-                self._copy_tree(child, label)
-        else:
+    def _copy_tree(self, desc: Descriptor, label: str, depth: int = 0) -> None:
+        """Copy a manifest or index and everything under it unchanged, children first."""
+
+        def put(node: Node) -> None:
+            self.dst.put_manifest(node.desc, node.data)
+            self._copied.add(node.desc.digest)
+
+        def on_manifest(node: Node) -> None:
+            doc = node.doc
+            assert isinstance(doc, Manifest)
             self._copy_blob(doc.config, f"{label} config {short(doc.config.digest)}")
             for i, layer in enumerate(doc.layers):
                 if layer.media_type in FOREIGN_LAYER_TYPES and layer.urls:
                     continue
                 self._copy_blob(layer, f"{label} layer {i + 1}/{len(doc.layers)} ({short(layer.digest)})")
-        self.dst.put_manifest(desc, data)
-        self._copied.add(desc.digest)
+            put(node)
+
+        def on_index(node: Node, descend: Callable[[Descriptor, str], None]) -> None:
+            assert isinstance(node.doc, Index)
+            for child in node.doc.manifests:
+                if child.digest not in self._copied:
+                    descend(child, label)
+            put(node)
+
+        if desc.digest not in self._copied:
+            walk(self.src, desc, label, on_manifest, on_index, where=lambda d, _: f"{label} {short(d.digest)}",
+                 depth=depth)
 
     def _convert_layer(self, layer: Descriptor, name: str, index: int, diff_id: str | None) -> Descriptor:
         if layer.digest in self._layers:

@@ -44,12 +44,14 @@ from __future__ import annotations
 import hashlib
 import platform as _platform
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from converter.chunked.reader import SHA256_EMPTY, ChunkedLayer, TocEntry, is_chunked, load_layer
 from converter.errors import BadInputError, UsageError
 from converter.image.model import INDEX_ZSTD_ANNOTATION, Descriptor, ImageSource, Index, Manifest, short
-from converter.imageread import layer_access, layer_name, read_manifest
+from converter.imageread import Node, layer_access, layer_name, walk
+from converter.progress import human
+from converter.textsafe import printable_lines
 
 MAX_NUMBER_MISSING_CHUNKS = 1024  # maxNumberMissingChunks
 AUTO_MERGE_PARTS_THRESHOLD = 1024  # autoMergePartsThreshold
@@ -370,19 +372,20 @@ def select_image(src: ImageSource, plat: tuple[str, str, str | None]) -> tuple[s
     targets = src.targets()
     if len(targets) != 1:
         raise UsageError(f"{src.description}: holds {len(targets)} tagged images; name one with :TAG")
-    tag, desc = targets[0]
-    label = src.description
-    for _ in range(4):
-        doc = read_manifest(src, desc, label)
-        if isinstance(doc, Manifest):
-            return label, doc
-        assert isinstance(doc, Index)
+    _, desc = targets[0]
+
+    def on_manifest(node: Node) -> tuple[str, Manifest]:
+        assert isinstance(node.doc, Manifest)
+        return node.label, node.doc
+
+    def on_index(node: Node, descend: Callable[[Descriptor, str], tuple[str, Manifest]]) -> tuple[str, Manifest]:
+        assert isinstance(node.doc, Index)
         want_os, want_arch, want_variant = plat
         # As containers/image's chooseInstance: matching platform first, then
         # entries without a platform; zstd instances (podman's annotation)
         # before others; then index order.
         ranked = []
-        for pos, m in enumerate(doc.manifests):
+        for pos, m in enumerate(node.doc.manifests):
             if m.platform is None:
                 prio = 1
             elif (m.platform.os == want_os and m.platform.architecture == want_arch
@@ -392,13 +395,15 @@ def select_image(src: ImageSource, plat: tuple[str, str, str | None]) -> tuple[s
                 continue
             is_zstd = m.annotations.get(INDEX_ZSTD_ANNOTATION) == "true"
             ranked.append(((prio, not is_zstd, pos), m))
-        cands = [m for _, m in sorted(ranked, key=lambda r: r[0])]
-        if not cands:
-            have = ", ".join(str(m.platform) for m in doc.manifests if m.platform) or "none"
-            raise UsageError(f"{label}: no image for {'/'.join(p for p in plat if p)} (has: {have}); use --platform")
-        desc = cands[0]
-        label = f"{src.description} [{desc.platform}]" if desc.platform else label
-    raise BadInputError(f"{src.description}: indexes nested too deeply")
+        if not ranked:
+            have = ", ".join(str(m.platform) for m in node.doc.manifests if m.platform) or "none"
+            raise UsageError(
+                f"{node.label}: no image for {'/'.join(p for p in plat if p)} (has: {have}); use --platform"
+            )
+        child = min(ranked, key=lambda r: r[0])[1]
+        return descend(child, f"{src.description} [{child.platform}]" if child.platform else node.label)
+
+    return walk(src, desc, src.description, on_manifest, on_index)
 
 
 def _load(src: ImageSource, desc: Descriptor, name: str) -> ChunkedLayer:
@@ -505,14 +510,8 @@ def estimate_sources(
     return res
 
 
-def _human(n: float | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+def _skipped(percent: float | None) -> str:
+    return "nothing to fetch" if percent is None else f"{percent}% skipped"
 
 
 def format_estimate(res: Estimate) -> str:
@@ -525,15 +524,15 @@ def format_estimate(res: Estimate) -> str:
         if x.mode == "reused":
             lines.append(f"{head}: already present, nothing to fetch")
         elif x.mode == "full":
-            lines.append(f"{head}: full download of {_human(x.size)} ({x.reason})")
+            lines.append(f"{head}: full download of {human(x.size)} ({x.reason})")
         else:
             lines.append(
-                f"{head}: missing {x.missing_bytes} of {x.total_bytes} bytes ({x.skipped_percent}% skipped), "
-                f"fetch {_human(x.fetch_bytes)} of {_human(x.size)} in {x.ranges} ranges, disk +{_human(x.disk_bytes)}"
+                f"{head}: missing {x.missing_bytes} bytes out of {x.total_bytes} ({_skipped(x.skipped_percent)}), "
+                f"fetch {human(x.fetch_bytes)} of {human(x.size)} in {x.ranges} ranges, disk +{human(x.disk_bytes)}"
             )
     t = res.total()
     lines.append(
-        f"total: missing {t['missing_bytes']} bytes out of {t['total_bytes']} ({t['skipped_percent']}% skipped); "
-        f"fetch {_human(t['fetch_bytes'])} of {_human(t['blob_bytes'])} compressed; disk +{_human(t['disk_bytes'])}"
+        f"total: missing {t['missing_bytes']} bytes out of {t['total_bytes']} ({_skipped(t['skipped_percent'])}); "
+        f"fetch {human(t['fetch_bytes'])} of {human(t['blob_bytes'])} compressed; disk +{human(t['disk_bytes'])}"
     )
-    return "\n".join(lines)
+    return printable_lines(lines)

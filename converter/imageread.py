@@ -1,13 +1,16 @@
-"""Reading images without pulling them, shared by verify, estimate and inspect.
+"""Walking images: the one reader of manifest trees (index -> manifests -> config and layers).
 
-Manifests and indexes are read by descriptor, and layers through ranged reads
-(seeks in layouts and archives, HTTP Range requests on registries), so the
-read-only commands name, open and walk images the same way.
+convert, push, inspect, estimate and verify all go through `walk` (or
+`iter_manifests`, built on it), so every command reads, parses and bounds a
+manifest tree the same way: an index chain deeper than MAX_INDEX_DEPTH is
+refused with one line wherever it is met. Layers are read through ranged
+reads (seeks in layouts and archives, HTTP Range requests on registries).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
 
 from converter.chunked.reader import BlobAccess
 from converter.errors import BadInputError
@@ -22,14 +25,100 @@ from converter.image.model import (
     short,
 )
 
+# Real images nest one index (a multi-platform list, or podman's --dual
+# index); a chain of more than a few is either a mistake or an attack on the
+# recursion, so every command stops at the same depth.
+MAX_INDEX_DEPTH = 4
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One manifest or index of a tree, read and parsed."""
+
+    desc: Descriptor
+    label: str  # how messages name this node
+    data: bytes  # the bytes as stored (pushed and copied unchanged)
+    doc: Manifest | Index
+    depth: int  # 0 for the top; an index's children are one deeper
+
 
 def read_manifest(src: ImageSource, desc: Descriptor, label: str) -> Manifest | Index:
     """The manifest or index `desc` points to, parsed; `label` names it in errors."""
     return parse_manifest_or_index(src.get_manifest(desc), desc.media_type, label)
 
 
+def read_node(src: ImageSource, desc: Descriptor, label: str, depth: int = 0, where: str | None = None) -> Node:
+    """Read and parse one node; `where` (default `label`) names the document in parse errors."""
+    if depth > MAX_INDEX_DEPTH:
+        raise BadInputError(f"{label}: index chain deeper than {MAX_INDEX_DEPTH} levels")
+    data = src.get_manifest(desc)
+    return Node(desc, label, data, parse_manifest_or_index(data, desc.media_type, where or label), depth)
+
+
+def walk(
+    src: ImageSource,
+    desc: Descriptor,
+    label: str,
+    on_manifest: Callable[[Node], T],
+    on_index: Callable[[Node, Callable[[Descriptor, str], T]], T],
+    *,
+    where: Callable[[Descriptor, str], str] | None = None,
+    depth: int = 0,
+) -> T:
+    """Fold a manifest tree: `on_manifest(node)` for a manifest, `on_index(node, descend)` for an index.
+
+    `descend(child, child_label)` walks a child one level deeper and returns
+    its result, so the caller chooses which children to enter and in what
+    order, and sees their results before it finishes the index (children
+    first, as sinks need). `where(desc, label)` names a document in parse
+    errors when that differs from its label.
+    """
+
+    def descend_from(d: int) -> Callable[[Descriptor, str], T]:
+        def descend(child: Descriptor, child_label: str) -> T:
+            return step(child, child_label, d + 1)
+
+        return descend
+
+    def step(d: Descriptor, lab: str, dep: int) -> T:
+        node = read_node(src, d, lab, dep, where(d, lab) if where else None)
+        if isinstance(node.doc, Index):
+            return on_index(node, descend_from(dep))
+        return on_manifest(node)
+
+    return step(desc, label, depth)
+
+
+def target_label(src: ImageSource, tag: str | None) -> str:
+    """How messages name one of the images `src.targets()` lists."""
+    return f"{src.description}" + (f" ({tag})" if tag and tag not in src.description else "")
+
+
+def iter_manifests(src: ImageSource) -> Iterator[tuple[str, Descriptor, Manifest]]:
+    """(label, descriptor, manifest) for every image the reference designates (indexes expanded)."""
+    out: list[tuple[str, Descriptor, Manifest]] = []
+
+    def on_manifest(node: Node) -> None:
+        assert isinstance(node.doc, Manifest)
+        out.append((node.label, node.desc, node.doc))
+
+    def on_index(node: Node, descend: Callable[[Descriptor, str], None]) -> None:
+        assert isinstance(node.doc, Index)
+        for i, child in enumerate(node.doc.manifests):
+            if child.media_type in MANIFEST_TYPES or child.media_type in INDEX_TYPES:
+                plat = f" {child.platform}" if child.platform else ""
+                descend(child, f"{node.label} [{i}{plat}]")
+
+    for tag, desc in src.targets():
+        walk(src, desc, target_label(src, tag), on_manifest, on_index)
+        yield from out
+        out.clear()
+
+
 def layer_name(label: str, index: int, desc: Descriptor) -> str:
-    """How messages name layer `index` of the image `label`."""
+    """How read-only commands name layer `index` (0-based) of the image `label`."""
     return f"{label} layer {index} {short(desc.digest)}"
 
 
@@ -40,23 +129,3 @@ def layer_access(src: ImageSource, desc: Descriptor, name: str) -> BlobAccess:
         return src.read_blob_range(desc, offset, length)
 
     return BlobAccess(fetch, desc.size, name)
-
-
-def iter_manifests(src: ImageSource, max_depth: int = 4) -> Iterator[tuple[str, Descriptor, Manifest]]:
-    """(label, descriptor, manifest) for every image the reference designates (indexes expanded)."""
-
-    def walk(desc: Descriptor, label: str, depth: int) -> Iterator[tuple[str, Descriptor, Manifest]]:
-        if depth > max_depth:
-            raise BadInputError(f"{label}: indexes nested too deeply")
-        doc = read_manifest(src, desc, label)
-        if isinstance(doc, Index):
-            for i, child in enumerate(doc.manifests):
-                if child.media_type in MANIFEST_TYPES or child.media_type in INDEX_TYPES:
-                    plat = f" {child.platform}" if child.platform else ""
-                    yield from walk(child, f"{label} [{i}{plat}]", depth + 1)
-        else:
-            yield label, desc, doc
-
-    for tag, desc in src.targets():
-        label = f"{src.description}" + (f" ({tag})" if tag and tag not in src.description else "")
-        yield from walk(desc, label, 0)

@@ -9,7 +9,7 @@ read whole, so inspecting a registry image costs a few small requests.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from converter.chunked.format import (
     MANIFEST_CHECKSUM_KEY,
@@ -29,8 +29,9 @@ from converter.image.model import (
     Manifest,
     short,
 )
-from converter.imageread import layer_access, read_manifest
+from converter.imageread import Node, layer_access, walk
 from converter.progress import human
+from converter.textsafe import printable_lines
 
 
 def toc_stats(toc: dict[str, Any]) -> dict[str, int]:
@@ -107,32 +108,46 @@ def _layer_info(src: ImageSource, layer: Descriptor, with_toc: bool) -> dict[str
     return info
 
 
-def _node(src: ImageSource, desc: Descriptor, with_toc: bool, depth: int = 0) -> dict[str, Any]:
-    where = f"{src.description}: {short(desc.digest)}"
-    if desc.media_type not in INDEX_TYPES and desc.media_type not in MANIFEST_TYPES:
-        raise BadInputError(f"{where}: unknown media type {desc.media_type!r}")
-    doc = read_manifest(src, desc, where)
-    out: dict[str, Any] = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
-    if isinstance(doc, Index):
+def _node(src: ImageSource, desc: Descriptor, with_toc: bool) -> dict[str, Any]:
+    def where(d: Descriptor, _label: str) -> str:
+        return f"{src.description}: {short(d.digest)}"
+
+    def check_type(d: Descriptor) -> None:
+        if d.media_type not in INDEX_TYPES and d.media_type not in MANIFEST_TYPES:
+            raise BadInputError(f"{where(d, '')}: unknown media type {d.media_type!r}")
+
+    def head(node: Node) -> dict[str, Any]:
+        return {"mediaType": node.desc.media_type, "digest": node.desc.digest, "size": node.desc.size}
+
+    def on_manifest(node: Node) -> dict[str, Any]:
+        doc = node.doc
+        assert isinstance(doc, Manifest)
+        out = head(node)
+        out["kind"] = "manifest"
+        out["config"] = {"mediaType": doc.config.media_type, "digest": doc.config.digest, "size": doc.config.size}
+        out["layers"] = [_layer_info(src, layer, with_toc) for layer in doc.layers]
+        out["total_layer_bytes"] = sum(layer.size for layer in doc.layers)
+        out["chunked_layers"] = sum(1 for layer in out["layers"] if layer["chunked"])
+        return out
+
+    def on_index(node: Node, descend: Callable[[Descriptor, str], dict[str, Any]]) -> dict[str, Any]:
+        assert isinstance(node.doc, Index)
+        out = head(node)
         out["kind"] = "index"
         out["manifests"] = []
-        for child in doc.manifests:
+        for child in node.doc.manifests:
             entry: dict[str, Any] = {}
             if child.platform:
                 entry["platform"] = str(child.platform)
             if child.annotations:
                 entry["annotations"] = dict(child.annotations)
-            if depth < 4:
-                entry.update(_node(src, child, with_toc, depth + 1))
+            check_type(child)
+            entry.update(descend(child, node.label))
             out["manifests"].append(entry)
         return out
-    assert isinstance(doc, Manifest)
-    out["kind"] = "manifest"
-    out["config"] = {"mediaType": doc.config.media_type, "digest": doc.config.digest, "size": doc.config.size}
-    out["layers"] = [_layer_info(src, layer, with_toc) for layer in doc.layers]
-    out["total_layer_bytes"] = sum(layer.size for layer in doc.layers)
-    out["chunked_layers"] = sum(1 for layer in out["layers"] if layer["chunked"])
-    return out
+
+    check_type(desc)
+    return walk(src, desc, where(desc, ""), on_manifest, on_index, where=where)
 
 
 def _first_chunked(node: dict[str, Any]) -> dict[str, Any] | None:
@@ -225,4 +240,4 @@ def format_text(result: dict[str, Any]) -> str:
     if "range_check" in result:
         rc = result["range_check"]
         lines.append(f"HTTP Range requests: {'ok' if rc['ok'] else 'NOT OK'}: {rc['message']}")
-    return "\n".join(lines)
+    return printable_lines(lines)

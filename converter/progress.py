@@ -13,13 +13,18 @@ import sys
 import time
 from typing import TextIO
 
+from converter.textsafe import printable
 
-def human(n: float) -> str:
+
+def human(n: float | None) -> str:
+    """A byte count for people: `512 B`, `1.5 MiB`; `?` when unknown."""
+    if n is None:
+        return "?"
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
+        if abs(n) < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GiB"
+    return f"{n:.1f} TiB"
 
 
 class Progress:
@@ -61,28 +66,26 @@ class Progress:
         self._last = now
         pct = f"{100 * self._done / self._size:3.0f}%" if self._size else ""
         self._clear()
-        self.stream.write(f"{self._name}: {pct} {human(self._done)} of {human(self._size)}")
+        self.stream.write(printable(f"{self._name}: {pct} {human(self._done)} of {human(self._size)}"))
         self.stream.flush()
         self._drawn = True
 
     def layer_done(self, old_size: int, new_size: int, chunked: bool, reason: str | None, seconds: float) -> None:
-        # The writer itself logs the warning for a plain-zstd layer (logger "zconv").
+        # No warning here for a plain-zstd layer: the writer logs it (logger "zconv"), also when disabled.
         if not self.enabled:
             return
         self._clear()
         kind = "zstd:chunked" if chunked else "zstd"
-        self.stream.write(
-            f"{self._name}: {human(old_size)} -> {human(new_size)} {kind} in {seconds:.1f}s\n"
-        )
+        self.stream.write(printable(f"{self._name}: {human(old_size)} -> {human(new_size)} {kind} in {seconds:.1f}s") + "\n")
         self.stream.flush()
 
     def note(self, msg: str) -> None:
         if self.enabled:
             self._clear()
-            self.stream.write(msg + "\n")
+            self.stream.write(printable(msg) + "\n")
             self.stream.flush()
 
     def warning(self, msg: str) -> None:
         self._clear()
-        self.stream.write(f"zconv: warning: {msg}\n")
+        self.stream.write(printable(f"zconv: warning: {msg}") + "\n")
         self.stream.flush()

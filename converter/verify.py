@@ -63,6 +63,7 @@ from converter.chunked.reader import (
 from converter.errors import BadInputError, ZconvError
 from converter.image.model import Descriptor, ImageSource, Manifest, short
 from converter.imageread import iter_manifests, layer_access, layer_name
+from converter.textsafe import printable_lines
 
 # A full check decompresses the whole layer; refuse layers whose tar-split
 # claims more than this (a crafted layer could claim exabytes).
@@ -553,4 +554,4 @@ def format_report(report: VerifyReport) -> str:
     for p in report.problems:
         lines.append(f"FAIL {p}")
     lines.append("verdict: " + ("OK, every zstd:chunked layer is consumable" if report.ok else "NOT consumable"))
-    return "\n".join(lines)
+    return printable_lines(lines)

@@ -1,18 +1,24 @@
-"""Commands that live outside converter/cli.py; each module registers itself on converter.cli_app.app.
+"""One module per command; each registers itself on converter.cli_app.app and only parses and prints.
 
-Shared here: the registry options (podman's spelling) and the error exit.
+Shared here: the registry options (podman's spelling and meaning) and the one
+builder of TransportOptions from them. Errors are not handled here: a command
+raises ZconvError and converter.cli.main prints it.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Callable, NoReturn, TypeVar
+from converter.errors import UsageError
+from converter.image.model import TransportOptions
 
-import typer
-
-from converter.errors import UsageError, ZconvError
-
-T = TypeVar("T")
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 other error; 2 bad input (corrupt, truncated or mismatching image data); "
+    "3 layer not representable as zstd:chunked under --strict; 4 registry error; 5 authentication error; "
+    "6 verification failed; 64 usage error; 70 internal error (please report it)."
+)
+CREDS_HELP = "USER:PASSWORD for the registry (overrides auth files)"
+TLS_HELP = "true (default) or false: verify the registry's TLS certificate; false also allows plain HTTP"
+CERT_DIR_HELP = "directory of CA certificates (*.crt) and client certificates (*.cert/*.key), as podman's --cert-dir"
+AUTHFILE_HELP = "Registry credentials file (auth.json; default: podman's lookup order)."
 
 
 def parse_bool(value: str, option: str) -> bool:
@@ -24,24 +30,13 @@ def parse_bool(value: str, option: str) -> bool:
     raise UsageError(f"{option} takes true or false, not {value!r}")
 
 
-def fail(err: ZconvError) -> NoReturn:
-    """One line on stderr, the error type's exit code."""
-    print(f"zconv: error: {err.message}", file=sys.stderr)
-    raise typer.Exit(err.exit_code)
-
-
-def run_command(fn: Callable[[], T]) -> T:
-    """Run the body of a command; ZconvError -> one line and its exit code, Ctrl-C -> 130."""
-    try:
-        return fn()
-    except ZconvError as e:
-        fail(e)
-    except KeyboardInterrupt:
-        print("zconv: interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
-
-
-# Option declarations shared by push and login (podman's names and meanings).
-CREDS_HELP = "USER:PASSWORD for the registry (overrides auth files)"
-TLS_HELP = "true (default) or false: verify the registry's TLS certificate; false also allows plain HTTP"
-CERT_DIR_HELP = "directory of CA certificates (*.crt) and client certificates (*.cert/*.key), as podman's --cert-dir"
+def transport_options(
+    creds: str | None, tls_verify: str, cert_dir: str | None, authfile: str | None
+) -> TransportOptions:
+    """TransportOptions from the shared registry flags (--creds, --tls-verify, --cert-dir, --authfile)."""
+    return TransportOptions(
+        creds=creds,
+        tls_verify=parse_bool(tls_verify, "--tls-verify"),
+        cert_dir=cert_dir,
+        auth_file=authfile,
+    )

@@ -12,9 +12,8 @@ from typing import List, Optional
 import typer
 
 from converter.cli_app import app
-from converter.commands import CERT_DIR_HELP, CREDS_HELP, TLS_HELP, parse_bool
+from converter.commands import AUTHFILE_HELP, CERT_DIR_HELP, CREDS_HELP, TLS_HELP, parse_bool, transport_options
 from converter.errors import UsageError
-from converter.image.model import TransportOptions
 
 
 @app.command(
@@ -36,7 +35,7 @@ def estimate(
     creds: Optional[str] = typer.Option(None, "--creds", help=CREDS_HELP),
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help=TLS_HELP),
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP),
-    authfile: Optional[str] = typer.Option(None, "--authfile", help="Registry credentials file (auth.json)."),
+    authfile: Optional[str] = typer.Option(None, "--authfile", help=AUTHFILE_HELP),
 ) -> None:
     """Predict a partial pull of NEW by a client that already has OLD, decided the way containers/storage decides.
 
@@ -51,9 +50,7 @@ def estimate(
 
     if len(refs) < 2:
         raise UsageError("estimate needs at least one OLD image and the NEW image")
-    options = TransportOptions(
-        creds=creds, tls_verify=parse_bool(tls_verify, "--tls-verify"), cert_dir=cert_dir, auth_file=authfile
-    )
+    options = transport_options(creds, tls_verify, cert_dir, authfile)
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(open_source(parse_ref(r), options)) for r in refs]
         res = estimate_sources(sources[:-1], sources[-1], parse_bool(hard_links, "--hard-links"), platform,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import getpass
+import pathlib
 import sys
 
 import typer
 
 from converter.cli_app import app
-from converter.commands import CERT_DIR_HELP, TLS_HELP, parse_bool, run_command
+from converter.commands import CERT_DIR_HELP, TLS_HELP, parse_bool
 from converter.errors import UsageError
 from converter.image import auth as authmod
 from converter.image.registry import RegistryClient, RetryPolicy
@@ -34,18 +35,25 @@ def login_registry(
     tls_verify: bool = True,
     cert_dir: str | None = None,
     auth_file: str | None = None,
+    source: str = "--password",
 ) -> str:
-    """Check the credentials against the registry, then store them; returns the auth file path."""
+    """Check the credentials against the registry, then store them; returns the auth file path.
+
+    `source` says where the password came from, for the message when the registry rejects it.
+    """
     host, key = _split_host(target)
     if not username:
         raise UsageError(f"login {host}: a username is required")
     if not password:
         raise UsageError(f"login {host}: a password is required")
-    with RegistryClient(host, creds=f"{username}:{password}", tls_verify=tls_verify, cert_dir=cert_dir,
+    creds = authmod.Credentials(username, password, source)
+    with RegistryClient(host, tls_verify=tls_verify, cert_dir=cert_dir,
                         retry=RetryPolicy(retries=2, delay=1.0)) as client:
+        # RegistryClient only takes a --creds string, which would name --creds in its errors.
+        client._creds_arg = creds
         client.check_login()
     path = authmod.store_credentials(key, authmod.Credentials(username, password, "login"),
-                                     path=None if auth_file is None else __import__("pathlib").Path(auth_file))
+                                     path=None if auth_file is None else pathlib.Path(auth_file))
     return str(path)
 
 
@@ -60,25 +68,24 @@ def login(
     cert_dir: str = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
 ) -> None:
     """Log in to a registry: check the credentials and store them where podman looks."""
-
-    def body() -> None:
-        verify = parse_bool(tls_verify, "--tls-verify")
-        if password and password_stdin:
-            raise UsageError("--password and --password-stdin are mutually exclusive")
-        user = username
-        pw = password
-        if password_stdin:
-            if not user:
-                raise UsageError("--password-stdin needs --username")
-            pw = sys.stdin.readline().rstrip("\r\n")
+    verify = parse_bool(tls_verify, "--tls-verify")
+    if password and password_stdin:
+        raise UsageError("--password and --password-stdin are mutually exclusive")
+    user = username
+    pw = password
+    source = "--password"
+    if password_stdin:
         if not user:
-            user = input("Username: ").strip()
-        if not pw:
-            pw = getpass.getpass("Password: ")
-        path = login_registry(registry, user, pw, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile)
-        print(f"Login Succeeded! (credentials stored in {path})")
-
-    run_command(body)
+            raise UsageError("--password-stdin needs --username")
+        pw = sys.stdin.readline().rstrip("\r\n")
+        source = "standard input"
+    if not user:
+        user = input("Username: ").strip()
+    if not pw:
+        pw = getpass.getpass("Password: ")
+        source = "the password prompt"
+    path = login_registry(registry, user, pw, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile, source=source)
+    print(f"Login Succeeded! (credentials stored in {path})")
 
 
 @app.command()
@@ -87,14 +94,8 @@ def logout(
     authfile: str = typer.Option(None, "--authfile", help="auth file to edit"),
 ) -> None:
     """Remove stored credentials for a registry from the auth file."""
-
-    def body() -> None:
-        _, key = _split_host(registry)
-        import pathlib
-
-        removed = authmod.remove_credentials(key, pathlib.Path(authfile) if authfile else None)
-        if not removed:
-            raise UsageError(f"not logged in to {key}")
-        print(f"Removed login credentials for {key}")
-
-    run_command(body)
+    _, key = _split_host(registry)
+    removed = authmod.remove_credentials(key, pathlib.Path(authfile) if authfile else None)
+    if not removed:
+        raise UsageError(f"not logged in to {key}")
+    print(f"Removed login credentials for {key}")

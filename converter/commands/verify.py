@@ -11,9 +11,8 @@ from typing import Optional
 import typer
 
 from converter.cli_app import app
-from converter.commands import CERT_DIR_HELP, CREDS_HELP, TLS_HELP, parse_bool
+from converter.commands import AUTHFILE_HELP, CERT_DIR_HELP, CREDS_HELP, TLS_HELP, transport_options
 from converter.errors import VerifyError
-from converter.image.model import TransportOptions
 
 
 @app.command(
@@ -29,7 +28,7 @@ def verify(
     creds: Optional[str] = typer.Option(None, "--creds", help=CREDS_HELP),
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help=TLS_HELP),
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP),
-    authfile: Optional[str] = typer.Option(None, "--authfile", help="Registry credentials file (auth.json)."),
+    authfile: Optional[str] = typer.Option(None, "--authfile", help=AUTHFILE_HELP),
 ) -> None:
     """Check every zstd:chunked layer the way containers/storage does before a partial pull, and more.
 
@@ -44,9 +43,7 @@ def verify(
     from converter.image.refs import open_source, parse_ref
     from converter.verify import format_report, verify_source
 
-    options = TransportOptions(
-        creds=creds, tls_verify=parse_bool(tls_verify, "--tls-verify"), cert_dir=cert_dir, auth_file=authfile
-    )
+    options = transport_options(creds, tls_verify, cert_dir, authfile)
     with open_source(parse_ref(ref), options) as src:
         report = verify_source(src, full=True if full else None, reference=ref)
     if json_out:

@@ -1,0 +1,88 @@
+"""`zconv convert SRC DST`: every layer of an image to zstd:chunked.
+
+Argument parsing and printing only; the work is in converter/convert.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from converter.chunked.writer import DEFAULT_LEVEL
+from converter.cli_app import app
+from converter.commands import AUTHFILE_HELP, EXIT_CODES_HELP, transport_options
+from converter.textsafe import printable
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  zconv convert oci:./img:v1 oci:./img:v1-zstd\n\n"
+        "  podman save --format oci-archive -o app.tar localhost/app:1 && "
+        "zconv convert oci-archive:app.tar docker://registry.example/app:1\n\n" + EXIT_CODES_HELP
+    )
+)
+def convert(
+    src: str = typer.Argument(..., help="Source image: oci:PATH[:TAG], oci-archive:PATH[:TAG], "
+                              "docker-archive:PATH[:NAME:TAG] or docker://HOST/REPO[:TAG|@DIGEST]. "
+                              "Without a tag, every tagged image of a layout/archive is converted."),
+    dst: str = typer.Argument(..., help="Destination: oci:PATH[:TAG], oci-archive:PATH[:TAG] or docker://HOST/REPO:TAG. "
+                              "Without a tag the source tags are kept. Left untouched if anything fails."),
+    level: Optional[int] = typer.Option(None, "--level", "-l", min=1, max=22,
+                                        help=f"zstd compression level (default {DEFAULT_LEVEL}: the lowest at which "
+                                        "the output is no larger than containers/storage's writer)."),
+    threads: int = typer.Option(0, "--threads", "-t", min=0,
+                                help="Frames compressed in parallel; 0 = one per CPU. Output is identical for any value."),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Fail (exit 3) instead of writing plain zstd when a layer cannot be zstd:chunked."),
+    force: bool = typer.Option(False, "--force", help="Re-encode layers that are already zstd:chunked."),
+    dual: bool = typer.Option(False, "--dual", help="Write an index with both the original and the zstd:chunked "
+                              "instance of every image (clients without zstd keep using the original)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary; warnings and errors only."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout: per layer the old and new "
+                                  "digest and size, DiffID, whether it is chunked (or why not), seconds."),
+    creds: Optional[str] = typer.Option(None, "--creds", help="USER:PASS for registries (source and destination)."),
+    src_creds: Optional[str] = typer.Option(None, "--src-creds", help="USER:PASS for the source registry."),
+    dest_creds: Optional[str] = typer.Option(None, "--dest-creds", help="USER:PASS for the destination registry."),
+    tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL",
+                                   help="Verify registry TLS certificates (true/false)."),
+    cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help="Directory of CA certificates (*.crt) for registries."),
+    authfile: Optional[str] = typer.Option(None, "--authfile", help=AUTHFILE_HELP),
+) -> None:
+    """Convert every layer of an image (all tags, all platforms) to zstd:chunked.
+
+    Configs stay byte for byte (DiffIDs and image IDs do not change); manifests
+    become OCI manifests whose layers carry the zstd:chunked annotations;
+    Docker schema 2 manifests and lists become OCI ones. The same input gives
+    the same output digests.
+    """
+    from converter.convert import ConvertOptions, convert_refs
+    from converter.progress import Progress, human
+
+    progress = Progress(enabled=False if (quiet or json_out) else None)
+    report = convert_refs(
+        src,
+        dst,
+        ConvertOptions(level=level, threads=threads, strict=strict, force=force, dual=dual),
+        progress,
+        src_options=transport_options(src_creds or creds, tls_verify, cert_dir, authfile),
+        dst_options=transport_options(dest_creds or creds, tls_verify, cert_dir, authfile),
+    )
+    if json_out:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    if quiet:
+        return
+    converted = [r for r in report.layers if r.action == "converted"]
+    old = sum(r.old_size for r in converted)
+    new = sum(r.new_size for r in converted)
+    chunked = sum(1 for r in report.layers if r.chunked)
+    typer.echo(
+        f"converted {len(converted)} layer(s), {human(old)} -> {human(new)}; "
+        f"{chunked} of {len(report.layers)} layer(s) zstd:chunked"
+    )
+    for img in report.images:
+        tag = img.tag if img.tag is not None else "(untagged)"
+        typer.echo(printable(f"{dst} tag {tag}: {img.digest}"))
