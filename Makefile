@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup sysdeps test test-fast demo bench clean
+.PHONY: all setup sysdeps test test-fast lint demo bench clean
 
 all: test
 
@@ -25,6 +25,12 @@ test: setup
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not interop and not slow" tests
+
+# ruff (lint and format check) and mypy, as configured in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check converter tests bench testdata
+	$(BIN)/ruff format --check converter tests bench testdata
+	$(BIN)/mypy converter
 
 demo: setup
 	bash testdata/demo.sh

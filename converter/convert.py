@@ -12,16 +12,19 @@ and only the writer's result, not the layer format.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import tarfile
 import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, cast
+
+import zstandard
+from isal import isal_zlib
 
 from converter.chunked.format import CHUNKED_ANNOTATIONS, LEGACY_PREFIX, MANIFEST_CHECKSUM_KEY
+from converter.chunked.writer import convert_layer
 from converter.errors import BadInputError, UsageError, ZconvError
 from converter.image.model import (
     DOCKER_CONFIG,
@@ -40,13 +43,17 @@ from converter.image.model import (
     ImageSource,
     Index,
     Manifest,
-    Platform,
     VerifyingReader,
     descriptor_for,
     short,
 )
-from converter.imageread import Node, walk
+from converter.imageread import Node, config_diff_ids, config_platform, layer_name, walk
 from converter.progress import Progress
+
+# What the decoders (gzip, zstd, tar) raise on a corrupt or truncated layer: bad input, exit 2.
+# BadGzipFile is an OSError, so it must be caught before OSError (local trouble, exit 1).
+_DECODER_ERRORS = (EOFError, zlib.error, isal_zlib.error, zstandard.ZstdError, gzip.BadGzipFile, tarfile.TarError,
+                   ValueError)
 
 # Index entries with this annotation are attestations/signatures (buildx), not images.
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
@@ -76,6 +83,13 @@ class LayerReport:
     reason: str | None
     seconds: float
     action: str  # "converted", "kept" (already zstd:chunked), "reused" (same input converted before), "foreign"
+
+    @classmethod
+    def of(cls, old: Descriptor, new: Descriptor, name: str, index: int, diff_id: str | None, chunked: bool,
+           reason: str | None, started: float, action: str) -> LayerReport:
+        """The report of layer `old` (`index` of image `name`) written as `new`, timed from `started`."""
+        return cls(name, index, old.digest, old.size, old.media_type, new.digest, new.size, new.media_type,
+                   diff_id, chunked, reason, time.monotonic() - started, action)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,24 +163,6 @@ def _is_chunked(desc: Descriptor) -> bool:
     return LAYER_TYPES.get(desc.media_type) == "zstd" and MANIFEST_CHECKSUM_KEY in desc.annotations
 
 
-def _config_diff_ids(data: bytes) -> list[str] | None:
-    try:
-        ids = json.loads(data)["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return ids if isinstance(ids, list) else None
-
-
-def _config_platform(data: bytes) -> Platform | None:
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or not doc.get("os") or not doc.get("architecture"):
-        return None
-    return Platform(os=str(doc["os"]), architecture=str(doc["architecture"]), variant=doc.get("variant") or None)
-
-
 # A converted manifest or index, and for a manifest its config bytes (the --dual index needs its platform).
 _Converted = tuple[Descriptor, "bytes | None"]
 
@@ -202,7 +198,7 @@ class _CountingReader:
         # the whole blob was read and matched its digest.
         pass
 
-    def __enter__(self) -> "_CountingReader":
+    def __enter__(self) -> _CountingReader:
         return self
 
     def __exit__(self, *a: Any) -> None:
@@ -264,7 +260,7 @@ class Converter:
             return replace(new, annotations={}, platform=None) if config is not None else new
         # One image, both encodings: wrap them in an index as podman's add_compression does.
         self._copy_tree(desc, label)
-        plat = _config_platform(config)
+        plat = config_platform(config)
         orig = Descriptor(desc.media_type, desc.digest, desc.size, platform=plat)
         zstd = Descriptor(new.media_type, new.digest, new.size, annotations={INDEX_ZSTD_ANNOTATION: "true"}, platform=plat)
         return self._put_index(Index(OCI_INDEX, (orig, zstd)))
@@ -321,14 +317,14 @@ class Converter:
         config_data = self.src.read_blob(manifest.config, MAX_CONFIG_SIZE)
         if desc.digest in self._manifests:
             return self._manifests[desc.digest], config_data
-        diff_ids = _config_diff_ids(config_data)
+        diff_ids = config_diff_ids(config_data)
         if diff_ids is not None and len(diff_ids) != len(manifest.layers):
             raise BadInputError(
                 f"{where}: {len(manifest.layers)} layers but the config lists {len(diff_ids)} diff_ids"
             )
         new_layers = []
         for i, layer in enumerate(manifest.layers):
-            name = f"{label} layer {i + 1}/{len(manifest.layers)} ({short(layer.digest)})"
+            name = layer_name(label, i, len(manifest.layers), layer)
             new_layers.append(self._convert_layer(layer, name, i, diff_ids[i] if diff_ids else None))
         config_mt = OCI_CONFIG if manifest.config.media_type == DOCKER_CONFIG else manifest.config.media_type
         config = replace(manifest.config, media_type=config_mt)
@@ -360,7 +356,7 @@ class Converter:
         if desc.digest in self._copied or self.dst.has_blob(desc):
             return
         with self._open_named(desc, what) as r:
-            self.dst.put_blob(desc, r)
+            self.dst.put_blob(desc, cast(BinaryIO, r))  # a RawIOBase, which typeshed does not call BinaryIO
             r.finish()
         self._copied.add(desc.digest)
 
@@ -378,7 +374,7 @@ class Converter:
             for i, layer in enumerate(doc.layers):
                 if layer.media_type in FOREIGN_LAYER_TYPES and layer.urls:
                     continue
-                self._copy_blob(layer, f"{label} layer {i + 1}/{len(doc.layers)} ({short(layer.digest)})")
+                self._copy_blob(layer, layer_name(label, i, len(doc.layers), layer))
             put(node)
 
         def on_index(node: Node, descend: Callable[[Descriptor, str], None]) -> None:
@@ -405,22 +401,19 @@ class Converter:
             # Non-distributable layers are fetched by clients from their URLs; leave them alone.
             if not layer.urls:
                 self._copy_blob(layer, name)
-            rep = LayerReport(name, index, layer.digest, layer.size, mt, layer.digest, layer.size, mt, diff_id,
-                              False, "non-distributable layer kept as is", time.monotonic() - started, "foreign")
+            rep = LayerReport.of(layer, layer, name, index, diff_id, False, "non-distributable layer kept as is",
+                                 started, "foreign")
             self._layers[layer.digest] = (layer, rep)
             self.report.layers.append(rep)
             return layer
         if _is_chunked(layer) and not self.opts.force:
             self._copy_blob(layer, name)
             new = replace(layer, media_type=OCI_LAYER_ZSTD)
-            rep = LayerReport(name, index, layer.digest, layer.size, mt, layer.digest, layer.size, OCI_LAYER_ZSTD,
-                              diff_id, True, None, time.monotonic() - started, "kept")
+            rep = LayerReport.of(layer, new, name, index, diff_id, True, None, started, "kept")
             self._layers[layer.digest] = (new, rep)
             self.report.layers.append(rep)
             self.progress.note(f"{name}: already zstd:chunked, copied")
             return new
-
-        from converter.chunked.writer import convert_layer  # the lead's writer
 
         readers: list[VerifyingReader] = []
         self.progress.layer_start(name, layer.size)
@@ -444,12 +437,10 @@ class Converter:
                         readers[-1].finish()  # checks size and digest even if the writer stopped early
                 except ZconvError:
                     raise
-                except (EOFError, zlib.error, gzip.BadGzipFile, tarfile.TarError, ValueError) as e:
+                except _DECODER_ERRORS as e:
                     raise BadInputError(f"{name}: {type(e).__name__}: {e}") from None
                 except OSError as e:  # disk full, permissions: not the input's fault
                     raise ZconvError(f"{name}: {e}") from None
-                except Exception as e:  # zstandard.ZstdError and other decoder errors
-                    raise BadInputError(f"{name}: {type(e).__name__}: {e}") from None
                 finally:
                     for r in readers:
                         r.close()
@@ -469,12 +460,10 @@ class Converter:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        seconds = time.monotonic() - started
-        rep = LayerReport(name, index, layer.digest, layer.size, mt, new.digest, new.size, new.media_type,
-                          result.diff_id, result.chunked, result.reason, seconds, "converted")
+        rep = LayerReport.of(layer, new, name, index, result.diff_id, result.chunked, result.reason, started, "converted")
         self._layers[layer.digest] = (new, rep)
         self.report.layers.append(rep)
-        self.progress.layer_done(rep.old_size, rep.new_size, rep.chunked, rep.reason, seconds)
+        self.progress.layer_done(rep.old_size, rep.new_size, rep.chunked, rep.reason, rep.seconds)
         return new
 
 

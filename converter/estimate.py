@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 
 from converter.chunked.reader import SHA256_EMPTY, ChunkedLayer, TocEntry, is_chunked, load_layer
 from converter.errors import BadInputError, UsageError
-from converter.image.model import INDEX_ZSTD_ANNOTATION, Descriptor, ImageSource, Index, Manifest, short
+from converter.image.model import INDEX_ZSTD_ANNOTATION, Descriptor, ImageSource, Index, Manifest, Platform, short
 from converter.imageread import Node, layer_access, layer_name, walk
 from converter.progress import human
 from converter.textsafe import printable_lines
@@ -162,9 +162,9 @@ def merge_toc_entries(entries: list[TocEntry], toc_offset: int) -> list[_Merged]
         if m.entry.offset != 0:
             last = m.entry.offset
         last_chunk = m.end_offset
-        for c in reversed(m.chunks):
-            c.end_offset = last_chunk
-            last_chunk = c.offset
+        for part in reversed(m.chunks):
+            part.end_offset = last_chunk
+            last_chunk = part.offset
     return merged
 
 
@@ -341,7 +341,7 @@ def estimate_layer(
 # ---------------------------------------------------------------- images
 
 
-def host_platform() -> tuple[str, str, str | None]:
+def host_platform() -> Platform:
     m = _platform.machine().lower()
     arch, variant = {
         "x86_64": ("amd64", None),
@@ -355,19 +355,19 @@ def host_platform() -> tuple[str, str, str | None]:
         "riscv64": ("riscv64", None),
         "i686": ("386", None),
     }.get(m, (m, None))
-    return "linux", arch, variant
+    return Platform("linux", arch, variant)
 
 
-def parse_platform(value: str | None) -> tuple[str, str, str | None]:
+def parse_platform(value: str | None) -> Platform:
     if not value:
         return host_platform()
     parts = value.split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise UsageError(f"--platform {value!r}: expected OS/ARCH[/VARIANT]")
-    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 
-def select_image(src: ImageSource, plat: tuple[str, str, str | None]) -> tuple[str, Manifest]:
+def select_image(src: ImageSource, plat: Platform) -> tuple[str, Manifest]:
     """The one image (manifest) a reference designates, choosing the platform in an index."""
     targets = src.targets()
     if len(targets) != 1:
@@ -380,7 +380,6 @@ def select_image(src: ImageSource, plat: tuple[str, str, str | None]) -> tuple[s
 
     def on_index(node: Node, descend: Callable[[Descriptor, str], tuple[str, Manifest]]) -> tuple[str, Manifest]:
         assert isinstance(node.doc, Index)
-        want_os, want_arch, want_variant = plat
         # As containers/image's chooseInstance: matching platform first, then
         # entries without a platform; zstd instances (podman's annotation)
         # before others; then index order.
@@ -388,8 +387,8 @@ def select_image(src: ImageSource, plat: tuple[str, str, str | None]) -> tuple[s
         for pos, m in enumerate(node.doc.manifests):
             if m.platform is None:
                 prio = 1
-            elif (m.platform.os == want_os and m.platform.architecture == want_arch
-                  and (want_variant is None or m.platform.variant in (None, want_variant))):
+            elif (m.platform.os == plat.os and m.platform.architecture == plat.architecture
+                  and (plat.variant is None or m.platform.variant in (None, plat.variant))):
                 prio = 0
             else:
                 continue
@@ -398,7 +397,7 @@ def select_image(src: ImageSource, plat: tuple[str, str, str | None]) -> tuple[s
         if not ranked:
             have = ", ".join(str(m.platform) for m in node.doc.manifests if m.platform) or "none"
             raise UsageError(
-                f"{node.label}: no image for {'/'.join(p for p in plat if p)} (has: {have}); use --platform"
+                f"{node.label}: no image for {plat} (has: {have}); use --platform"
             )
         child = min(ranked, key=lambda r: r[0])[1]
         return descend(child, f"{src.description} [{child.platform}]" if child.platform else node.label)
@@ -472,7 +471,7 @@ def estimate_sources(
             if not is_chunked(desc.annotations) or desc.digest in loaded:
                 continue
             try:
-                layer = _load(src, desc, layer_name(label, i, desc))
+                layer = _load(src, desc, layer_name(label, i, len(m.layers), desc))
             except BadInputError:
                 continue  # pulled whole: leaves no TOC for the cache
             res.old_chunked_layers += 1
@@ -496,7 +495,7 @@ def estimate_sources(
             est.disk_bytes = None
             continue
         try:
-            layer = _load(new, desc, layer_name(label, i, desc))
+            layer = _load(new, desc, layer_name(label, i, len(m.layers), desc))
         except BadInputError as e:
             est.reason = f"the consumer would refuse its metadata: {e}"
             est.fetch_bytes = desc.size
@@ -520,7 +519,7 @@ def format_estimate(res: Estimate) -> str:
         f"({'hard-link dedup' if res.hard_links else 'copies'}, chunk reuse {'on' if res.reflinks else 'off (no reflinks)'}):"
     ]
     for x in res.layers:
-        head = f"  layer {x.index} {short(x.digest)}"
+        head = f"  layer {x.index + 1}/{len(res.layers)} {short(x.digest)}"
         if x.mode == "reused":
             lines.append(f"{head}: already present, nothing to fetch")
         elif x.mode == "full":

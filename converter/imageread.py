@@ -9,6 +9,7 @@ reads (seeks in layouts and archives, HTTP Range requests on registries).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
@@ -21,6 +22,7 @@ from converter.image.model import (
     ImageSource,
     Index,
     Manifest,
+    Platform,
     parse_manifest_or_index,
     short,
 )
@@ -117,9 +119,31 @@ def iter_manifests(src: ImageSource) -> Iterator[tuple[str, Descriptor, Manifest
         out.clear()
 
 
-def layer_name(label: str, index: int, desc: Descriptor) -> str:
-    """How read-only commands name layer `index` (0-based) of the image `label`."""
-    return f"{label} layer {index} {short(desc.digest)}"
+def layer_name(label: str, index: int, count: int, desc: Descriptor) -> str:
+    """How every command names layer `index` (0-based) of the `count` layers of the image `label`."""
+    return f"{label} layer {index + 1}/{count} ({short(desc.digest)})"
+
+
+def config_diff_ids(data: bytes) -> list[str] | None:
+    """The config's rootfs.diff_ids, or None when the config does not have a list of strings there."""
+    try:
+        ids = json.loads(data)["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+        return ids
+    return None
+
+
+def config_platform(data: bytes) -> Platform | None:
+    """The platform a config names (os, architecture, variant), or None when it names none."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not doc.get("os") or not doc.get("architecture"):
+        return None
+    return Platform(os=str(doc["os"]), architecture=str(doc["architecture"]), variant=doc.get("variant") or None)
 
 
 def layer_access(src: ImageSource, desc: Descriptor, name: str) -> BlobAccess:

@@ -9,13 +9,13 @@ tag pointing at something incomplete, and a failed push leaves it where it was.
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 import re
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, cast
 
 from converter.chunked.format import MANIFEST_CHECKSUM_KEY
 from converter.errors import BadInputError, UsageError
@@ -36,7 +36,7 @@ from converter.image.registry import (
     RetryPolicy,
     parse_reference,
 )
-from converter.imageread import Node, walk
+from converter.imageread import Node, layer_name, walk
 
 
 @dataclass
@@ -106,10 +106,8 @@ class _Pusher:
             pass
         else:
             with self.src.open_blob(desc) as r:
-                self.sink.put_blob(desc, r)
-                finish = getattr(r, "finish", None)
-                if finish:
-                    finish()
+                self.sink.put_blob(desc, cast(BinaryIO, r))  # a RawIOBase, which typeshed does not call BinaryIO
+                r.finish()
         self.done.add(desc.digest)
 
     def _where(self, desc: Descriptor, label: str) -> str:
@@ -179,7 +177,7 @@ class _Pusher:
             for i, layer in enumerate(doc.layers):
                 if layer.media_type in FOREIGN_LAYER_TYPES and layer.urls:
                     continue  # non-distributable: clients fetch it from its URLs
-                items.append((layer, f"{node.label} layer {i + 1}/{len(doc.layers)} {short(layer.digest)}"))
+                items.append((layer, layer_name(node.label, i, len(doc.layers), layer)))
                 if MANIFEST_CHECKSUM_KEY in layer.annotations:
                     self.chunked_layers.append(layer)
             self.blobs(items)
@@ -239,7 +237,7 @@ def push_image(
                 src = DockerSource(sref, client=RegistryClient(
                     sref.host, creds=so.creds, tls_verify=so.tls_verify, cert_dir=so.cert_dir,
                     plain_http=so.plain_http, retry=retry, timeout=timeout, log=log, auth_file=so.auth_file))
-                src._own_client = True  # type: ignore[attr-defined]
+                src._own_client = True
         else:
             src = open_source(s, src_options or options)
         with src:

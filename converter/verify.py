@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -60,9 +59,9 @@ from converter.chunked.reader import (
     read_toc_bytes,
     toc_entries,
 )
-from converter.errors import BadInputError, ZconvError
-from converter.image.model import Descriptor, ImageSource, Manifest, short
-from converter.imageread import iter_manifests, layer_access, layer_name
+from converter.errors import BadInputError
+from converter.image.model import Descriptor, ImageSource, short
+from converter.imageread import config_diff_ids, iter_manifests, layer_access, layer_name
 from converter.textsafe import printable_lines
 
 # A full check decompresses the whole layer; refuse layers whose tar-split
@@ -428,17 +427,6 @@ def verify_layer(
 # ---------------------------------------------------------------- images
 
 
-def _config_diff_ids(src: ImageSource, m: Manifest) -> list[str] | None:
-    try:
-        cfg = json.loads(src.read_blob(m.config))
-        ids = cfg["rootfs"]["diff_ids"]
-        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
-            return ids
-    except (ValueError, KeyError, TypeError):
-        pass
-    return None
-
-
 def _range_checker(src: ImageSource) -> Any:
     """The registry's range-request probe, when the source is a registry."""
     client = getattr(src, "client", None)
@@ -446,10 +434,6 @@ def _range_checker(src: ImageSource) -> Any:
     if client is not None and repo and hasattr(client, "check_range_requests"):
         return lambda desc: client.check_range_requests(repo, desc.digest, desc.size)
     return None
-
-
-def is_remote(src: ImageSource) -> bool:
-    return _range_checker(src) is not None
 
 
 def verify_source(src: ImageSource, full: bool | None = None, reference: str | None = None) -> VerifyReport:
@@ -468,13 +452,13 @@ def verify_source(src: ImageSource, full: bool | None = None, reference: str | N
         for label, mdesc, m in iter_manifests(src):
             iv = ImageVerdict(label, mdesc.digest, str(mdesc.platform) if mdesc.platform else None)
             report.images.append(iv)
-            diff_ids = _config_diff_ids(src, m)
+            diff_ids = config_diff_ids(src.read_blob(m.config))
             if diff_ids is None:
                 iv.problems.append(f"{label}: config {short(m.config.digest)} has no rootfs.diff_ids")
             elif len(diff_ids) != len(m.layers):
                 iv.problems.append(f"{label}: config lists {len(diff_ids)} DiffIDs for {len(m.layers)} layers")
             for i, desc in enumerate(m.layers):
-                name = layer_name(label, i, desc)
+                name = layer_name(label, i, len(m.layers), desc)
                 diff_id = diff_ids[i] if diff_ids and i < len(diff_ids) else None
                 chunked = is_chunked(desc.annotations)
                 if chunked and checker is not None and not range_checked:
@@ -543,7 +527,7 @@ def format_report(report: VerifyReport) -> str:
             extra = ""
             if layer.chunked:
                 extra = f", {layer.stats.get('entries', '?')} entries" + (", full check" if layer.full else ", metadata only")
-            lines.append(f"  {tag} layer {layer.index} {short(layer.digest)} {kind}{extra}")
+            lines.append(f"  {tag} layer {layer.index + 1}/{len(iv.layers)} {short(layer.digest)} {kind}{extra}")
             for p in layer.problems:
                 lines.append(f"       - {p}")
             for nte in layer.notes:

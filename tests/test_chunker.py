@@ -8,7 +8,7 @@ import pytest
 from converter.chunked import chunker
 from converter.chunked.chunker import NativeChunker
 from converter.chunked.chunker_numpy import NumpyChunker
-from plain_chunker import plain_chunks
+from support.plain_chunker import plain_chunks
 
 IMPLS = {"numpy": NumpyChunker, "native": NativeChunker}
 

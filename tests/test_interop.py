@@ -153,7 +153,7 @@ def assert_toc_matches_reference(interop: InteropTool, layout: Path, manifest: d
 
 
 # ---------------------------------------------------------------------------
-# edge cases (writer's tests/tarcases.py + our own)
+# edge cases (writer's tests/support/tarcases.py + our own)
 
 
 def _repo_name(case: str) -> str:

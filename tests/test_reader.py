@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from test_reader_builder import build_chunked, make_tar, sample_files
 
-import tarcases
 from converter.chunked.format import (
     MANIFEST_CHECKSUM_KEY,
     MANIFEST_POSITION_KEY,
@@ -35,7 +35,7 @@ from converter.chunked.reader import (
 )
 from converter.chunked.writer import convert_layer
 from converter.errors import BadInputError
-from test_reader_builder import build_chunked, make_tar, sample_files
+from support import tarcases
 
 
 def _fetcher(blob: bytes, calls: list | None = None):

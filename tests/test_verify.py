@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_reader_builder import Built, build_chunked, make_tar, sample_files
 
 from converter.cli import main
 from support.corpus import LAYER_ZSTD, LayerBlob, write_oci_image
-from test_reader_builder import Built, build_chunked, make_tar, sample_files
 
 SAMPLE = Path(__file__).resolve().parent.parent / "testdata" / "sample"
 
@@ -177,7 +177,7 @@ def test_registry_metadata_by_range_then_full(converted: Path, registry, tmp_pat
 @pytest.mark.interop
 def test_reference_writer_output_passes_verify(interop, tmp_path: Path, capsys) -> None:
     """Blobs written by containers/storage's own compressor pass every check (verify is not too strict)."""
-    import tarcases
+    from support import tarcases
 
     layers = []
     for name, tar in sorted(tarcases.all_cases().items()):

@@ -11,11 +11,11 @@ import tarfile
 import pytest
 import zstandard
 
-from chunked_util import check_against_tar, parse_blob
 from converter.chunked import writer as writer_mod
 from converter.chunked.writer import convert_layer
 from converter.errors import BadInputError, IncompatibleLayerError
-from tarcases import all_cases, unrepresentable_cases
+from support.chunked_util import check_against_tar, parse_blob
+from support.tarcases import all_cases, unrepresentable_cases
 
 CASES = all_cases()
 BAD = unrepresentable_cases()

@@ -11,7 +11,6 @@ import base64
 import datetime as _dt
 import functools
 import json
-from dataclasses import dataclass
 
 from converter.chunked.tarstream import (
     BLOCKDEV,
@@ -187,27 +186,3 @@ def go_json(obj) -> bytes:
 def toc_json(entries: list[dict], tarsplit_digest: str) -> bytes:
     ordered = [{k: e[k] for k in FIELD_ORDER if k in e} for e in entries]
     return go_json({"version": 1, "entries": ordered or None, "tarSplitDigest": tarsplit_digest})
-
-
-@dataclass(frozen=True)
-class TocStats:
-    entries: int
-    regular_files: int
-    chunks: int
-    zero_chunks: int
-    largest_file: int
-
-
-def toc_stats(toc: dict) -> TocStats:
-    entries = toc.get("entries") or []
-    regs = [e for e in entries if e.get("type") == "reg"]
-    extra = [e for e in entries if e.get("type") == TYPE_CHUNK]
-    chunks = sum(1 for e in regs if e.get("size")) + len(extra)
-    zeros = sum(1 for e in entries if e.get("chunkType") == "zeros")
-    return TocStats(
-        entries=len(entries),
-        regular_files=len(regs),
-        chunks=chunks,
-        zero_chunks=zeros,
-        largest_file=max((e.get("size", 0) for e in regs), default=0),
-    )

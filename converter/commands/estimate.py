@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -20,7 +20,7 @@ from converter.errors import UsageError
     epilog="Exit codes: 0 estimate printed; 2 unreadable image data; 4/5 registry or authentication error; 64 usage error."
 )
 def estimate(
-    refs: List[str] = typer.Argument(..., help="OLD image(s) the client has, then the NEW image it pulls "
+    refs: list[str] = typer.Argument(..., help="OLD image(s) the client has, then the NEW image it pulls "
                                      "(oci:, oci-archive:, docker-archive: or docker:// references)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object; its `total` has missing_bytes, "
                                   "total_bytes, fetch_bytes, skipped_percent and disk_bytes."),

@@ -6,7 +6,7 @@
   xattrs). Cached under /var/tmp/zconv-corpus (override: ZCONV_CORPUS_DIR),
   keyed by the parameters, so only the first run pays for debootstrap.
 - ``edge_case_tars(dir)``: small tars with the format's odd corners, from
-  tests/tarcases.py (the writer's tests) when present, plus our own made with
+  tests/support/tarcases.py (the writer's tests), plus our own made with
   GNU tar and Python's tarfile.
 - ``write_oci_image(layout, tag, layers)``: wrap layer tars (gzip-compressed)
   or ready-made layer blobs into an OCI image layout with a correct config.
@@ -246,13 +246,9 @@ OWN_CASES = ("gnu-tar-tree", "python-pax")
 
 
 def _writer_cases() -> dict[str, bytes]:
-    """The writer's edge-case tars (tests/tarcases.py, all_cases()), if that module exists."""
-    try:
-        import tarcases  # type: ignore[import-not-found]  # tests/ is on sys.path under pytest
-    except ModuleNotFoundError as e:
-        if e.name != "tarcases":
-            raise
-        return {}
+    """The writer's edge-case tars (tests/support/tarcases.py, all_cases())."""
+    from support import tarcases
+
     return {f"tarcases-{name}": data for name, data in tarcases.all_cases().items()}
 
 
@@ -261,7 +257,7 @@ def edge_case_names() -> list[str]:
 
 
 def edge_case_tars(tmp: Path) -> dict[str, bytes]:
-    """name -> tar bytes: the writer's cases (tests/tarcases.py) if present, plus ours."""
+    """name -> tar bytes: the writer's cases (tests/support/tarcases.py), plus ours."""
     cases = _writer_cases()
     tmp.mkdir(parents=True, exist_ok=True)
     cases["gnu-tar-tree"] = _gnu_tar_case(tmp)
