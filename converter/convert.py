@@ -47,13 +47,14 @@ from converter.image.model import (
     descriptor_for,
     short,
 )
-from converter.imageread import Node, config_diff_ids, config_platform, layer_name, walk
+from converter.imageread import Node, check_range_requests, config_diff_ids, config_platform, layer_name, walk
 from converter.progress import Progress
 
 # What the decoders (gzip, zstd, tar) raise on a corrupt or truncated layer: bad input, exit 2.
 # BadGzipFile is an OSError, so it must be caught before OSError (local trouble, exit 1).
-_DECODER_ERRORS = (EOFError, zlib.error, isal_zlib.error, zstandard.ZstdError, gzip.BadGzipFile, tarfile.TarError,
-                   ValueError)
+_DECODER_ERRORS: tuple[type[Exception], ...] = (
+    EOFError, zlib.error, isal_zlib.error, zstandard.ZstdError, gzip.BadGzipFile, tarfile.TarError, ValueError,
+)  # type: ignore[assignment]  # isal's stubs declare its error class as an Exception instance
 
 # Index entries with this annotation are attestations/signatures (buildx), not images.
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
@@ -138,25 +139,6 @@ class ConvertReport:
         if self.range_check is not None:
             out["range_check"] = self.range_check
         return out
-
-
-def check_range_requests(place: ImageSource | ImageSink, digest: str, size: int) -> Any:
-    """Ask a registry source/sink whether it answers HTTP Range requests correctly.
-
-    Returns None for places that are not registries (files always can), and
-    a result with `.ok` and `.message` otherwise. Never raises: a failed check
-    is itself a reason to warn.
-    """
-    client = getattr(place, "client", None)
-    repo = getattr(place, "repository", None)
-    if client is None or repo is None or not hasattr(client, "check_range_requests"):
-        return None
-    try:
-        return client.check_range_requests(repo, digest, size)
-    except ZconvError as e:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(ok=False, message=f"could not check HTTP Range support: {e}")
 
 
 def _is_chunked(desc: Descriptor) -> bool:

@@ -61,7 +61,7 @@ from converter.chunked.reader import (
 )
 from converter.errors import BadInputError
 from converter.image.model import Descriptor, ImageSource, short
-from converter.imageread import config_diff_ids, iter_manifests, layer_access, layer_name
+from converter.imageread import config_diff_ids, iter_manifests, layer_access, layer_name, range_checker
 from converter.textsafe import printable_lines
 
 # A full check decompresses the whole layer; refuse layers whose tar-split
@@ -427,22 +427,13 @@ def verify_layer(
 # ---------------------------------------------------------------- images
 
 
-def _range_checker(src: ImageSource) -> Any:
-    """The registry's range-request probe, when the source is a registry."""
-    client = getattr(src, "client", None)
-    repo = getattr(src, "repository", None)
-    if client is not None and repo and hasattr(client, "check_range_requests"):
-        return lambda desc: client.check_range_requests(repo, desc.digest, desc.size)
-    return None
-
-
 def verify_source(src: ImageSource, full: bool | None = None, reference: str | None = None) -> VerifyReport:
     """Verify every image the source designates.
 
     full None: full checks for local sources (layouts, archives: reading is
     cheap), metadata checks through range requests for registries.
     """
-    checker = _range_checker(src)
+    checker = range_checker(src)
     if full is None:
         full = checker is None
     report = VerifyReport(reference or src.description, full)
@@ -465,7 +456,7 @@ def verify_source(src: ImageSource, full: bool | None = None, reference: str | N
                     # The consumer fetches TOC, tar-split and chunks with
                     # (multi-)range requests; without them it pulls whole layers.
                     range_checked = True
-                    rc = checker(desc)
+                    rc = checker(desc.digest, desc.size)
                     report.range_requests = rc.message
                     if not rc.ok:
                         report.problems.append(rc.message)
