@@ -48,11 +48,6 @@ class Node:
     depth: int  # 0 for the top; an index's children are one deeper
 
 
-def read_manifest(src: ImageSource, desc: Descriptor, label: str) -> Manifest | Index:
-    """The manifest or index `desc` points to, parsed; `label` names it in errors."""
-    return parse_manifest_or_index(src.get_manifest(desc), desc.media_type, label)
-
-
 def read_node(src: ImageSource, desc: Descriptor, label: str, depth: int = 0, where: str | None = None) -> Node:
     """Read and parse one node; `where` (default `label`) names the document in parse errors."""
     if depth > MAX_INDEX_DEPTH:
