@@ -14,7 +14,7 @@ import tarfile
 
 import zstandard
 
-from converter.chunked.format import MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY, MANIFEST_CHECKSUM_KEY
+from converter.chunked.format import MANIFEST_CHECKSUM_KEY, MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY
 
 TYPES = {
     tarfile.REGTYPE: "reg", tarfile.AREGTYPE: "reg", tarfile.LNKTYPE: "hardlink",
