@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -33,11 +33,23 @@ class _WarningFormatter(logging.Formatter):
         return printable(f"zconv: {record.levelname.lower()}: {msg}")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (main() may run many times in one process)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging() -> None:
     """Warnings of the library (logger "zconv") go to stderr as `zconv: warning: ...`."""
     log = logging.getLogger("zconv")
-    if not any(isinstance(h.formatter, _WarningFormatter) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(_WarningFormatter())
         log.addHandler(handler)
         log.setLevel(logging.WARNING)

@@ -251,3 +251,16 @@ def test_estimate_with_nothing_to_fetch_says_so():
     total = r.stdout.splitlines()[-1]
     assert total.startswith("total: missing 0 bytes out of 0 (nothing to fetch); fetch 0 B of ")
     assert "None" not in r.stdout
+
+
+def test_warnings_go_to_the_current_stderr_on_every_in_process_run(tmp_path, capsys):
+    from converter.cli import main
+
+    tar = ms.make_tar([ms.Entry("a", data=b"1"), ms.Entry("a", data=b"2")])  # plain-zstd fallback: a warning
+    img = ms.make_image([tar])
+    src = tmp_path / "dup"
+    ms.write_layout(str(src), img.blobs(), [("dup", img.manifest)])
+    for run in ("one", "two"):
+        assert main(["convert", "-q", f"oci:{src}", f"oci:{tmp_path / run}"]) == 0
+        err = capsys.readouterr().err
+        assert err.count("zconv: warning:") == 1 and "layer 1/1" in err, (run, err)
