@@ -253,14 +253,19 @@ def test_estimate_with_nothing_to_fetch_says_so():
     assert "None" not in r.stdout
 
 
-def test_warnings_go_to_the_current_stderr_on_every_in_process_run(tmp_path, capsys):
+def test_warnings_go_to_the_current_stderr_on_every_in_process_run(tmp_path):
+    import contextlib
+    import io
+
     from converter.cli import main
 
     tar = ms.make_tar([ms.Entry("a", data=b"1"), ms.Entry("a", data=b"2")])  # plain-zstd fallback: a warning
     img = ms.make_image([tar])
     src = tmp_path / "dup"
     ms.write_layout(str(src), img.blobs(), [("dup", img.manifest)])
-    for run in ("one", "two"):
-        assert main(["convert", "-q", f"oci:{src}", f"oci:{tmp_path / run}"]) == 0
-        err = capsys.readouterr().err
+    for run in ("one", "two"):  # each run with its own stderr, as in an embedding program
+        buf = io.StringIO()
+        with contextlib.redirect_stderr(buf):
+            assert main(["convert", "-q", f"oci:{src}", f"oci:{tmp_path / run}"]) == 0
+        err = buf.getvalue()
         assert err.count("zconv: warning:") == 1 and "layer 1/1" in err, (run, err)
