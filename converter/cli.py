@@ -146,6 +146,7 @@ def inspect(
 # Command modules of other parts register themselves on import (one line each).
 from converter.commands import login, push  # noqa: F401,E402  (registers push, login, logout)
 from converter.commands import estimate as _estimate_cmd, verify as _verify_cmd  # noqa: F401,E402  (registers verify, estimate)
+from converter.commands import sync as _sync_cmd  # noqa: F401,E402  (registers sync)
 
 
 def _setup_logging() -> None:
