@@ -600,6 +600,10 @@ class Syncer:
         # By digest: what we convert is exactly what the annotation will name, even if the tag moves meanwhile.
         src = DockerSource(Reference(item.host, item.repository, None, p.source_digest), client=src_client)
         sink = _SyncSink(Reference(p.dest[0], p.dest[1], p.dest[2]), client=dst_client)
+        if dst_client is src_client and p.dest[1] != item.repository:
+            # Same registry: blobs kept as they are (configs, the originals of --dual) are
+            # mounted from the source repository, never downloaded and uploaded again.
+            sink.mount_sources = [item.repository]
         conv = _SyncConverter(self.state, src, sink, self.options, progress)
         try:
             with sink:
