@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Callable, Iterator
 
 from converter.convert import SOURCE_DIGEST_ANNOTATION, ConvertOptions, Converter, LayerReport
-from converter.errors import BadInputError, RegistryError, UsageError, ZconvError
+from converter.errors import AuthError, BadInputError, RegistryError, UsageError, ZconvError
 from converter.image.model import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -463,6 +463,8 @@ def _fetch_manifest(client: RegistryClient, repo: str, ref: str) -> tuple[bytes,
     with resp:
         if resp.status_code == 404:
             return None
+        if resp.status_code in (401, 403):
+            raise AuthError(f"{what}: access denied (HTTP {resp.status_code}); check the credentials for {client.host}")
         if resp.status_code != 200:
             raise RegistryError(f"{what}: GET manifest failed: HTTP {resp.status_code}")
         data = resp.raw.read(MAX_MANIFEST_SIZE + 1)
@@ -515,6 +517,12 @@ class Syncer:
     ) -> None:
         if jobs < 1:
             raise UsageError("--jobs takes a number >= 1")
+        for spec in sources:
+            probe = Item(spec.host, spec.repository, "latest")
+            if destination.in_place(probe) and not destination.dual:
+                # The converted image would replace its own source, and look like a new source next run.
+                raise UsageError(f"docker://{spec.host}/{spec.repository}: the destination is the source itself; "
+                                 "convert in place with --dual, or next to it with --suffix")
         self.sources = sources
         self.destination = destination
         self.options = replace(options, dual=destination.dual, record_source=True)
@@ -530,14 +538,26 @@ class Syncer:
 
     # -- listing
 
-    def items(self) -> tuple[list[Item], int]:
-        """(the items of this shard, the number of items before sharding)."""
+    def items(self, on_failure: Callable[[SyncRecord], None] | None = None) -> tuple[list[Item], int]:
+        """(the items of this shard, the number of items before sharding).
+
+        A repository whose tags cannot be listed fails the run, or with
+        `on_failure` (--keep-going) is reported there and left out.
+        """
         seen: dict[Item, None] = {}
         for spec in self.sources:
             if spec.tags is not None:
                 tags = list(spec.tags)
             else:
-                tags = self.state.client(spec.host, spec.options).list_tags(spec.repository)
+                try:
+                    tags = self.state.client(spec.host, spec.options).list_tags(spec.repository)
+                except ZconvError as e:
+                    if on_failure is None:
+                        raise
+                    where = f"docker://{spec.host}/{spec.repository}"
+                    on_failure(SyncRecord(where, "", "failed", reason=f"listing tags: {' '.join(e.message.split())}",
+                                          exit_code=e.exit_code))
+                    continue
             rxs = [re.compile(r) for r in spec.regexes]
             for tag in tags:
                 if not all(rx.search(tag) for rx in rxs):
@@ -647,7 +667,8 @@ class Syncer:
         started = time.monotonic()
         summary = SyncSummary()
         try:
-            items, summary.total_items = self.items()
+            items, summary.total_items = self.items(
+                (lambda rec: self._emit(rec, summary)) if self.keep_going else None)
             # Layer-level progress only makes sense for one image at a time.
             per_image = self.progress if self.jobs == 1 else Progress(enabled=False)
             pending: Iterator[Item] = iter(items)

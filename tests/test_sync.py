@@ -341,3 +341,21 @@ def test_layers_shared_across_repositories_are_mounted_not_uploaded(reg, tmp_pat
     assert (r1["blobs_mounted"], r2["blobs_mounted"]) == (1, 2)
     assert len(r1["blobs_uploaded"]) == 3 and len(r2["blobs_uploaded"]) == 2
     assert not set(r1["blobs_uploaded"]) & set(r2["blobs_uploaded"])
+
+
+def test_source_as_its_own_destination_is_refused_without_dual():
+    p = zconv("sync", "docker://127.0.0.1:1/app", "docker://127.0.0.1:1")
+    assert p.returncode == 64 and "the destination is the source itself" in p.stderr, p.stderr
+
+
+def test_keep_going_past_a_missing_repository(reg, tmp_path):
+    host = reg.host
+    publish(tmp_path, host, "here", ["1"])
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"{host}:\n  images:\n    gone: []\n    here: []\n")
+    p = zconv("sync", str(spec), f"docker://{host}/m", "--json", "--keep-going")
+    recs = records(p)
+    assert p.returncode == 4, p.stderr  # registry error
+    assert [(r["source"], r["action"]) for r in recs] == [(f"docker://{host}/gone", "failed"),
+                                                          (f"docker://{host}/here:1", "converted")]
+    assert "not found" in recs[0]["reason"]
