@@ -43,7 +43,6 @@ from converter.image.model import (
     Descriptor,
     TransportOptions,
     sha256_digest,
-    short,
 )
 from converter.image.registry import DockerSink, DockerSource, Reference, RegistryClient, client_for
 from converter.progress import Progress
