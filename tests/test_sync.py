@@ -358,3 +358,16 @@ def test_keep_going_past_a_missing_repository(reg, tmp_path):
     assert [(r["source"], r["action"]) for r in recs] == [(f"docker://{host}/gone", "failed"),
                                                           (f"docker://{host}/here:1", "converted")]
     assert "not found" in recs[0]["reason"]
+
+
+def test_dual_into_a_prefix_is_idempotent_too(reg, tmp_path):
+    host = reg.host
+    publish(tmp_path, host, "dp", ["1"])
+    src = manifest_of(host, "dp", "1")[1]
+    p = zconv("sync", f"docker://{host}/dp", f"docker://{host}/mirror", "--dual", "--json")
+    (rec,) = records(p)
+    doc, digest = manifest_of(host, "mirror/dp", "1")
+    assert rec["action"] == "converted" and rec["destination_digest"] == digest
+    assert doc["manifests"][0]["digest"] == src and doc["annotations"][SOURCE_DIGEST_ANNOTATION] == src
+    again = zconv("sync", f"docker://{host}/dp", f"docker://{host}/mirror", "--dual", "--json")
+    assert [r["action"] for r in records(again)] == ["skipped"]
