@@ -371,3 +371,23 @@ def test_dual_into_a_prefix_is_idempotent_too(reg, tmp_path):
     assert doc["manifests"][0]["digest"] == src and doc["annotations"][SOURCE_DIGEST_ANNOTATION] == src
     again = zconv("sync", f"docker://{host}/dp", f"docker://{host}/mirror", "--dual", "--json")
     assert [r["action"] for r in records(again)] == ["skipped"]
+
+
+def test_429_and_5xx_are_retried(reg, tmp_path):
+    from support.faultproxy import Fault, FaultProxy
+
+    with FaultProxy(upstream_port=reg.port) as proxy:
+        host = proxy.host
+        publish(tmp_path, host, "flaky", ["1", "2"])
+        faults = [
+            proxy.add(Fault("status", method="HEAD", path="/flaky/manifests/", status=503)),
+            proxy.add(Fault("status", method="GET", path="/out/flaky/manifests/", status=429, retry_after="1")),
+            proxy.add(Fault("status", method="PUT", path="/out/flaky/blobs/uploads/", status=502)),
+            proxy.add(Fault("drop_response", method="PUT", path="/out/flaky/manifests/2$")),
+        ]
+        p = zconv("sync", f"docker://{host}/flaky", f"docker://{host}/out", "--json")
+        assert p.returncode == 0, p.stderr
+        assert [f.applied for f in faults] == [1, 1, 1, 1]
+        assert sorted(r["action"] for r in records(p)) == ["converted", "converted"]
+        again = zconv("sync", f"docker://{host}/flaky", f"docker://{host}/out", "--json")
+        assert [r["action"] for r in records(again)] == ["skipped", "skipped"]
