@@ -360,6 +360,7 @@ class RunState:
         self._clients: dict[tuple[Any, ...], RegistryClient] = {}
         self._layers: dict[str, _LayerDone] = {}  # input layer digest -> its conversion
         self._layer_locks: dict[str, threading.Lock] = {}
+        self._range_checked: set[str] = set()
         self.requests = 0
 
     def client(self, host: str, options: TransportOptions) -> RegistryClient:
@@ -375,6 +376,13 @@ class RunState:
     def _count_request(self, resp: Any, *args: Any, **kwargs: Any) -> None:
         with self._lock:
             self.requests += 1
+
+    def first_range_check(self, host: str) -> bool:
+        with self._lock:
+            if host in self._range_checked:
+                return False
+            self._range_checked.add(host)
+            return True
 
     def layer_lock(self, digest: str) -> threading.Lock:
         with self._lock:
@@ -438,6 +446,13 @@ class _SyncConverter(Converter):
             new = super()._convert_layer(layer, name, index, diff_id)
             self.state.remember_layer(layer.digest, _LayerDone(new, self._layers[layer.digest][1], dst.host, dst.repository))
             return new
+
+    def _check_ranges(self) -> None:
+        # Whether a registry answers Range requests does not change from one image to the
+        # next: check (and warn) once per destination registry and run.
+        host = self.dst.host  # type: ignore[attr-defined]
+        if self.state.first_range_check(host):
+            super()._check_ranges()
 
     def _place(self, done: _LayerDone) -> bool:
         dst: DockerSink = self.dst  # type: ignore[assignment]
