@@ -185,8 +185,9 @@ def load_yaml(path: str, base: TransportOptions, tags_regex: str | None = None) 
             if tags is None or tags == []:
                 specs.append(RepoSpec(host, str(repo), None, (tags_regex,) if tags_regex else (), opts))
                 continue
-            if not isinstance(tags, list) or not all(isinstance(t, (str, int, float)) for t in tags):
-                raise BadInputError(f"{where}: repository {repo}: expected a list of tags")
+            if not isinstance(tags, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in tags):
+                # A float would lose digits (1.10 -> "1.1"): tags that look like numbers must be quoted.
+                raise BadInputError(f"{where}: repository {repo}: expected a list of tags (quote tags like \"1.10\")")
             tags = [str(t) for t in tags]
             for t in tags:
                 if not _TAG_RE.match(t):

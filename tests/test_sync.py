@@ -391,3 +391,31 @@ def test_429_and_5xx_are_retried(reg, tmp_path):
         assert sorted(r["action"] for r in records(p)) == ["converted", "converted"]
         again = zconv("sync", f"docker://{host}/flaky", f"docker://{host}/out", "--json")
         assert [r["action"] for r in records(again)] == ["skipped", "skipped"]
+
+
+def test_yaml_source_errors_name_the_file_and_the_problem(tmp_path):
+    from converter.errors import BadInputError
+    from converter.image.model import TransportOptions
+    from converter.sync import load_yaml
+
+    cases = {
+        "reg.example:\n  images-by-semver:\n    app: '>= 1'\n": "unsupported key(s) images-by-semver",
+        "reg.example:\n  images:\n    app: [1.10]\n": 'quote tags like "1.10"',
+        "reg.example:\n  images-by-tag-regex:\n    app: '('\n": "invalid regular expression",
+        "reg.example:\n  images:\n    App: []\n": "invalid repository component 'App'",
+        "reg.example:\n  images:\n    app: ['sha256:abc']\n": "not a tag",
+        "reg.example: [\n": "not valid YAML",
+        "- just\n- a list\n": "expected a mapping",
+    }
+    for i, (text, needle) in enumerate(cases.items()):
+        f = tmp_path / f"c{i}.yaml"
+        f.write_text(text)
+        with pytest.raises((BadInputError, UsageError)) as e:
+            load_yaml(str(f), TransportOptions())
+        assert needle in e.value.message and str(f) in e.value.message, (text, e.value.message)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("reg.example:\n  images:\n    app: [\"1.10\", 2]\n    all: []\n"
+                  "  images-by-tag-regex:\n    api: ^v\n  credentials: {username: u, password: p}\n")
+    specs = load_yaml(str(ok), TransportOptions(), "x$")
+    assert [(s.repository, s.tags, s.regexes, s.options.creds) for s in specs] == [
+        ("app", ("1.10", "2"), ("x$",), "u:p"), ("all", None, ("x$",), "u:p"), ("api", None, ("^v", "x$"), "u:p")]
