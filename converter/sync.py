@@ -550,6 +550,7 @@ class Syncer:
         self.on_record = on_record or (lambda r: None)
         self.state = RunState(self.options)
         self._emit_lock = threading.Lock()
+        self.planned = 0  # items of this shard, known once the tags are listed
 
     # -- listing
 
@@ -684,6 +685,7 @@ class Syncer:
         try:
             items, summary.total_items = self.items(
                 (lambda rec: self._emit(rec, summary)) if self.keep_going else None)
+            self.planned = len(items)
             # Layer-level progress only makes sense for one image at a time.
             per_image = self.progress if self.jobs == 1 else Progress(enabled=False)
             pending: Iterator[Item] = iter(items)

@@ -419,3 +419,15 @@ def test_yaml_source_errors_name_the_file_and_the_problem(tmp_path):
     specs = load_yaml(str(ok), TransportOptions(), "x$")
     assert [(s.repository, s.tags, s.regexes, s.options.creds) for s in specs] == [
         ("app", ("1.10", "2"), ("x$",), "u:p"), ("all", None, ("x$",), "u:p"), ("api", None, ("^v", "x$"), "u:p")]
+
+
+def test_text_output_counts_and_summarises(reg, tmp_path):
+    host = reg.host
+    publish(tmp_path, host, "txt", ["a", "b"])
+    p = zconv("sync", f"docker://{host}/txt", f"docker://{host}/t", "--dry-run")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [
+        f"[1/2] docker://{host}/txt:a -> docker://{host}/t/txt:a: would convert (not converted yet)",
+        f"[2/2] docker://{host}/txt:b -> docker://{host}/t/txt:b: would convert (not converted yet)",
+    ]
+    assert "2 tag(s): 2 would-convert, 0 skipped, 0 failed" in p.stderr

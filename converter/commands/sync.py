@@ -88,7 +88,7 @@ def sync(
             total[0] += 1
             what = {"converted": "converted", "skipped": "up to date", "failed": "FAILED",
                     "would-convert": "would convert"}[rec.action]
-            line = f"{rec.source} -> {rec.destination}: {what}"
+            line = f"[{total[0]}/{syncer.planned}] {rec.source} -> {rec.destination}: {what}"
             if rec.action == "converted":
                 line += f" ({rec.layers_converted} layer(s) converted, {rec.layers_reused} reused, {human(rec.bytes_uploaded)} uploaded, {rec.seconds:.1f}s)"
             elif rec.reason:
