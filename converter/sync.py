@@ -30,12 +30,24 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
-from converter.convert import SOURCE_DIGEST_ANNOTATION, ConvertOptions, Converter, LayerReport
-from converter.errors import AuthError, BadInputError, RegistryError, UsageError, ZconvError
+from converter.convert import (
+    SOURCE_DIGEST_ANNOTATION,
+    Converter,
+    ConvertOptions,
+    LayerReport,
+)
+from converter.errors import (
+    AuthError,
+    BadInputError,
+    RegistryError,
+    UsageError,
+    ZconvError,
+)
 from converter.image.model import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -44,7 +56,13 @@ from converter.image.model import (
     TransportOptions,
     sha256_digest,
 )
-from converter.image.registry import DockerSink, DockerSource, Reference, RegistryClient, client_for
+from converter.image.registry import (
+    DockerSink,
+    DockerSource,
+    Reference,
+    RegistryClient,
+    client_for,
+)
 from converter.progress import Progress
 
 SHARD_COUNT_ENV = "ZCONV_SHARDS"  # N of --shard I/N when JOB_COMPLETION_INDEX gives I
@@ -219,7 +237,7 @@ class Destination:
     dual: bool = False
 
     @classmethod
-    def parse(cls, dest: str | None, suffix: str, dual: bool) -> "Destination":
+    def parse(cls, dest: str | None, suffix: str, dual: bool) -> Destination:
         if suffix and not _TAG_RE.match("x" + suffix):
             raise UsageError(f"--suffix {suffix!r}: a tag suffix may only hold letters, digits, '_', '.' and '-'")
         if dest is None:

@@ -20,14 +20,14 @@ import zlib
 from pathlib import Path
 
 import pytest
+from support.corpus import LayerBlob, write_oci_image
+from support.registry import RegistryServer
 
 from converter.commands.push import push_image
 from converter.convert import SOURCE_DIGEST_ANNOTATION
+from converter.errors import UsageError
 from converter.image.registry import RegistryClient
 from converter.sync import Item, parse_shard, shard_from_env, shard_of
-from converter.errors import UsageError
-from support.corpus import LayerBlob, write_oci_image
-from support.registry import RegistryServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TOC_KEY = "io.github.containers.zstd-chunked.manifest-checksum"

@@ -17,11 +17,11 @@ import subprocess
 import sys
 
 import yaml
-
-from converter.image.model import TransportOptions
 from support.registry import RegistryServer
 from test_sync import ROOT, isolated_auth, layer_tar, make_image  # noqa: F401  (fixture)
+
 from converter.commands.push import push_image
+from converter.image.model import TransportOptions
 
 JOB_YAML = ROOT / "deploy" / "kubernetes" / "sync-job.yaml"
 GITHUB_MATRIX = ROOT / "examples" / "ci" / "sync-matrix.github.yml"

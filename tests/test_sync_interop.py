@@ -4,11 +4,18 @@ containers/storage through tests/interop), for each kind of destination."""
 from __future__ import annotations
 
 import pytest
-
 from support.interop import assert_no_mounts_under, compare_tree_to_tar
-from test_interop import assert_partial_pull
-from test_sync import isolated_auth, layer_tar, make_image, manifest_of, push, records, zconv  # noqa: F401
 from support.registry import RegistryServer
+from test_interop import assert_partial_pull
+from test_sync import (  # noqa: F401
+    isolated_auth,
+    layer_tar,
+    make_image,
+    manifest_of,
+    push,
+    records,
+    zconv,
+)
 
 pytestmark = pytest.mark.interop
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 
 from converter.cli_app import app
-from converter.commands import CERT_DIR_HELP, CREDS_HELP, TLS_HELP, parse_bool, run_command
+from converter.commands import (
+    CERT_DIR_HELP,
+    CREDS_HELP,
+    TLS_HELP,
+    parse_bool,
+    run_command,
+)
 from converter.image.model import TransportOptions
 
 
@@ -28,33 +33,33 @@ from converter.image.model import TransportOptions
 def sync(
     source: str = typer.Argument(..., help="docker://HOST/REPO (every tag; REPO:TAG for one) or a YAML file in the "
                                  "shape of `skopeo sync --src yaml` (registry -> images / images-by-tag-regex)."),
-    destination: Optional[str] = typer.Argument(None, help="docker://HOST/PREFIX: REPO goes to PREFIX/REPO, tags keep "
+    destination: str | None = typer.Argument(None, help="docker://HOST/PREFIX: REPO goes to PREFIX/REPO, tags keep "
                                                 "their names. Omit it to write into the source repositories "
                                                 "(needs --suffix or --dual)."),
-    tags: Optional[str] = typer.Option(None, "--tags", metavar="REGEX", help="Only tags this regular expression "
+    tags: str | None = typer.Option(None, "--tags", metavar="REGEX", help="Only tags this regular expression "
                                        "matches (searched, as skopeo's regexes: anchor with ^...$)."),
     suffix: str = typer.Option("", "--suffix", help="Destination tag = source tag + SUFFIX (e.g. -zstd); tags already "
                                "ending in SUFFIX are outputs, never sources."),
     dual: bool = typer.Option(False, "--dual", help="Each destination tag becomes an index with the original and the "
                               "zstd:chunked instance (in place when DEST is omitted)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be converted; write nothing."),
-    shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Take shard I of N (from 0) of the "
+    shard: str | None = typer.Option(None, "--shard", metavar="I/N", help="Take shard I of N (from 0) of the "
                                         "(repository, tag) pairs, by a stable hash. Default: $ZCONV_SHARD, or "
                                         "$JOB_COMPLETION_INDEX of $ZCONV_SHARDS in a Kubernetes Indexed Job."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="Images converted at the same time."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Carry on past a failed image; exit non-zero at the end."),
-    level: Optional[int] = typer.Option(None, "--level", "-l", min=1, max=22, help="zstd level (as convert)."),
+    level: int | None = typer.Option(None, "--level", "-l", min=1, max=22, help="zstd level (as convert)."),
     threads: int = typer.Option(0, "--threads", "-t", min=0, help="Frames compressed in parallel per image; 0 = one per CPU."),
     strict: bool = typer.Option(False, "--strict", help="Fail an image whose layer cannot be zstd:chunked."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per line per (repository, tag): source, "
                                   "destination, source_digest, destination_digest, action, reason, bytes_uploaded, seconds."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary; errors only."),
-    creds: Optional[str] = typer.Option(None, "--creds", help=CREDS_HELP, metavar="USER:PASS"),
-    src_creds: Optional[str] = typer.Option(None, "--src-creds", help="USER:PASS for the source registry.", metavar="USER:PASS"),
-    dest_creds: Optional[str] = typer.Option(None, "--dest-creds", help="USER:PASS for the destination registry.", metavar="USER:PASS"),
+    creds: str | None = typer.Option(None, "--creds", help=CREDS_HELP, metavar="USER:PASS"),
+    src_creds: str | None = typer.Option(None, "--src-creds", help="USER:PASS for the source registry.", metavar="USER:PASS"),
+    dest_creds: str | None = typer.Option(None, "--dest-creds", help="USER:PASS for the destination registry.", metavar="USER:PASS"),
     tls_verify: str = typer.Option("true", "--tls-verify", help=TLS_HELP, metavar="BOOL"),
-    cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
-    authfile: Optional[str] = typer.Option(None, "--authfile", help="Registry credentials file (auth.json).", metavar="PATH"),
+    cert_dir: str | None = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
+    authfile: str | None = typer.Option(None, "--authfile", help="Registry credentials file (auth.json).", metavar="PATH"),
 ) -> None:
     """Convert every tag of repositories or a whole registry to zstd:chunked; safe to run again.
 
@@ -67,7 +72,14 @@ def sync(
     def body() -> None:
         from converter.convert import ConvertOptions
         from converter.progress import Progress, human
-        from converter.sync import Destination, Syncer, parse_shard, parse_source, raise_for_failures, shard_from_env
+        from converter.sync import (
+            Destination,
+            Syncer,
+            parse_shard,
+            parse_source,
+            raise_for_failures,
+            shard_from_env,
+        )
 
         verify = parse_bool(tls_verify, "--tls-verify")
         src_opts = TransportOptions(creds=src_creds or creds, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile)
