@@ -431,3 +431,42 @@ def test_text_output_counts_and_summarises(reg, tmp_path):
         f"[2/2] docker://{host}/txt:b -> docker://{host}/t/txt:b: would convert (not converted yet)",
     ]
     assert "2 tag(s): 2 would-convert, 0 skipped, 0 failed" in p.stderr
+
+
+def test_multi_platform_index_prefix_and_dual_in_place(reg, tmp_path):
+    """A Docker manifest list: converted as an index; in place, the dual index keeps both encodings."""
+    sys.path.insert(0, str(ROOT / "testdata"))
+    import make_sample as ms
+
+    shared = ms.sample_layers()[0]
+    amd = ms.make_image([shared, ms.sample_layers()[2]], "amd64", docker=True)
+    arm = ms.make_image([shared], "arm64", docker=True)
+    index = ms.make_index([amd, arm], docker=True)
+    src = tmp_path / "src"
+    ms.write_layout(str(src), [*amd.blobs(), *arm.blobs(), index], [("multi", index)])
+    host = reg.host
+    push(src, "multi", f"docker://{host}/plat:multi")
+    assert manifest_of(host, "plat", "multi")[1] == index.digest
+
+    p = zconv("sync", f"docker://{host}/plat", f"docker://{host}/z", "--json")
+    (rec,) = records(p)
+    assert rec["action"] == "converted" and rec["source_digest"] == index.digest
+    assert rec["layers_converted"] == 2 and rec["layers_reused"] == 1  # the shared layer once
+    doc, _ = manifest_of(host, "z/plat", "multi")
+    assert doc["annotations"][SOURCE_DIGEST_ANNOTATION] == index.digest
+    assert [m["platform"]["architecture"] for m in doc["manifests"]] == ["amd64", "arm64"]
+    for m in doc["manifests"]:  # each converted child names its own source manifest
+        child, _ = manifest_of(host, "z/plat", m["digest"])
+        assert child["annotations"][SOURCE_DIGEST_ANNOTATION] in {amd.manifest.digest, arm.manifest.digest}
+
+    again = zconv("sync", f"docker://{host}/plat", f"docker://{host}/z", "--json")
+    assert [r["action"] for r in records(again)] == ["skipped"], again.stdout
+
+    d = zconv("sync", f"docker://{host}/plat", "--dual", "--json")
+    (rec,) = records(d)
+    assert rec["action"] == "converted", d.stderr
+    dual, _ = manifest_of(host, "plat", "multi")
+    assert dual["annotations"][SOURCE_DIGEST_ANNOTATION] == index.digest
+    assert {m["digest"] for m in dual["manifests"][:2]} == {amd.manifest.digest, arm.manifest.digest}
+    again = zconv("sync", f"docker://{host}/plat", "--dual", "--json")
+    assert [r["action"] for r in records(again)] == ["skipped"], again.stdout
