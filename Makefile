@@ -37,6 +37,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench_sync.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -59,6 +59,11 @@ _DECODER_ERRORS: tuple[type[Exception], ...] = (
 # Index entries with this annotation are attestations/signatures (buildx), not images.
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
 
+# With ConvertOptions.record_source, every manifest and index we write names the
+# digest of the source manifest or index it was converted from, so `zconv sync`
+# can tell with one manifest GET that a destination is already up to date.
+SOURCE_DIGEST_ANNOTATION = "io.github.zconv.source.digest"
+
 
 @dataclass(frozen=True)
 class ConvertOptions:
@@ -67,6 +72,7 @@ class ConvertOptions:
     strict: bool = False
     force: bool = False  # re-encode layers that are already zstd:chunked
     dual: bool = False  # index with the original and the zstd:chunked instances
+    record_source: bool = False  # SOURCE_DIGEST_ANNOTATION on written manifests and indexes
 
 
 @dataclass
@@ -245,7 +251,12 @@ class Converter:
         plat = config_platform(config)
         orig = Descriptor(desc.media_type, desc.digest, desc.size, platform=plat)
         zstd = Descriptor(new.media_type, new.digest, new.size, annotations={INDEX_ZSTD_ANNOTATION: "true"}, platform=plat)
-        return self._put_index(Index(OCI_INDEX, (orig, zstd)))
+        return self._put_index(Index(OCI_INDEX, (orig, zstd), self._source_annotation({}, desc)))
+
+    def _source_annotation(self, annotations: Any, source: Descriptor) -> Any:
+        if not self.opts.record_source:
+            return annotations
+        return {**annotations, SOURCE_DIGEST_ANNOTATION: source.digest}
 
     # ------------------------------------------------------------------ indexes
 
@@ -285,7 +296,8 @@ class Converter:
                 artifact_type=child.artifact_type,
             )
             converted.append(entry)
-        new_index = Index(OCI_INDEX, tuple(originals + converted), index.annotations, index.subject, index.artifact_type)
+        new_index = Index(OCI_INDEX, tuple(originals + converted), self._source_annotation(index.annotations, desc),
+                          index.subject, index.artifact_type)
         return self._put_index(new_index), None
 
     # ------------------------------------------------------------------ manifests
@@ -313,7 +325,8 @@ class Converter:
         if not self.dst.has_blob(config):
             self.dst.put_blob_bytes(config, config_data)
         new_manifest = Manifest(
-            OCI_MANIFEST, config, tuple(new_layers), manifest.annotations, manifest.subject, manifest.artifact_type
+            OCI_MANIFEST, config, tuple(new_layers), self._source_annotation(manifest.annotations, desc),
+            manifest.subject, manifest.artifact_type,
         )
         data = new_manifest.to_bytes()
         new = descriptor_for(OCI_MANIFEST, data)
