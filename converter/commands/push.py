@@ -265,9 +265,9 @@ def push_image(
 
 
 def _plain_tag(tag: str) -> bool:
-    import re
+    from converter.image.refs import is_valid_tag
 
-    return bool(re.match(r"^[\w][\w.-]{0,127}$", tag))
+    return is_valid_tag(tag)
 
 
 @app.command()

@@ -8,9 +8,7 @@ containers/image and of distribution), before any upload starts.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 from converter.errors import BadInputError, RegistryError, UsageError
@@ -23,92 +21,22 @@ from converter.image.model import (
     ImageSource,
     TransportOptions,
     VerifyingReader,
-    check_digest,
     copy_verified,
     parse_tag_or_digest,
     sha256_digest,
     short,
 )
+from converter.image.refs import DockerReference, parse_docker_reference
 from converter.image.registry.client import RegistryClient
 from converter.image.registry.http import RetryPolicy
 from converter.image.registry.rangecheck import RangeCheck
 
-_DOMAIN_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?$")
-_REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+Reference = DockerReference  # the name registry code used before
 
 
-@dataclass(frozen=True)
-class Reference:
-    """`HOST[:PORT]/REPO[:TAG][@DIGEST]`, as `docker://` references name images."""
-
-    host: str  # as the user wrote it ("docker.io" for Docker Hub)
-    repository: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @property
-    def api_host(self) -> str:
-        return "registry-1.docker.io" if self.host == "docker.io" else self.host
-
-    @property
-    def name(self) -> str:
-        return f"{self.host}/{self.repository}"
-
-    def __str__(self) -> str:
-        s = self.name
-        if self.tag:
-            s += f":{self.tag}"
-        if self.digest:
-            s += f"@{self.digest}"
-        return s
-
-
-def parse_reference(text: str) -> Reference:
-    """Parse `docker://HOST/REPO[:TAG|@DIGEST]` (the `docker://` prefix is optional).
-
-    Like docker: the first component is a host when it has a '.' or ':' or is
-    `localhost`; otherwise the image is on Docker Hub (`library/` added for
-    one-component names).
-    """
-    orig = text
-    for prefix in ("docker://", "//"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-            break
-    if not text:
-        raise UsageError(f"empty registry reference {orig!r}")
-    digest = None
-    if "@" in text:
-        text, _, digest = text.partition("@")
-        try:
-            check_digest(digest, orig)
-        except BadInputError:
-            raise UsageError(f"{orig}: malformed digest {digest!r}") from None
-    tag = None
-    slash = text.rfind("/")
-    colon = text.rfind(":")
-    if colon > slash:
-        text, tag = text[:colon], text[colon + 1:]
-        if not _TAG_RE.match(tag):
-            raise UsageError(f"{orig}: invalid tag {tag!r}")
-    first, sep, rest = text.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-        host, repo = first, rest
-        if not _DOMAIN_RE.match(host):
-            raise UsageError(f"{orig}: invalid registry host {host!r}")
-    else:
-        host, repo = "docker.io", text
-        if "/" not in repo:
-            repo = f"library/{repo}"
-    if host in ("index.docker.io", "registry-1.docker.io"):
-        host = "docker.io"
-    if not repo or not all(_REPO_COMPONENT_RE.match(c) for c in repo.split("/")):
-        raise UsageError(f"{orig}: invalid repository name {repo!r} (lowercase letters, digits and . _ - separators)")
-    if len(repo) > 255:
-        raise UsageError(f"{orig}: repository name longer than 255 characters")
-    return Reference(host, repo, tag, digest)
-
+def parse_reference(text: str) -> DockerReference:
+    """`[docker://]HOST/REPO[:TAG|@DIGEST]`, tag left None when absent (see refs.parse_docker_reference)."""
+    return parse_docker_reference(text)
 
 
 def client_for(ref: Reference, options: TransportOptions | None, *, retry: RetryPolicy | None = None,
@@ -327,13 +255,13 @@ class DockerSink(ImageSink):
             self.client.close()
 
 
-def _from_image_ref(ref: Any) -> Reference:
-    """converter.image.refs.ImageRef (or a string) -> Reference."""
+def _from_image_ref(ref: Any) -> DockerReference:
+    """converter.image.refs.ImageRef (or a string) -> DockerReference."""
     if isinstance(ref, str):
         return parse_reference(ref)
-    if isinstance(ref, Reference):
+    if isinstance(ref, DockerReference):
         return ref
-    return Reference(ref.host, ref.repository, ref.tag, ref.digest)
+    return ref.docker_reference
 
 
 def open_source(ref: Any, options: TransportOptions | None = None) -> DockerSource:
