@@ -126,25 +126,6 @@ class ConvertReport:
         return out
 
 
-def check_range_requests(place: ImageSource | ImageSink, digest: str, size: int) -> Any:
-    """Ask a registry source/sink whether it answers HTTP Range requests correctly.
-
-    Returns None for places that are not registries (files always can), and
-    a result with `.ok` and `.message` otherwise. Never raises: a failed check
-    is itself a reason to warn.
-    """
-    client = getattr(place, "client", None)
-    repo = getattr(place, "repository", None)
-    if client is None or repo is None or not hasattr(client, "check_range_requests"):
-        return None
-    try:
-        return client.check_range_requests(repo, digest, size)
-    except ZconvError as e:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(ok=False, message=f"could not check HTTP Range support: {e}")
-
-
 def _is_chunked(desc: Descriptor) -> bool:
     return LAYER_TYPES.get(desc.media_type) == "zstd" and MANIFEST_CHECKSUM_KEY in desc.annotations
 
@@ -240,7 +221,7 @@ class Converter:
         layer = next((r for r in self.report.layers if r.chunked), None)
         if layer is None:
             return
-        check = check_range_requests(self.dst, layer.new_digest, layer.new_size)
+        check = self.dst.check_range_requests(Descriptor(media_type="", digest=layer.new_digest, size=layer.new_size))
         if check is not None:
             self.report.range_check = {"ok": check.ok, "message": check.message}
             if not check.ok:

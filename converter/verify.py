@@ -438,28 +438,14 @@ def _config_diff_ids(src: ImageSource, m: Manifest) -> list[str] | None:
     return None
 
 
-def _range_checker(src: ImageSource) -> Any:
-    """The registry's range-request probe, when the source is a registry."""
-    client = getattr(src, "client", None)
-    repo = getattr(src, "repository", None)
-    if client is not None and repo and hasattr(client, "check_range_requests"):
-        return lambda desc: client.check_range_requests(repo, desc.digest, desc.size)
-    return None
-
-
-def is_remote(src: ImageSource) -> bool:
-    return _range_checker(src) is not None
-
-
 def verify_source(src: ImageSource, full: bool | None = None, reference: str | None = None) -> VerifyReport:
     """Verify every image the source designates.
 
     full None: full checks for local sources (layouts, archives: reading is
     cheap), metadata checks through range requests for registries.
     """
-    checker = _range_checker(src)
     if full is None:
-        full = checker is None
+        full = not src.remote
     report = VerifyReport(reference or src.description, full)
     range_checked = False
     tmpdir: str | None = None
@@ -476,13 +462,13 @@ def verify_source(src: ImageSource, full: bool | None = None, reference: str | N
                 name = layer_name(label, i, desc)
                 diff_id = diff_ids[i] if diff_ids and i < len(diff_ids) else None
                 chunked = is_chunked(desc.annotations)
-                if chunked and checker is not None and not range_checked:
+                if chunked and src.remote and not range_checked:
                     # The consumer fetches TOC, tar-split and chunks with
                     # (multi-)range requests; without them it pulls whole layers.
                     range_checked = True
-                    rc = checker(desc)
-                    report.range_requests = rc.message
-                    if not rc.ok:
+                    rc = src.check_range_requests(desc)
+                    report.range_requests = rc.message if rc else "not checked"
+                    if rc and not rc.ok:
                         report.problems.append(rc.message)
 
                 access = layer_access(src, desc, name)
@@ -522,7 +508,7 @@ def verify_source(src: ImageSource, full: bool | None = None, reference: str | N
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    if checker is None:
+    if not src.remote:
         report.range_requests = "local source (reads by seeking)"
     elif not range_checked:
         report.range_requests = "not checked (no zstd:chunked layer)"

@@ -487,6 +487,14 @@ class TransportOptions:
 # ------------------------------------------------------------------ interfaces
 
 
+@dataclass(frozen=True)
+class RangeCheck:
+    """Whether a place answers HTTP Range requests correctly (partial pulls need them)."""
+
+    ok: bool
+    message: str
+
+
 class ImageSource(ABC):
     """A place images are read from. Use as a context manager (close() releases temp dirs/sessions)."""
 
@@ -494,6 +502,12 @@ class ImageSource(ABC):
     description: str = ""
     #: The tag (or "@sha256:..." digest) the reference named, None if none.
     reference_tag: str | None = None
+    #: Blobs come over the network (a registry), not from files read by seeking.
+    remote: bool = False
+
+    def check_range_requests(self, desc: Descriptor) -> RangeCheck | None:
+        """Does this place answer HTTP Range requests correctly for the blob? None where that does not apply."""
+        return None
 
     @abstractmethod
     def list_tags(self) -> list[str]:
@@ -585,6 +599,10 @@ class ImageSink(ABC):
     description: str = ""
     #: Tag the reference named (None: keep the source's tags).
     reference_tag: str | None = None
+
+    def check_range_requests(self, desc: Descriptor) -> RangeCheck | None:
+        """After the blob was written: is it served with correct HTTP Range answers? None where that does not apply."""
+        return None
 
     @abstractmethod
     def has_blob(self, desc: Descriptor) -> bool:

@@ -28,7 +28,7 @@ from converter.image.registry.docker import (
 from converter.image.registry.errors import RETRY_STATUS, RegistryHTTPError, Transient, check_status
 from converter.image.registry.http import MAX_REDIRECTS, PushStats, RetryPolicy, Transport, is_local_host
 from converter.image.registry.manifests import MANIFEST_ACCEPT
-from converter.image.registry.rangecheck import RangeCheck
+from converter.image.model import RangeCheck
 from converter.image.registry.upload_sessions import DEFAULT_CHUNK_SIZE
 
 __all__ = [

@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Any, BinaryIO, Callable
 
-from converter.errors import BadInputError, RegistryError, UsageError
+from converter.errors import BadInputError, RegistryError, UsageError, ZconvError
 from converter.image.model import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -19,6 +19,7 @@ from converter.image.model import (
     Descriptor,
     ImageSink,
     ImageSource,
+    RangeCheck,
     TransportOptions,
     VerifyingReader,
     copy_verified,
@@ -29,7 +30,6 @@ from converter.image.model import (
 from converter.image.refs import DockerReference, parse_docker_reference
 from converter.image.registry.client import RegistryClient
 from converter.image.registry.http import RetryPolicy
-from converter.image.registry.rangecheck import RangeCheck
 
 Reference = DockerReference  # the name registry code used before
 
@@ -55,8 +55,17 @@ def client_for(ref: Reference, options: TransportOptions | None, *, retry: Retry
                           plain_http=o.plain_http, log=log, auth_file=o.auth_file, **extra)
 
 
+def _range_check(client: RegistryClient, repository: str, desc: Descriptor) -> RangeCheck:
+    try:
+        return client.check_range_requests(repository, desc.digest, desc.size)
+    except ZconvError as e:
+        return RangeCheck(False, f"could not check HTTP Range support: {e}")
+
+
 class DockerSource(ImageSource):
     """Images in a registry repository (`docker://HOST/REPO[:TAG|@DIGEST]`)."""
+
+    remote = True
 
     def __init__(self, reference: "str | Reference", options: TransportOptions | None = None, *,
                  client: RegistryClient | None = None) -> None:
@@ -112,9 +121,9 @@ class DockerSource(ImageSource):
             raise BadInputError(f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes")
         return self.client.get_range(self.repository, desc.digest, offset, length)
 
-    def check_ranges(self, desc: Descriptor, read_local: Callable[[int, int], bytes] | None = None) -> "RangeCheck":
-        """Does the registry answer Range requests correctly for this blob? (for convert/inspect warnings)"""
-        return self.client.check_range_requests(self.repository, desc.digest, desc.size, read_local)
+    def check_range_requests(self, desc: Descriptor) -> RangeCheck:
+        """Does the registry answer Range requests correctly for this blob? Never raises."""
+        return _range_check(self.client, self.repository, desc)
 
     def close(self) -> None:
         if self._own_client:
@@ -163,13 +172,13 @@ class DockerSink(ImageSink):
         self.results[desc.digest] = how
         self._log(f"blob {short(desc.digest)} ({desc.size} bytes): {how}")
 
-    def check_ranges(self, desc: Descriptor, read_local: Callable[[int, int], bytes] | None = None) -> "RangeCheck":
-        """After put_blob*: does the registry serve Range requests of this blob correctly?
+    def check_range_requests(self, desc: Descriptor) -> RangeCheck:
+        """After put_blob*: does the registry serve Range requests of this blob correctly? Never raises.
 
         `RangeCheck.ok` False comes with a message fit for a warning: partial
         pulls of zstd:chunked layers from this registry fall back to full downloads.
         """
-        return self.client.check_range_requests(self.repository, desc.digest, desc.size, read_local)
+        return _range_check(self.client, self.repository, desc)
 
     def try_mount(self, desc: Descriptor) -> bool:
         """Mount the blob from one of `mount_sources` (same registry); True when it worked.

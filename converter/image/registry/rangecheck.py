@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from converter.image.model import short
+from converter.image.model import RangeCheck, short
 from converter.image.registry.blobs import read_body
 
 if TYPE_CHECKING:
     from converter.image.registry.client import RegistryClient
-
-
-@dataclass(frozen=True)
-class RangeCheck:
-    ok: bool
-    message: str
 
 
 class RangeCheckMixin:
