@@ -27,13 +27,17 @@ EXIT_CODES_HELP = (
 
 
 def transport_options(creds: Optional[str], tls_verify: str, cert_dir: Optional[str],
-                      authfile: Optional[str]) -> TransportOptions:
+                      authfile: Optional[str], timeout: Optional[float] = None) -> TransportOptions:
     return TransportOptions(
         creds=creds,
         tls_verify=parse_bool(tls_verify, "--tls-verify"),
         cert_dir=cert_dir,
         auth_file=authfile,
+        timeout=timeout,
     )
+
+
+TIMEOUT_HELP = "Seconds a registry request may go without progress (connect, headers and body together) before it fails (default 60)."
 
 
 @app.command(
@@ -70,6 +74,7 @@ def convert(
                                    help="Verify registry TLS certificates (true/false)."),
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help="Directory of CA certificates (*.crt) for registries."),
     authfile: Optional[str] = typer.Option(None, "--authfile", help="Registry credentials file (auth.json)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
     """Convert every layer of an image (all tags, all platforms) to zstd:chunked.
 
@@ -87,8 +92,8 @@ def convert(
         dst,
         ConvertOptions(level=level, threads=threads, strict=strict, force=force, dual=dual),
         progress,
-        src_options=transport_options(src_creds or creds, tls_verify, cert_dir, authfile),
-        dst_options=transport_options(dest_creds or creds, tls_verify, cert_dir, authfile),
+        src_options=transport_options(src_creds or creds, tls_verify, cert_dir, authfile, timeout),
+        dst_options=transport_options(dest_creds or creds, tls_verify, cert_dir, authfile, timeout),
     )
     if json_out:
         typer.echo(json.dumps(report.to_json(), indent=2))
@@ -117,6 +122,7 @@ def inspect(
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help="Verify registry TLS (true/false)."),
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help="Directory of CA certificates for the registry."),
     authfile: Optional[str] = typer.Option(None, "--authfile", help="Registry credentials file (auth.json)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
     """Show manifests, layers, sizes, media types and zstd:chunked annotations.
 
@@ -129,7 +135,7 @@ def inspect(
     from converter.image.refs import open_source, parse_ref
     from converter.inspect import format_text, inspect_source, toc_errors
 
-    with open_source(parse_ref(ref), transport_options(creds, tls_verify, cert_dir, authfile)) as src:
+    with open_source(parse_ref(ref), transport_options(creds, tls_verify, cert_dir, authfile, timeout)) as src:
         result = inspect_source(src)
     if json_out:
         typer.echo(json.dumps(result, indent=2))

@@ -482,6 +482,7 @@ class TransportOptions:
     cert_dir: str | None = None
     auth_file: str | None = None
     plain_http: bool | None = None  # None: only for localhost/127.0.0.1
+    timeout: float | None = None  # seconds a registry request may go without progress (None: 60)
 
 
 # ------------------------------------------------------------------ interfaces

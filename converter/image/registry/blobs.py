@@ -385,11 +385,14 @@ class BlobsMixin:
 def read_body(resp: requests.Response, n: int, what: str) -> bytes:
     """Up to `n` bytes of a streamed answer; a dropped or stalled connection is one RegistryError."""
     try:
-        return resp.raw.read(n)
+        data = resp.raw.read(n)
     except (urllib3.exceptions.HTTPError, OSError, requests.exceptions.RequestException, ValueError) as e:
         if deadline_expired(resp):
             raise RegistryError(f"{what}: the answer stalled (no progress within the timeout)") from None
         raise RegistryError(f"{what}: reading the answer failed: {conn_error_text(e)}") from None
+    if deadline_expired(resp):
+        raise RegistryError(f"{what}: the answer stalled (no progress within the timeout)")
+    return data
 
 
 class BlobStream(io.RawIOBase):
@@ -453,6 +456,8 @@ class BlobStream(io.RawIOBase):
         while True:
             try:
                 data = self._resp.raw.read(max(1, want))  # type: ignore[union-attr]
+                if deadline_expired(self._resp):  # type: ignore[arg-type]
+                    raise OSError("stalled")
                 break
             except (urllib3.exceptions.HTTPError, OSError, requests.exceptions.RequestException, ValueError) as e:
                 stalled = deadline_expired(self._resp)  # type: ignore[arg-type]

@@ -38,6 +38,18 @@ class RegistryHTTPError(RegistryError):
         return self.status in RETRY_STATUS
 
 
+_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """Text from a registry made safe for a terminal: control characters escaped, length bounded."""
+    text = text[:limit]
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+                   for c in text)
+
+
 def _error_doc(resp: requests.Response) -> Any:
     """The registry's JSON error body, None when there is none (or it is not JSON)."""
     cached = getattr(resp, "_zconv_error_doc", False)
@@ -75,10 +87,10 @@ def error_detail(resp: requests.Response) -> str:
         code = code if isinstance(code, str) else str(code)
         msg = msg if isinstance(msg, str) else str(msg)
         parts.append(f"{code}: {msg}" if code and msg else code or msg)
-    parts = [p[:300] for p in parts if p]
+    parts = [printable(p) for p in parts if p]
     if parts:
         return "; ".join(parts)
-    return f"HTTP {resp.status_code} {resp.reason or ''}".strip()
+    return printable(f"HTTP {resp.status_code} {resp.reason or ''}".strip())
 
 
 def error_codes(resp: requests.Response) -> set[str]:

@@ -320,7 +320,6 @@ class Transport:
         self.session.mount("http://", adapter)
         self.session.headers["User-Agent"] = "zconv (oras-py session)"
         self.session.trust_env = True
-        self.session.max_redirects = 0  # redirects are followed by send(), under its policy
         self._verify: bool | str = tls_verify
         certs = self._cert_dir(cert_dir)
         if certs and tls_verify:
@@ -497,6 +496,9 @@ class Transport:
             resp._zconv_deadline = d  # type: ignore[attr-defined]
             if not stream and method != "HEAD":
                 data = resp.raw.read(MAX_ANSWER + 1, decode_content=True)
+                if d.expired:
+                    resp.close()
+                    raise Transient(f"no complete answer within {self.timeout:g}s (timed out)")
                 if len(data) > MAX_ANSWER:
                     resp.close()
                     raise RegistryError(f"{_shown(url)}: answer over {MAX_ANSWER} bytes")
