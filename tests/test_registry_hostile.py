@@ -164,6 +164,26 @@ def test_credentials_never_go_to_a_plain_http_or_odd_realm(realm):
             c.get_manifest("r", "t")
 
 
+def test_https_registry_never_sends_credentials_to_a_plain_http_realm(tmp_path):
+    from support.registry import make_self_signed_cert
+
+    cert, key = make_self_signed_cert(tmp_path / "tls")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_bytes(cert.read_bytes())
+    with HostileRegistry(lambda req: Answer.json({"token": "t"})) as auth:
+        def script(req: Request) -> Answer | None:
+            return Answer.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401,
+                               [("WWW-Authenticate", f'Bearer realm="{auth.url}/token",service="x"')])
+
+        with HostileRegistry(script, tls=(str(cert), str(key))) as reg, \
+                RegistryClient(reg.host, creds=CREDS, cert_dir=str(certs), retry=FAST) as c:
+            with pytest.raises(AuthError, match=r"refusing to send credentials over plain HTTP .*registry itself is HTTPS"):
+                c.get_manifest("r", "t")
+            assert c._scheme == "https"
+        assert auth.requests == []  # the loopback plain-HTTP realm never saw the password
+
+
 # ------------------------------------------------------------ answers that misbehave
 
 

@@ -70,8 +70,15 @@ _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: 
 
 
 class HostileRegistry:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, tls: tuple[str, str] | None = None) -> None:
+        """`tls`: (cert, key) files to serve HTTPS instead of plain HTTP."""
         self.script = script
+        self._tls = None
+        if tls is not None:
+            import ssl
+
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(str(tls[0]), str(tls[1]))
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -88,7 +95,7 @@ class HostileRegistry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self._tls else 'http'}://{self.host}"
 
     def seen(self, method: str | None = None, path_contains: str = "") -> list[Request]:
         with self._lock:
@@ -132,9 +139,15 @@ class HostileRegistry:
 
     def _serve(self, c: socket.socket) -> None:
         c.settimeout(30)
+        if self._tls is not None:
+            try:
+                c = self._tls.wrap_socket(c, server_side=True)
+            except OSError:
+                c.close()
+                return
         f = c.makefile("rb")
         try:
-            if f.peek(1)[:1] == b"\x16":
+            if self._tls is None and f.peek(1)[:1] == b"\x16":
                 # A TLS ClientHello: answer in plain HTTP as Go's server does, so clients fall back to http://
                 c.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
                 return
