@@ -342,3 +342,13 @@ def test_push_aborts_before_commit_when_the_local_blob_is_not_its_digest(tmp_pat
         path.write_bytes(good)
         assert c.push_blob("r", sha256(good), len(good), lambda: open(path, "rb"), known_absent=True) == "uploaded"
         assert any(v == good for k, v in uploads.items() if k.startswith("/upload/1"))
+
+
+def test_login_with_a_wrong_password_from_stdin_names_stdin(tmp_path):
+    with HostileRegistry(_basic_only(lambda req: Answer.json({}))) as reg:
+        env_file = tmp_path / "auth.json"
+        r = subprocess.run([sys.executable, "-m", "converter.cli", "login", reg.host, "-u", "alice", "--password-stdin",
+                            "--authfile", str(env_file)], input="wrong\n", capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60, cwd=ROOT)
+        _one_line_error(r, 5, r"user 'alice' \(from --password-stdin \(standard input\)\)")
+        assert "--creds" not in r.stderr and not env_file.exists()

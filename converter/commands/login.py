@@ -34,14 +34,18 @@ def login_registry(
     tls_verify: bool = True,
     cert_dir: str | None = None,
     auth_file: str | None = None,
+    source: str = "--password",
 ) -> str:
-    """Check the credentials against the registry, then store them; returns the auth file path."""
+    """Check the credentials against the registry, then store them; returns the auth file path.
+
+    `source` names where the password came from, for the error message when it is wrong.
+    """
     host, key = _split_host(target)
     if not username:
         raise UsageError(f"login {host}: a username is required")
     if not password:
         raise UsageError(f"login {host}: a password is required")
-    with RegistryClient(host, creds=f"{username}:{password}", tls_verify=tls_verify, cert_dir=cert_dir,
+    with RegistryClient(host, creds=authmod.Credentials(username, password, source), tls_verify=tls_verify, cert_dir=cert_dir,
                         retry=RetryPolicy(retries=2, delay=1.0)) as client:
         client.check_login()
     path = authmod.store_credentials(key, authmod.Credentials(username, password, "login"),
@@ -67,7 +71,9 @@ def login(
             raise UsageError("--password and --password-stdin are mutually exclusive")
         user = username
         pw = password
+        source = "--password"
         if password_stdin:
+            source = "--password-stdin (standard input)"
             if not user:
                 raise UsageError("--password-stdin needs --username")
             pw = sys.stdin.readline().rstrip("\r\n")
@@ -75,7 +81,9 @@ def login(
             user = input("Username: ").strip()
         if not pw:
             pw = getpass.getpass("Password: ")
-        path = login_registry(registry, user, pw, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile)
+            source = "the password prompt"
+        path = login_registry(registry, user, pw, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile,
+                              source=source)
         print(f"Login Succeeded! (credentials stored in {path})")
 
     run_command(body)

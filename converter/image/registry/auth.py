@@ -38,11 +38,12 @@ def parse_challenge(raw: str | None) -> Challenge | None:
 class Authenticator:
     """Credentials, the registry's challenge and the bearer tokens of one registry; its own lock."""
 
-    def __init__(self, transport: Transport, *, creds: str | None = None, auth_file: str | None = None) -> None:
+    def __init__(self, transport: Transport, *, creds: "str | credentials.Credentials | None" = None,
+                 auth_file: str | None = None) -> None:
         self.t = transport
         self.host = transport.host
         self._auth_file = auth_file
-        self._creds_arg = credentials.parse_creds(creds) if creds else None
+        self._creds_arg = credentials.parse_creds(creds) if isinstance(creds, str) and creds else creds or None
         self._creds_cache: dict[str, credentials.Credentials | None] = {}
         self._challenge: Challenge | None = None
         self._challenge_seen = False

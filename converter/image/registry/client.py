@@ -29,7 +29,7 @@ class RegistryClient(BlobsMixin, ManifestsMixin, RangeCheckMixin):
         self,
         host: str,
         *,
-        creds: str | None = None,
+        creds: Any = None,  # "USER:PASS" (--creds) or converter.image.auth.Credentials
         tls_verify: bool = True,
         cert_dir: str | None = None,
         plain_http: bool | None = None,

@@ -412,7 +412,7 @@ class Transport:
         for scheme in schemes:
             url = f"{scheme}://{self.api_host}/v2/"
             try:
-                resp = self.with_retries(lambda: self.send("GET", url, {}, None, False, auth_origin=None),
+                resp = self.with_retries(lambda: self.send("GET", url, {}, None, False, auth_origin=None, ssl_errors=True),
                                          f"cannot connect to registry {self.host}")
             except requests.exceptions.SSLError as e:
                 text = str(e)
@@ -451,13 +451,15 @@ class Transport:
         stream: bool,
         *,
         auth_origin: tuple[str, str, int] | None | str = "registry",
+        ssl_errors: bool = False,
     ) -> requests.Response:
         """One HTTP exchange (redirects of GET/HEAD followed); network failures become Transient.
 
         `Authorization` in `headers` goes only to `auth_origin` ("registry":
         the registry's own scheme+host+port); any other URL gets the request
-        without it. TLS errors are raised as requests.exceptions.SSLError for
-        the ping to interpret.
+        without it. With `ssl_errors` (the ping) TLS errors are raised as
+        requests.exceptions.SSLError for the caller to interpret; otherwise they
+        are a RegistryError naming the URL.
         """
         if auth_origin == "registry":
             auth_origin = self.registry_origin() if self.scheme else origin(url)
@@ -469,7 +471,12 @@ class Transport:
             h = dict(headers)
             if "Authorization" in h and origin(url) != auth_origin:
                 del h["Authorization"]
-            resp = self._exchange(method, url, h, body, stream)
+            try:
+                resp = self._exchange(method, url, h, body, stream)
+            except requests.exceptions.SSLError as e:
+                if ssl_errors:
+                    raise
+                raise RegistryError(f"{method} {_shown(url)}: TLS error: {conn_error_text(e)}") from None
             if resp.status_code not in (301, 302, 303, 307, 308) or method not in ("GET", "HEAD"):
                 return resp
             loc = resp.headers.get("Location")
