@@ -248,6 +248,10 @@ def test_malformed_json_answers_are_one_line_errors():
             return Answer(200, [("Content-Type", "application/json")], deep)
         if req.path == "/v2/r/tags/list":
             return Answer.json({"tags": 5})
+        if req.path == "/v2/list/manifests/t":
+            return Answer(200, [("Content-Type", "text/html")], b"[1, 2]")
+        if req.path == "/v2/deep/manifests/t":
+            return Answer(200, [("Content-Type", "text/html")], deep)
         if req.path.startswith("/v2/auth/"):
             return Answer.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401,
                                [("WWW-Authenticate", 'Bearer realm="/token",service="x"')])
@@ -261,7 +265,10 @@ def test_malformed_json_answers_are_one_line_errors():
         with pytest.raises(AuthError, match="sent no JSON"):
             c.get_manifest("auth", "t")
         r = _zconv("inspect", f"docker://{reg.host}/auth:t")
-    _one_line_error(r, 5, "token server .* sent no JSON")
+        _one_line_error(r, 5, "token server .* sent no JSON")
+        for repo in ("list", "deep"):  # a manifest that is JSON but not an object, or nested 100000 deep
+            r = _zconv("inspect", f"docker://{reg.host}/{repo}:t")
+            _one_line_error(r, 2, rf"{reg.host}/{repo}")
 
 
 def test_huge_and_odd_headers_are_one_line_errors():
@@ -352,3 +359,24 @@ def test_login_with_a_wrong_password_from_stdin_names_stdin(tmp_path):
                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60, cwd=ROOT)
         _one_line_error(r, 5, r"user 'alice' \(from --password-stdin \(standard input\)\)")
         assert "--creds" not in r.stderr and not env_file.exists()
+
+
+def test_push_of_a_layout_whose_blob_lies_is_one_line_and_nothing_committed(tmp_path):
+    """Through the CLI: a layout blob file replaced by other bytes of the same size is never sent as if it were."""
+    import shutil
+
+    layout = tmp_path / "layout"
+    shutil.copytree(ROOT / "testdata" / "sample", layout)
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((layout / "blobs" / "sha256" / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    layer = manifest["layers"][0]
+    blob = layout / "blobs" / "sha256" / layer["digest"].split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    uploads: dict[str, bytes] = {}
+    with HostileRegistry(_accepting_registry(uploads)) as reg:
+        r = _zconv("push", f"oci:{layout}:v1", f"docker://{reg.host}/r:v1", "--retry", "0")
+        assert not reg.seen("PUT", "/manifests/")  # no manifest, no tag
+        assert all(v != bytes(data) for k, v in uploads.items() if k.startswith("/upload/1"))
+    _one_line_error(r, 2, rf"blob {layer['digest'][:19]}.*does not match its digest")

@@ -29,6 +29,7 @@ from converter.image.model import (
 )
 from converter.image.refs import DockerReference, parse_docker_reference
 from converter.image.registry.client import RegistryClient
+from converter.jsonload import load_json
 from converter.image.registry.http import RetryPolicy
 
 Reference = DockerReference  # the name registry code used before
@@ -94,11 +95,13 @@ class DockerSource(ImageSource):
         ref = digest or name
         data, mt, got = self.client.get_manifest(self.repository, ref)  # type: ignore[arg-type]
         if mt not in MANIFEST_TYPES + INDEX_TYPES:
-            import json as _json
             try:
-                mt = _json.loads(data).get("mediaType") or mt
-            except ValueError:
-                pass
+                doc = load_json(data, f"{self.description}: manifest", max_size=MAX_MANIFEST_SIZE)
+            except BadInputError:
+                doc = None  # parse_manifest_or_index reports it when the manifest is read
+            declared = doc.get("mediaType") if isinstance(doc, dict) else None
+            if isinstance(declared, str) and declared:
+                mt = declared
         self._cache = getattr(self, "_cache", {})
         self._cache[got] = data
         return Descriptor(media_type=mt, digest=got, size=len(data))
