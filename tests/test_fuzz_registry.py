@@ -72,12 +72,18 @@ _json = st.recursive(
 )
 
 
+def _locations(port: int) -> st.SearchStrategy[str]:
+    local = f"127.0.0.1:{port}"
+    return st.sampled_from(["/v2/", "/v2/r/manifests/t", "/v2/r/manifests/t?x=1", "file:///etc/passwd",
+                            "gopher://127.0.0.1/x", f"http://{local}/v2/r/manifests/t", f"//{local}/v2/",
+                            "", "relative/path", "http://[::1", "http://127.0.0.1:0/x", "http://127.0.0.1:99999/",
+                            f"https://{local}/v2/", "data:,x"]) | _header_text
+
+
 def _headers(port: int) -> st.SearchStrategy[list[tuple[str, str]]]:
     local = f"127.0.0.1:{port}"
     values = {
-        "Location": st.sampled_from(["/v2/", "/v2/r/manifests/t", "/v2/r/manifests/t?x=1", "file:///etc/passwd",
-                                     "gopher://127.0.0.1/x", f"http://{local}/v2/r/manifests/t", f"//{local}/v2/",
-                                     "", "relative/path", "http://[::1", "http://127.0.0.1:0/x"]) | _header_text,
+        "Location": _locations(port),
         "WWW-Authenticate": st.sampled_from([
             'Bearer realm="/token",service="s"', f'Bearer realm="http://{local}/token",scope="repository:r:pull"',
             'Bearer realm="ftp://127.0.0.1/token"', 'Bearer realm=""', "Bearer", 'Basic realm="x"', "Negotiate",
@@ -119,7 +125,9 @@ def _answers(port: int) -> st.SearchStrategy[Answer | None]:
         _bodies(),
         st.sampled_from([0, 0, 0, -1, 5]),
     )
-    return st.none() | answer
+    redirect = st.builds(lambda status, loc: Answer(status, [("Location", loc)]),
+                         st.sampled_from([301, 302, 303, 307, 308]), _locations(port))
+    return st.none() | answer | redirect
 
 
 @pytest.mark.fuzz

@@ -125,9 +125,13 @@ def test_location_that_is_not_http_is_refused_in_one_line(tmp_path):
             return Answer(302, [("Location", "file:///etc/passwd")])
         if req.method == "POST":
             return Answer(202, [("Location", "gopher://127.0.0.1/upload")])
+        if req.path == "/v2/badurl/manifests/t":
+            return Answer(302, [("Location", "http://[::1")])
         return img.answer(req)
 
     with HostileRegistry(script) as reg, RegistryClient(reg.host, retry=FAST) as c:
+        with pytest.raises(RegistryError, match="unusable URL 'http://\\[::1'"):
+            c.get_manifest("badurl", "t")
         with pytest.raises(RegistryError, match=r"refusing to follow file:///etc/passwd \(not an http\(s\) URL\)"):
             with c.open_blob("r", layer, len(img.layer)) as s:
                 s.read()

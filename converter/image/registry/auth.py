@@ -9,7 +9,7 @@ registry. A relative realm is resolved against the registry's URL.
 from __future__ import annotations
 
 import threading
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlsplit
 
 import oras.auth.utils as oras_auth_utils
 import requests
@@ -17,7 +17,7 @@ import requests
 from converter.errors import AuthError, BadInputError
 from converter.image import auth as credentials
 from converter.image.registry.errors import error_detail
-from converter.image.registry.http import Transport, is_local_host, origin
+from converter.image.registry.http import Transport, is_local_host, origin, resolve_url
 from converter.jsonload import load_json
 
 MAX_TOKEN_ANSWER = 1024 * 1024
@@ -101,7 +101,7 @@ class Authenticator:
         if not realm:
             raise AuthError(f"registry {self.host}: bearer challenge without a realm")
         base = self.t.base_url
-        url = urljoin(base + "/", realm.strip())
+        url = resolve_url(base + "/", realm, f"registry {self.host}: token realm")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AuthError(f"registry {self.host}: unusable token realm {realm[:200]!r} (not an http(s) URL)")

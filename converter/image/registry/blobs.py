@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import re
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import oras.utils
 import requests
@@ -19,7 +19,7 @@ import urllib3
 from converter.errors import BadInputError, RegistryError
 from converter.image.model import check_digest, new_hasher, short
 from converter.image.registry.errors import Transient, check_status, conn_error_text, error_codes, error_detail
-from converter.image.registry.http import FileSlice, deadline_expired
+from converter.image.registry.http import FileSlice, deadline_expired, resolve_url
 from converter.image.registry.upload_sessions import range_end
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class BlobsMixin:
         loc = resp.headers.get("Location")
         if not loc:
             raise RegistryError(f"{self.host}/{repo}: upload session without a Location header")
-        url = urljoin(self.http.base_url + "/", loc.strip())
+        url = resolve_url(self.http.base_url + "/", loc, f"{self.host}/{repo}: upload Location")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RegistryError(f"{self.host}/{repo}: unusable upload Location {loc[:200]!r} (not an http(s) URL)")

@@ -62,13 +62,23 @@ def is_local_host(host: str) -> bool:
     return hostname(host) in _LOCAL_HOSTS
 
 
+def resolve_url(base: str, ref: str, what: str) -> str:
+    """`ref` (a Location, realm or Link) made absolute against `base`; RegistryError when it is no URL at all."""
+    try:
+        url = urljoin(base, ref.strip())
+        urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise RegistryError(f"{what}: unusable URL {_shown(ref)!r} ({e})") from None
+    return url
+
+
 def origin(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of an http(s) URL, default ports filled in."""
-    u = urlsplit(url)
     try:
+        u = urlsplit(url)
         port = u.port
     except ValueError:
-        port = None
+        return ("", url, 0)
     scheme = u.scheme.lower()
     return scheme, (u.hostname or "").lower(), port or (443 if scheme == "https" else 80)
 
@@ -320,6 +330,9 @@ class Transport:
         self.session.mount("http://", adapter)
         self.session.headers["User-Agent"] = "zconv (oras-py session)"
         self.session.trust_env = True
+        # Redirects are followed by send(), under its policy; requests must not even parse them
+        # (with allow_redirects=False it still prepares the next request from the Location).
+        self.session.get_redirect_target = lambda resp: None  # type: ignore[method-assign]
         self._verify: bool | str = tls_verify
         certs = self._cert_dir(cert_dir)
         if certs and tls_verify:
@@ -465,7 +478,7 @@ class Transport:
             auth_origin = self.registry_origin() if self.scheme else origin(url)
         seen: list[str] = []
         while True:
-            scheme = urlsplit(url).scheme.lower()
+            scheme = origin(url)[0]
             if scheme not in ("http", "https"):
                 raise RegistryError(f"registry {self.host}: refusing to follow {_shown(url)} (not an http(s) URL)")
             h = dict(headers)
@@ -484,7 +497,7 @@ class Transport:
             if not loc:
                 raise RegistryError(f"{_shown(url)}: redirect (HTTP {resp.status_code}) without a Location")
             seen.append(url)
-            url = urljoin(url, loc.strip())
+            url = resolve_url(url, loc, f"{_shown(seen[0])}: redirect")
             if url in seen:
                 raise RegistryError(f"{_shown(seen[0])}: redirect loop (back to {_shown(url)})")
             if len(seen) > MAX_REDIRECTS:

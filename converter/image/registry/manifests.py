@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin
 
 from converter.errors import BadInputError, RegistryError
 from converter.image.model import (
@@ -19,6 +18,7 @@ from converter.image.model import (
 )
 from converter.image.registry.blobs import read_body
 from converter.image.registry.errors import check_status, error_codes, error_detail
+from converter.image.registry.http import resolve_url
 from converter.jsonload import load_json
 
 if TYPE_CHECKING:
@@ -111,5 +111,5 @@ class ManifestsMixin:
             if not nxt:
                 break
             # A next page on another host is fetched without our credentials (Transport.send decides).
-            path = urljoin(resp.url, nxt)
+            path = resolve_url(resp.url, nxt, f"{where}: next page")
         return sorted(set(tags))
