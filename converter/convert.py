@@ -47,7 +47,7 @@ from converter.image.model import (
     descriptor_for,
     short,
 )
-from converter.imageread import Node, check_range_requests, config_diff_ids, config_platform, layer_name, walk
+from converter.imageread import Node, config_diff_ids, config_platform, layer_name, walk
 from converter.progress import Progress
 
 # What the decoders (gzip, zstd, tar) raise on a corrupt or truncated layer: bad input, exit 2.
@@ -234,7 +234,7 @@ class Converter:
         layer = next((r for r in self.report.layers if r.chunked), None)
         if layer is None:
             return
-        check = check_range_requests(self.dst, layer.new_digest, layer.new_size)
+        check = self.dst.check_range_requests(Descriptor(media_type="", digest=layer.new_digest, size=layer.new_size))
         if check is not None:
             self.report.range_check = {"ok": check.ok, "message": check.message}
             if not check.ok:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from converter.chunked.reader import BlobAccess
-from converter.errors import BadInputError, ZconvError
+from converter.errors import BadInputError
 from converter.image.model import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     Descriptor,
-    ImageSink,
     ImageSource,
     Index,
     Manifest,
@@ -150,33 +148,3 @@ def layer_access(src: ImageSource, desc: Descriptor, name: str) -> BlobAccess:
         return src.read_blob_range(desc, offset, length)
 
     return BlobAccess(fetch, desc.size, name)
-
-
-def range_checker(place: ImageSource | ImageSink) -> Callable[[str, int], Any] | None:
-    """For a registry source or sink: a probe of its HTTP Range answers for a blob (digest, size).
-
-    None for places that are not registries (files always answer ranged reads).
-    """
-    client = getattr(place, "client", None)
-    repo = getattr(place, "repository", None)
-    if client is None or not repo or not hasattr(client, "check_range_requests"):
-        return None
-
-    def check(digest: str, size: int) -> Any:
-        return client.check_range_requests(repo, digest, size)
-
-    return check
-
-
-def check_range_requests(place: ImageSource | ImageSink, digest: str, size: int) -> Any:
-    """Whether a registry answers HTTP Range requests correctly: None off registries, else `.ok` and `.message`.
-
-    Never raises: a failed check is itself a reason to warn.
-    """
-    check = range_checker(place)
-    if check is None:
-        return None
-    try:
-        return check(digest, size)
-    except ZconvError as e:
-        return SimpleNamespace(ok=False, message=f"could not check HTTP Range support: {e}")

@@ -29,7 +29,7 @@ from converter.image.model import (
     Manifest,
     short,
 )
-from converter.imageread import Node, check_range_requests, layer_access, walk
+from converter.imageread import Node, layer_access, walk
 from converter.progress import human
 from converter.textsafe import printable_lines
 
@@ -168,7 +168,7 @@ def inspect_source(src: ImageSource, with_toc: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"reference": src.description, "images": images}
     layer = next((x for x in (_first_chunked(i) for i in images) if x), None)
     if layer is not None:
-        check = check_range_requests(src, layer["digest"], layer["size"])
+        check = src.check_range_requests(Descriptor(media_type=layer.get("media_type", ""), digest=layer["digest"], size=layer["size"]))
         if check is not None:
             result["range_check"] = {"ok": check.ok, "message": check.message}
     return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -209,7 +208,7 @@ def push_image(
     warn: Callable[[str], None] = logging.getLogger("zconv").warning,
 ) -> PushReport:
     """Copy what `src_ref` names to the registry reference `dst_ref`, blobs byte for byte."""
-    from converter.image.refs import open_source, parse_ref
+    from converter.image.refs import is_valid_tag, open_source, parse_ref
 
     started = time.monotonic()
     if not dst_ref.startswith("docker://"):
@@ -253,7 +252,7 @@ def push_image(
             with sink:
                 pusher.tree(top, src.description)
                 if not dest.digest:
-                    tag = dest.tag or (src_tag if src_tag and not src_tag.startswith("@") and _plain_tag(src_tag) else "latest")
+                    tag = dest.tag or (src_tag if src_tag and not src_tag.startswith("@") and is_valid_tag(src_tag) else "latest")
                     sink.tag(tag, top)
                     report.destination = f"docker://{dest.host}/{dest.repository}:{tag}"
                 sink.commit()
@@ -277,8 +276,4 @@ def push_image(
     return report
 
 
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 
-
-def _plain_tag(tag: str) -> bool:
-    return bool(_TAG_RE.match(tag))

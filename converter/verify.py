@@ -61,7 +61,7 @@ from converter.chunked.reader import (
 )
 from converter.errors import BadInputError
 from converter.image.model import Descriptor, ImageSource, short
-from converter.imageread import config_diff_ids, iter_manifests, layer_access, layer_name, range_checker
+from converter.imageread import config_diff_ids, iter_manifests, layer_access, layer_name
 from converter.textsafe import printable_lines
 
 # A full check decompresses the whole layer; refuse layers whose tar-split
@@ -433,9 +433,8 @@ def verify_source(src: ImageSource, full: bool | None = None, reference: str | N
     full None: full checks for local sources (layouts, archives: reading is
     cheap), metadata checks through range requests for registries.
     """
-    checker = range_checker(src)
     if full is None:
-        full = checker is None
+        full = not src.remote
     report = VerifyReport(reference or src.description, full)
     range_checked = False
     tmpdir: str | None = None
@@ -452,13 +451,13 @@ def verify_source(src: ImageSource, full: bool | None = None, reference: str | N
                 name = layer_name(label, i, len(m.layers), desc)
                 diff_id = diff_ids[i] if diff_ids and i < len(diff_ids) else None
                 chunked = is_chunked(desc.annotations)
-                if chunked and checker is not None and not range_checked:
+                if chunked and src.remote and not range_checked:
                     # The consumer fetches TOC, tar-split and chunks with
                     # (multi-)range requests; without them it pulls whole layers.
                     range_checked = True
-                    rc = checker(desc.digest, desc.size)
-                    report.range_requests = rc.message
-                    if not rc.ok:
+                    rc = src.check_range_requests(desc)
+                    report.range_requests = rc.message if rc else "not checked"
+                    if rc and not rc.ok:
                         report.problems.append(rc.message)
 
                 access = layer_access(src, desc, name)
@@ -498,7 +497,7 @@ def verify_source(src: ImageSource, full: bool | None = None, reference: str | N
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    if checker is None:
+    if not src.remote:
         report.range_requests = "local source (reads by seeking)"
     elif not range_checked:
         report.range_requests = "not checked (no zstd:chunked layer)"

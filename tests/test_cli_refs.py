@@ -20,7 +20,7 @@ from converter.image.model import (
     descriptor_for,
     parse_manifest_or_index,
 )
-from converter.image.refs import parse_ref
+from converter.image.refs import parse_docker_reference, parse_ref
 from converter.progress import Progress
 
 D = "sha256:" + "ab" * 32
@@ -70,6 +70,80 @@ def test_references_parse_into_their_parts(raw, expect):
 def test_bad_references_are_usage_errors(raw, message):
     with pytest.raises(UsageError, match=message):
         parse_ref(raw)
+
+
+D512 = "sha512:" + "cd" * 64
+
+
+# The distribution reference grammar (github.com/distribution/reference), as one table:
+# (reference, (host, repository, tag, digest)) with default_tag="latest", as sources use it.
+@pytest.mark.parametrize(
+    "raw, parts",
+    [
+        ("docker://alpine", ("docker.io", "library/alpine", "latest", None)),
+        ("alpine:3.19", ("docker.io", "library/alpine", "3.19", None)),
+        ("docker://docker.io/alpine", ("docker.io", "library/alpine", "latest", None)),
+        ("docker://index.docker.io/library/busybox:1", ("docker.io", "library/busybox", "1", None)),
+        ("docker://registry-1.docker.io/org/app", ("docker.io", "org/app", "latest", None)),
+        ("docker://user/app", ("docker.io", "user/app", "latest", None)),
+        ("docker://localhost/app", ("localhost", "app", "latest", None)),
+        ("docker://localhost:5000/a/b/c:v1", ("localhost:5000", "a/b/c", "v1", None)),
+        ("docker://127.0.0.1:5000/team/app:1.2", ("127.0.0.1:5000", "team/app", "1.2", None)),
+        ("docker://[::1]:5000/app:x", ("[::1]:5000", "app", "x", None)),
+        ("docker://quay.io/x/y@" + D, ("quay.io", "x/y", None, D)),
+        ("docker://quay.io/x/y@" + D512, ("quay.io", "x/y", None, D512)),
+        ("docker://quay.io/x/y:t@" + D, ("quay.io", "x/y", "t", D)),
+        ("docker://h.io/a__b/c-d/e.f/g--h:T_1.2-x", ("h.io", "a__b/c-d/e.f/g--h", "T_1.2-x", None)),
+        ("docker://h.io/app:_under", ("h.io", "app", "_under", None)),
+        ("docker://h.io/app:" + "t" * 128, ("h.io", "app", "t" * 128, None)),
+        ("docker://my-reg.example.com:443/app", ("my-reg.example.com:443", "app", "latest", None)),
+    ],
+)
+def test_docker_reference_grammar_valid(raw, parts):
+    r = parse_docker_reference(raw, default_tag="latest")
+    assert (r.host, r.repository, r.tag, r.digest) == parts
+    # the same parser serves parse_ref's docker:// transport
+    if raw.startswith("docker://"):
+        ref = parse_ref(raw)
+        assert (ref.host, ref.repository, ref.tag, ref.digest) == parts
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ("docker://", "missing registry"),
+        ("docker://h.io/UPPER", "invalid repository component 'UPPER'"),
+        ("docker://h.io/app:.dot", "invalid tag"),
+        ("docker://h.io/app:-dash", "invalid tag"),
+        ("docker://h.io/app:" + "t" * 129, "invalid tag"),
+        ("docker://h.io/app:caf\u00e9", "invalid tag"),  # \w is ASCII in the grammar
+        ("docker://h.io/app:bad/tag", "invalid repository component|invalid tag"),
+        ("docker://h.io/app:", "invalid tag"),
+        ("docker://h.io/app@sha256:123", "malformed digest"),
+        ("docker://h.io/app@sha256:" + "A" * 64, "malformed digest"),
+        ("docker://h.io/app@md5:" + "a" * 32, "malformed digest"),
+        ("docker://h.io/app@sha512:" + "a" * 64, "malformed digest"),
+        ("docker://h.io/a//b", "invalid repository component ''"),
+        ("docker://h.io/a-/b", "invalid repository component 'a-'"),
+        ("docker://h.io/_a", "invalid repository component '_a'"),
+        ("docker://h.io/a___b", "invalid repository component"),
+        ("docker://-bad.io/app", "invalid registry host"),
+        ("docker://h.io:port/app", "invalid registry host"),
+        ("docker://h.io/" + "a" * 251, "longer than 255"),
+    ],
+)
+def test_docker_reference_grammar_invalid(raw, message):
+    with pytest.raises(UsageError, match=message):
+        parse_docker_reference(raw)
+    with pytest.raises(UsageError, match=message):
+        parse_ref(raw)
+
+
+def test_docker_reference_default_tag_is_the_callers():
+    assert parse_docker_reference("docker://h.io/app").tag is None  # push takes the source's tag then
+    assert parse_docker_reference("docker://h.io/app", default_tag="latest").tag == "latest"
+    assert parse_docker_reference("docker://h.io/app@" + D, default_tag="latest").tag is None
+    assert str(parse_docker_reference("docker://h.io/app:v1@" + D)) == f"h.io/app:v1@{D}"
 
 
 def test_verifying_reader_catches_truncation_excess_and_mismatch():

@@ -350,7 +350,7 @@ def test_login_writes_auth_file_used_by_push(auth_registry, tmp_path):
     assert p.returncode == 5
     line = one_error_line(p)
     assert auth_registry.host in line
-    assert "(from standard input)" in line and "--creds" not in line  # the password came from stdin
+    assert "(from --password-stdin (standard input))" in line and "--creds" not in line  # the password came from stdin
     assert not authfile.exists()
     p = zconv("login", auth_registry.host, "-u", "alice", "--password-stdin", stdin="s3cret\n")
     assert p.returncode == 0, p.stderr

@@ -19,6 +19,10 @@ CREDS_HELP = "USER:PASSWORD for the registry (overrides auth files)"
 TLS_HELP = "true (default) or false: verify the registry's TLS certificate; false also allows plain HTTP"
 CERT_DIR_HELP = "directory of CA certificates (*.crt) and client certificates (*.cert/*.key), as podman's --cert-dir"
 AUTHFILE_HELP = "Registry credentials file (auth.json; default: podman's lookup order)."
+TIMEOUT_HELP = (
+    "Seconds a registry request may go without progress (connect, headers and body together) "
+    "before it fails (default 60)."
+)
 
 
 def parse_bool(value: str, option: str) -> bool:
@@ -31,12 +35,13 @@ def parse_bool(value: str, option: str) -> bool:
 
 
 def transport_options(
-    creds: str | None, tls_verify: str, cert_dir: str | None, authfile: str | None
+    creds: str | None, tls_verify: str, cert_dir: str | None, authfile: str | None, timeout: float | None = None
 ) -> TransportOptions:
-    """TransportOptions from the shared registry flags (--creds, --tls-verify, --cert-dir, --authfile)."""
+    """TransportOptions from the shared registry flags (--creds, --tls-verify, --cert-dir, --authfile, --timeout)."""
     return TransportOptions(
         creds=creds,
         tls_verify=parse_bool(tls_verify, "--tls-verify"),
         cert_dir=cert_dir,
         auth_file=authfile,
+        timeout=timeout,
     )

@@ -12,7 +12,7 @@ import typer
 
 from converter.chunked.writer import DEFAULT_LEVEL
 from converter.cli_app import app
-from converter.commands import AUTHFILE_HELP, EXIT_CODES_HELP, transport_options
+from converter.commands import AUTHFILE_HELP, EXIT_CODES_HELP, TIMEOUT_HELP, transport_options
 from converter.textsafe import printable
 
 
@@ -50,6 +50,7 @@ def convert(
                                    help="Verify registry TLS certificates (true/false)."),
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help="Directory of CA certificates (*.crt) for registries."),
     authfile: Optional[str] = typer.Option(None, "--authfile", help=AUTHFILE_HELP),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
     """Convert every layer of an image (all tags, all platforms) to zstd:chunked.
 
@@ -67,8 +68,8 @@ def convert(
         dst,
         ConvertOptions(level=level, threads=threads, strict=strict, force=force, dual=dual),
         progress,
-        src_options=transport_options(src_creds or creds, tls_verify, cert_dir, authfile),
-        dst_options=transport_options(dest_creds or creds, tls_verify, cert_dir, authfile),
+        src_options=transport_options(src_creds or creds, tls_verify, cert_dir, authfile, timeout),
+        dst_options=transport_options(dest_creds or creds, tls_verify, cert_dir, authfile, timeout),
     )
     if json_out:
         typer.echo(json.dumps(report.to_json(), indent=2))

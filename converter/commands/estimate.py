@@ -12,7 +12,15 @@ from typing import Optional
 import typer
 
 from converter.cli_app import app
-from converter.commands import AUTHFILE_HELP, CERT_DIR_HELP, CREDS_HELP, TLS_HELP, parse_bool, transport_options
+from converter.commands import (
+    AUTHFILE_HELP,
+    CERT_DIR_HELP,
+    CREDS_HELP,
+    TIMEOUT_HELP,
+    TLS_HELP,
+    parse_bool,
+    transport_options,
+)
 from converter.errors import UsageError
 
 
@@ -36,6 +44,7 @@ def estimate(
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help=TLS_HELP),
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP),
     authfile: Optional[str] = typer.Option(None, "--authfile", help=AUTHFILE_HELP),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
     """Predict a partial pull of NEW by a client that already has OLD, decided the way containers/storage decides.
 
@@ -50,7 +59,7 @@ def estimate(
 
     if len(refs) < 2:
         raise UsageError("estimate needs at least one OLD image and the NEW image")
-    options = transport_options(creds, tls_verify, cert_dir, authfile)
+    options = transport_options(creds, tls_verify, cert_dir, authfile, timeout)
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(open_source(parse_ref(r), options)) for r in refs]
         res = estimate_sources(sources[:-1], sources[-1], parse_bool(hard_links, "--hard-links"), platform,

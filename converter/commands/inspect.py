@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from converter.cli_app import app
-from converter.commands import AUTHFILE_HELP, EXIT_CODES_HELP, transport_options
+from converter.commands import AUTHFILE_HELP, EXIT_CODES_HELP, TIMEOUT_HELP, transport_options
 from converter.errors import BadInputError
 
 
@@ -25,6 +25,7 @@ def inspect(
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help="Verify registry TLS (true/false)."),
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help="Directory of CA certificates for the registry."),
     authfile: Optional[str] = typer.Option(None, "--authfile", help=AUTHFILE_HELP),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
     """Show manifests, layers, sizes, media types and zstd:chunked annotations.
 
@@ -36,7 +37,7 @@ def inspect(
     from converter.image.refs import open_source, parse_ref
     from converter.inspect import format_text, inspect_source, toc_errors
 
-    with open_source(parse_ref(ref), transport_options(creds, tls_verify, cert_dir, authfile)) as src:
+    with open_source(parse_ref(ref), transport_options(creds, tls_verify, cert_dir, authfile, timeout)) as src:
         result = inspect_source(src)
     if json_out:
         typer.echo(json.dumps(result, indent=2))

@@ -46,11 +46,8 @@ def login_registry(
         raise UsageError(f"login {host}: a username is required")
     if not password:
         raise UsageError(f"login {host}: a password is required")
-    creds = authmod.Credentials(username, password, source)
-    with RegistryClient(host, tls_verify=tls_verify, cert_dir=cert_dir,
-                        retry=RetryPolicy(retries=2, delay=1.0)) as client:
-        # RegistryClient only takes a --creds string, which would name --creds in its errors.
-        client._creds_arg = creds
+    with RegistryClient(host, creds=authmod.Credentials(username, password, source), tls_verify=tls_verify,
+                        cert_dir=cert_dir, retry=RetryPolicy(retries=2, delay=1.0)) as client:
         client.check_login()
     path = authmod.store_credentials(key, authmod.Credentials(username, password, "login"),
                                      path=None if auth_file is None else pathlib.Path(auth_file))
@@ -78,7 +75,7 @@ def login(
         if not user:
             raise UsageError("--password-stdin needs --username")
         pw = sys.stdin.readline().rstrip("\r\n")
-        source = "standard input"
+        source = "--password-stdin (standard input)"
     if not user:
         user = input("Username: ").strip()
     if not pw:

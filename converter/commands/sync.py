@@ -11,8 +11,8 @@ import sys
 import typer
 
 from converter.cli_app import app
+from converter.commands import AUTHFILE_HELP, CERT_DIR_HELP, CREDS_HELP, TIMEOUT_HELP, TLS_HELP, transport_options
 from converter.textsafe import printable
-from converter.commands import AUTHFILE_HELP, CERT_DIR_HELP, CREDS_HELP, TLS_HELP, transport_options
 
 
 @app.command(
@@ -54,6 +54,7 @@ def sync(
     tls_verify: str = typer.Option("true", "--tls-verify", help=TLS_HELP, metavar="BOOL"),
     cert_dir: str | None = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
     authfile: str | None = typer.Option(None, "--authfile", help=AUTHFILE_HELP, metavar="PATH"),
+    timeout: float | None = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
     """Convert every tag of repositories or a whole registry to zstd:chunked; safe to run again.
 
@@ -74,8 +75,8 @@ def sync(
         shard_from_env,
     )
 
-    src_opts = transport_options(src_creds or creds, tls_verify, cert_dir, authfile)
-    dst_opts = transport_options(dest_creds or creds, tls_verify, cert_dir, authfile)
+    src_opts = transport_options(src_creds or creds, tls_verify, cert_dir, authfile, timeout)
+    dst_opts = transport_options(dest_creds or creds, tls_verify, cert_dir, authfile, timeout)
     dest = Destination.parse(destination, suffix, dual)
     specs = parse_source(source, src_opts, tags)
     the_shard = parse_shard(shard) if shard else shard_from_env()
@@ -97,7 +98,7 @@ def sync(
             line += f" ({rec.layers_converted} layer(s) converted, {rec.layers_reused} reused, {human(rec.bytes_uploaded)} uploaded, {rec.seconds:.1f}s)"
         elif rec.reason:
             line += f" ({rec.reason})"
-        typer.echo(line)
+        typer.echo(printable(line))
 
     syncer = Syncer(specs, dest, ConvertOptions(level=level, threads=threads, strict=strict), dst_opts,
                     shard=the_shard, jobs=jobs, keep_going=keep_going, dry_run=dry_run, progress=progress,

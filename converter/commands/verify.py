@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from converter.cli_app import app
-from converter.commands import AUTHFILE_HELP, CERT_DIR_HELP, CREDS_HELP, TLS_HELP, transport_options
+from converter.commands import AUTHFILE_HELP, CERT_DIR_HELP, CREDS_HELP, TIMEOUT_HELP, TLS_HELP, transport_options
 from converter.errors import VerifyError
 
 
@@ -29,6 +29,7 @@ def verify(
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help=TLS_HELP),
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP),
     authfile: Optional[str] = typer.Option(None, "--authfile", help=AUTHFILE_HELP),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
 ) -> None:
     """Check every zstd:chunked layer the way containers/storage does before a partial pull, and more.
 
@@ -43,7 +44,7 @@ def verify(
     from converter.image.refs import open_source, parse_ref
     from converter.verify import format_report, verify_source
 
-    options = transport_options(creds, tls_verify, cert_dir, authfile)
+    options = transport_options(creds, tls_verify, cert_dir, authfile, timeout)
     with open_source(parse_ref(ref), options) as src:
         report = verify_source(src, full=True if full else None, reference=ref)
     if json_out:

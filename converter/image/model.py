@@ -482,9 +482,18 @@ class TransportOptions:
     cert_dir: str | None = None
     auth_file: str | None = None
     plain_http: bool | None = None  # None: only for localhost/127.0.0.1
+    timeout: float | None = None  # seconds a registry request may go without progress (None: 60)
 
 
 # ------------------------------------------------------------------ interfaces
+
+
+@dataclass(frozen=True)
+class RangeCheck:
+    """Whether a place answers HTTP Range requests correctly (partial pulls need them)."""
+
+    ok: bool
+    message: str
 
 
 class ImageSource(ABC):
@@ -494,6 +503,12 @@ class ImageSource(ABC):
     description: str = ""
     #: The tag (or "@sha256:..." digest) the reference named, None if none.
     reference_tag: str | None = None
+    #: Blobs come over the network (a registry), not from files read by seeking.
+    remote: bool = False
+
+    def check_range_requests(self, desc: Descriptor) -> RangeCheck | None:
+        """Does this place answer HTTP Range requests correctly for the blob? None where that does not apply."""
+        return None
 
     @abstractmethod
     def list_tags(self) -> list[str]:
@@ -585,6 +600,10 @@ class ImageSink(ABC):
     description: str = ""
     #: Tag the reference named (None: keep the source's tags).
     reference_tag: str | None = None
+
+    def check_range_requests(self, desc: Descriptor) -> RangeCheck | None:
+        """After the blob was written: is it served with correct HTTP Range answers? None where that does not apply."""
+        return None
 
     @abstractmethod
     def has_blob(self, desc: Descriptor) -> bool:

@@ -8,12 +8,12 @@
 As in containers/image, PATH ends at the first ':' after the transport
 (paths containing ':' cannot be written as references).
 
-Registries are implemented in converter/image/registry.py, which must provide
+Registries are implemented in the package converter/image/registry/, which provides
 
     open_source(ref: ImageRef, options: TransportOptions) -> ImageSource
     open_sink(ref: ImageRef, options: TransportOptions) -> ImageSink
 
-This module only parses the docker:// reference into its parts.
+This module holds the one parser of docker:// references (parse_docker_reference).
 """
 
 from __future__ import annotations
@@ -26,15 +26,30 @@ from converter.image.model import ImageSink, ImageSource, TransportOptions
 
 TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker")
 
-# OCI ref names / Docker tags. The layout spec allows more than Docker tags
-# (e.g. "localhost/app:1" as podman writes in archives), so layouts use the looser rule.
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# OCI ref names in layouts and archives: looser than Docker tags (e.g. "localhost/app:1" as podman writes in archives).
 _REFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-/:@+]+$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$")
-_HOST_RE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
+
+# ------------------------------------------------------------- docker references
+#
+# The grammar of github.com/distribution/reference (reference.go):
+#   name      := [domain '/'] path-component ['/' path-component]*   (at most 255 characters)
+#   domain    := domain-component ['.' domain-component]* [':' port]  |  '[' ipv6 ']' [':' port]
+#   path-component := [a-z0-9]+ (separator [a-z0-9]+)*,  separator := [_.] | '__' | '-'+
+#   tag       := [\w][\w.-]{0,127}   (\w is ASCII: [A-Za-z0-9_])
+#   digest    := algorithm ':' hex   (we accept the two algorithms OCI registers: sha256, sha512)
+# The first component is a domain when it has a '.' or ':' or is `localhost`; otherwise
+# the image is on Docker Hub, with `library/` added to one-component names.
+
+TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)
+_DIGEST_RE = re.compile(r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+_REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_HOST_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$"
+)
+NAME_MAX = 255
 
 DOCKER_HUB = "docker.io"
+_DOCKER_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io")
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,13 @@ class ImageRef:
 
     def __str__(self) -> str:
         return self.raw
+
+    @property
+    def docker_reference(self) -> DockerReference:
+        """The docker:// parts (only for transport "docker")."""
+        if self.transport != "docker" or not self.host or not self.repository:
+            raise UsageError(f"{self.raw!r} is not a docker:// reference")
+        return DockerReference(self.host, self.repository, self.tag, self.digest)
 
     @property
     def reference_tag(self) -> str | None:
@@ -69,40 +91,87 @@ def _split_path(rest: str, transport: str, raw: str) -> tuple[str, str | None]:
     return path, tag
 
 
-def _parse_docker(rest: str, raw: str) -> ImageRef:
-    if not rest.startswith("//"):
-        raise UsageError(f"{raw!r}: registry references are written docker://HOST[:PORT]/REPO[:TAG|@DIGEST]")
-    name = rest[2:]
-    if not name:
+def is_valid_tag(tag: str) -> bool:
+    return bool(TAG_RE.match(tag))
+
+
+@dataclass(frozen=True)
+class DockerReference:
+    """`HOST[:PORT]/REPO[:TAG][@DIGEST]`, as `docker://` references name images."""
+
+    host: str  # as the user wrote it ("docker.io" for Docker Hub)
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def api_host(self) -> str:
+        return "registry-1.docker.io" if self.host == DOCKER_HUB else self.host
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}/{self.repository}"
+
+    def __str__(self) -> str:
+        s = self.name
+        if self.tag:
+            s += f":{self.tag}"
+        if self.digest:
+            s += f"@{self.digest}"
+        return s
+
+
+def parse_docker_reference(text: str, *, default_tag: str | None = None) -> DockerReference:
+    """Parse `[docker://]HOST/REPO[:TAG][@DIGEST]`; UsageError naming what is wrong.
+
+    `default_tag` is the tag of a reference that names neither a tag nor a
+    digest ("latest" for sources; None where the caller decides, as push does).
+    """
+    raw = text
+    for prefix in ("docker://", "//"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    if not text:
         raise UsageError(f"{raw!r}: missing registry and repository after docker://")
     digest = None
-    if "@" in name:
-        name, _, digest = name.partition("@")
+    if "@" in text:
+        text, _, digest = text.partition("@")
         if not _DIGEST_RE.match(digest):
-            raise UsageError(f"{raw!r}: malformed digest {digest!r} (expected sha256:<64 hex>)")
+            raise UsageError(f"{raw!r}: malformed digest {digest!r} (expected sha256:<64 hex> or sha512:<128 hex>)")
     tag = None
-    last = name.rsplit("/", 1)[-1]
+    last = text.rsplit("/", 1)[-1]
     if ":" in last:
-        name, _, tag = name.rpartition(":")
-        if not _TAG_RE.match(tag):
-            raise UsageError(f"{raw!r}: invalid tag {tag!r}")
-    parts = name.split("/")
+        text, _, tag = text.rpartition(":")
+        if not TAG_RE.match(tag):
+            raise UsageError(f"{raw!r}: invalid tag {tag!r} (letters, digits, '_', '.', '-'; at most 128, not starting with '.' or '-')")
+    parts = text.split("/")
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0].startswith("[")):
         host, repo_parts = parts[0], parts[1:]
         if not _HOST_RE.match(host):
             raise UsageError(f"{raw!r}: invalid registry host {host!r}")
+        if host in _DOCKER_HUB_ALIASES:
+            host = DOCKER_HUB
     else:
         host, repo_parts = DOCKER_HUB, parts
-        if len(repo_parts) == 1:
-            repo_parts = ["library"] + repo_parts
+    if host == DOCKER_HUB and len(repo_parts) == 1:
+        repo_parts = ["library"] + repo_parts
     for comp in repo_parts:
         if not _REPO_COMPONENT_RE.match(comp):
-            raise UsageError(
-                f"{raw!r}: invalid repository component {comp!r} (lowercase letters, digits, '.', '_', '-')"
-            )
+            raise UsageError(f"{raw!r}: invalid repository component {comp!r} (lowercase letters, digits, '.', '_', '-')")
+    repository = "/".join(repo_parts)
+    if len(f"{host}/{repository}") > NAME_MAX:
+        raise UsageError(f"{raw!r}: repository name longer than {NAME_MAX} characters")
     if tag is None and digest is None:
-        tag = "latest"
-    return ImageRef("docker", raw, host=host, repository="/".join(repo_parts), tag=tag, digest=digest)
+        tag = default_tag
+    return DockerReference(host, repository, tag, digest)
+
+
+def _parse_docker(rest: str, raw: str) -> ImageRef:
+    if not rest.startswith("//"):
+        raise UsageError(f"{raw!r}: registry references are written docker://HOST[:PORT]/REPO[:TAG|@DIGEST]")
+    r = parse_docker_reference(raw, default_tag="latest")
+    return ImageRef("docker", raw, host=r.host, repository=r.repository, tag=r.tag, digest=r.digest)
 
 
 def parse_ref(raw: str) -> ImageRef:
