@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import random
@@ -63,7 +62,7 @@ def test_file_found_by_digest_under_any_name() -> None:
 def test_hard_links_need_same_owner_mode_and_xattrs() -> None:
     # make_tar writes regular files with mode 0644; tweak the OLD mode through the TOC entry.
     b, layer = _layer([("a", A)], chunk_size=0)
-    entries = [e if e.name != "a" else dataclasses.replace(e, mode=0o600) for e in layer.entries]
+    entries = [e if e.name != "a" else e.replace(mode=0o600) for e in layer.entries]
     cache = StoreCache()
     cache.add_layer(entries)
     nb, new = _layer([("a", A)], chunk_size=0)

@@ -55,6 +55,8 @@ from converter.chunked.reader.layer import (
     read_tarsplit_bytes,
     read_toc,
     read_toc_bytes,
+    read_toc_compressed,
+    parse_toc_frame,
 )
 from converter.chunked.reader.tarsplit import (
     TarSplitEntry,
@@ -92,5 +94,5 @@ __all__ = [
     "iter_tarsplit", "iter_tarsplit_headers", "legacy_annotations", "load_layer", "load_toc", "normalize_time",
     "parse_annotations", "parse_rfc3339", "parse_tar_header", "parse_toc", "parse_toc_entries", "payload_end_of",
     "read_chunk", "read_footer", "read_frame", "read_tarsplit", "read_tarsplit_bytes", "read_toc",
-    "read_toc_bytes", "tar_size_from_tarsplit", "toc_entries", "toc_type",
+    "read_toc_bytes", "read_toc_compressed", "parse_toc_frame", "tar_size_from_tarsplit", "toc_entries", "toc_type",
 ]

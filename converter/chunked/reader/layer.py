@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Mapping, Protocol
+from typing import IO, Any, Iterator, Mapping, Protocol
 
 from converter.chunked.format import (
     SKIPPABLE_HEADER_SIZE,
+    TYPE_REG,
     ChunkedAnnotations,
     parse_annotations,
 )
@@ -25,6 +26,7 @@ from converter.chunked.reader.access import (
     bad,
     decompress_bounded,
     decompress_to_file,
+    iter_decompressed,
     read_footer,
     read_frame,
 )
@@ -37,7 +39,6 @@ from converter.chunked.reader.toc import (
     parse_toc,
     parse_toc_entries,
     toc_entries,
-    toc_text,
 )
 from converter.errors import BadInputError
 
@@ -56,8 +57,8 @@ def payload_end_of(ann: ChunkedAnnotations) -> int:
     return min(ann.toc.offset, ann.tarsplit.offset if ann.tarsplit else ann.toc.offset) - SKIPPABLE_HEADER_SIZE
 
 
-def read_toc_bytes(access: BlobAccess, ann: ChunkedAnnotations) -> tuple[bytes, bytes]:
-    """(compressed, uncompressed) TOC, with the manifest-checksum and declared length checked."""
+def read_toc_compressed(access: BlobAccess, ann: ChunkedAnnotations) -> bytes:
+    """The compressed TOC, with the manifest-checksum checked."""
     compressed = read_frame(access, ann.toc, "TOC")
     got = _sha256(compressed)
     if got != ann.checksum:
@@ -65,13 +66,51 @@ def read_toc_bytes(access: BlobAccess, ann: ChunkedAnnotations) -> tuple[bytes, 
             access.name,
             f"TOC at offset {ann.toc.offset}: sha256 {got} does not match manifest-checksum {ann.checksum}",
         )
+    return compressed
+
+
+def _toc_length_error(access: BlobAccess, ann: ChunkedAnnotations, n: int) -> BadInputError:
+    return bad(
+        access.name,
+        f"TOC at offset {ann.toc.offset} decompresses to {n} bytes, the annotation says {ann.toc.uncompressed_length}",
+    )
+
+
+def read_toc_bytes(access: BlobAccess, ann: ChunkedAnnotations) -> tuple[bytes, bytes]:
+    """(compressed, uncompressed) TOC, with the manifest-checksum and declared length checked."""
+    compressed = read_toc_compressed(access, ann)
     data = decompress_bounded(compressed, ann.toc.uncompressed_length, f"{access.name}: TOC at offset {ann.toc.offset}")
     if len(data) != ann.toc.uncompressed_length:
-        raise bad(
-            access.name,
-            f"TOC at offset {ann.toc.offset} decompresses to {len(data)} bytes, the annotation says {ann.toc.uncompressed_length}",
-        )
+        raise _toc_length_error(access, ann, len(data))
     return compressed, data
+
+
+def parse_toc_frame(access: BlobAccess, ann: ChunkedAnnotations, compressed: bytes) -> tuple[list[TocEntry], str | None]:
+    """(typed entries, tarSplitDigest) of the compressed TOC, decompressed and parsed piece by piece."""
+    total = 0
+
+    def pieces() -> Iterator[bytes]:
+        nonlocal total
+        for piece in iter_decompressed(
+            compressed, ann.toc.uncompressed_length, f"{access.name}: TOC at offset {ann.toc.offset}"
+        ):
+            total += len(piece)
+            yield piece
+
+    gen = pieces()
+    try:
+        entries, tsd = parse_toc_entries(gen, access.name)
+        for _ in gen:  # the parser stops at the end of the JSON; count what follows
+            pass
+    except BadInputError:
+        for _ in gen:  # a short TOC is reported as such, not as the JSON error it causes
+            pass
+        if total != ann.toc.uncompressed_length:
+            raise _toc_length_error(access, ann, total) from None
+        raise
+    if total != ann.toc.uncompressed_length:
+        raise _toc_length_error(access, ann, total)
+    return entries, tsd
 
 
 def read_toc(
@@ -98,21 +137,13 @@ def read_toc(
 
 @dataclass
 class Toc:
-    """A layer's TOC, checked: typed entries and the regular files with their chunks."""
+    """A layer's TOC, checked: typed entries and the regular files with payload, with their chunks."""
 
     annotations: ChunkedAnnotations
     compressed: bytes
     entries: list[TocEntry]
     files: list[TocFile]
     tarsplit_digest: str | None
-
-
-def _parse_toc_frame(access: BlobAccess, ann: ChunkedAnnotations) -> tuple[bytes, list[TocEntry], str | None]:
-    compressed, data = read_toc_bytes(access, ann)
-    text = toc_text(data, access.name)
-    del data  # only the text stays while the entries are built
-    entries, tsd = parse_toc_entries(text, access.name)
-    return compressed, entries, tsd
 
 
 def load_toc(
@@ -125,7 +156,8 @@ def load_toc(
     """The layer's TOC, fully checked, in compact form (what `inspect` reads)."""
     access = as_access(reader, size, name)
     ann = parse_annotations(annotations, access.size, access.name, require_tarsplit=False)
-    compressed, entries, tsd = _parse_toc_frame(access, ann)
+    compressed = read_toc_compressed(access, ann)
+    entries, tsd = parse_toc_frame(access, ann, compressed)
     files = group_files(entries, payload_end_of(ann), access.name)
     return Toc(ann, compressed, entries, files, tsd)
 
@@ -271,20 +303,19 @@ def load_layer(
             findings.stats.update(
                 tarsplit_compressed=ann.tarsplit.length, tarsplit_uncompressed=ann.tarsplit.uncompressed_length
             )
-    toc_c, toc_raw = read_toc_bytes(access, ann)
+    toc_c = read_toc_compressed(access, ann)
+    if findings is not None:
+        _footer_findings(access, ann, findings)
+    entries, tsd = parse_toc_frame(access, ann, toc_c)
     if findings is not None:
         findings.checks.append("TOC sha256 equals manifest-checksum; decompresses to its declared length")
-        _footer_findings(access, ann, findings)
-    text = toc_text(toc_raw, name)
-    del toc_raw  # only the text stays while the entries are built
-    entries, tsd = parse_toc_entries(text, name)
-    del text
     files = group_files(entries, payload_end_of(ann), name)
     if findings is not None:
         findings.checks.append(
             "TOC entries well formed: known types, no '..', no duplicate paths, chunks tile files, ranges disjoint"
         )
-        findings.stats.update(entries=len(entries), files=len(files), chunks=sum(len(f.chunks) for f in files))
+        regular = sum(1 for e in entries if e.type == TYPE_REG)
+        findings.stats.update(entries=len(entries), files=regular, chunks=sum(len(f.chunks) for f in files))
     ts_c, ts = read_tarsplit(access, ann, tsd)
     layer = ChunkedLayer(name, access, ann, toc_c, {"version": 1, "tarSplitDigest": tsd}, entries, files, ts_c, ts)
     try:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import codecs
 import datetime as _dt
 import functools
 import json
 import re
 import types
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from operator import attrgetter
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
 
 from converter.chunked.format import (
     CHUNK_TYPE_ZEROS,
@@ -35,31 +37,117 @@ _GO_ZERO_TIME = -62135596800  # 0001-01-01T00:00:00Z, Go's time.Time{}
 _NO_XATTRS: Mapping[str, str] = types.MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
+_META_DEFAULTS = (0, None, "", 0, 0, None, None, 0, 0, ())
+_DATA_DEFAULTS = (0, "", 0, 0, 0, 0, "", "")
+_FIELDS = ("index", "type", "name", "linkname", "mode", "size", "uid", "gid", "modtime", "accesstime",
+           "changetime", "devmajor", "devminor", "xattrs", "digest", "offset", "end_offset", "chunk_size",
+           "chunk_offset", "chunk_digest", "chunk_type")
+# Values that repeat across the entries of a layer (types, modes, owners,
+# times, link names) are shared, so a TOC of a million entries costs little
+# more than its names and digests.
+_interned: dict[Any, Any] = {}
+
+
+def _intern(v: Any) -> Any:
+    if len(_interned) > 100_000:
+        _interned.clear()
+    return _interned.setdefault(v, v)
+
+
 class TocEntry:
-    """One TOC entry; absent fields are 0 / "" / None as in the consumer."""
+    """One TOC entry; absent fields are 0 / "" / None as in the consumer.
+
+    Immutable and compact: the metadata that entries of a layer mostly
+    share (mode, owner, times, link name, device numbers, xattrs) is one
+    interned tuple; size, digest, payload range and chunk fields another,
+    None for entries without payload (directories, links, empty files).
+    """
+
+    __slots__ = ("index", "type", "name", "_meta", "_data")
 
     index: int
     type: str
     name: str
-    linkname: str = ""
-    mode: int = 0
-    size: int = 0
-    uid: int = 0
-    gid: int = 0
-    modtime: tuple[int, int] | None = None  # (unix seconds, nanoseconds)
-    accesstime: tuple[int, int] | None = None
-    changetime: tuple[int, int] | None = None
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: Mapping[str, str] = field(default_factory=lambda: _NO_XATTRS)
-    digest: str = ""
-    offset: int = 0
-    end_offset: int = 0
-    chunk_size: int = 0
-    chunk_offset: int = 0
-    chunk_digest: str = ""
-    chunk_type: str = ""
+
+    def __init__(
+        self,
+        index: int,
+        type: str,
+        name: str,
+        linkname: str = "",
+        mode: int = 0,
+        size: int = 0,
+        uid: int = 0,
+        gid: int = 0,
+        modtime: tuple[int, int] | None = None,
+        accesstime: tuple[int, int] | None = None,
+        changetime: tuple[int, int] | None = None,
+        devmajor: int = 0,
+        devminor: int = 0,
+        xattrs: Mapping[str, str] | None = None,
+        digest: str = "",
+        offset: int = 0,
+        end_offset: int = 0,
+        chunk_size: int = 0,
+        chunk_offset: int = 0,
+        chunk_digest: str = "",
+        chunk_type: str = "",
+    ) -> None:
+        put = object.__setattr__
+        put(self, "index", index)
+        put(self, "type", _intern(type))
+        put(self, "name", name)
+        meta = (mode, modtime, linkname, uid, gid, accesstime, changetime, devmajor, devminor,
+                tuple((xattrs or {}).items()))
+        put(self, "_meta", None if meta == _META_DEFAULTS else _intern(meta))
+        data = (size, digest, offset, end_offset, chunk_size, chunk_offset, chunk_digest, chunk_type)
+        put(self, "_data", None if data == _DATA_DEFAULTS else data)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"TocEntry is immutable (cannot set {key})")
+
+    def _m(self, i: int) -> Any:
+        return _META_DEFAULTS[i] if self._meta is None else self._meta[i]
+
+    def _d(self, i: int) -> Any:
+        return _DATA_DEFAULTS[i] if self._data is None else self._data[i]
+
+    mode = property(lambda self: self._m(0))
+    modtime = property(lambda self: self._m(1))  # (unix seconds, nanoseconds)
+    linkname = property(lambda self: self._m(2))
+    uid = property(lambda self: self._m(3))
+    gid = property(lambda self: self._m(4))
+    accesstime = property(lambda self: self._m(5))
+    changetime = property(lambda self: self._m(6))
+    devmajor = property(lambda self: self._m(7))
+    devminor = property(lambda self: self._m(8))
+    xattrs = property(lambda self: dict(self._m(9)) if self._meta is not None and self._meta[9] else _NO_XATTRS)
+    size = property(lambda self: self._d(0))
+    digest = property(lambda self: self._d(1))
+    offset = property(lambda self: self._d(2))
+    end_offset = property(lambda self: self._d(3))
+    chunk_size = property(lambda self: self._d(4))
+    chunk_offset = property(lambda self: self._d(5))
+    chunk_digest = property(lambda self: self._d(6))
+    chunk_type = property(lambda self: self._d(7))
+
+    def fields(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _FIELDS}
+
+    def replace(self, **changes: Any) -> "TocEntry":
+        return TocEntry(**{**self.fields(), **changes})
+
+    def _key(self) -> tuple:
+        return (self.index, self.type, self.name, self._meta, self._data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TocEntry) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "TocEntry(" + ", ".join(f"{k}={v!r}" for k, v in self.fields().items()) + ")"
 
     def where(self, layer: str) -> str:
         return f"{layer}: TOC entry {self.index} ({self.type} {self.name!r})"
@@ -252,32 +340,62 @@ _DECODER = json.JSONDecoder()
 
 
 class _Scanner:
-    """Walks one JSON text value by value (for the TOC's top level and its entries list)."""
+    """Walks JSON text that arrives in pieces, value by value, keeping only what is not yet decoded."""
 
-    def __init__(self, text: str, name: str) -> None:
-        self.text = text
+    def __init__(self, pieces: Iterable[str], name: str) -> None:
+        self.pieces = iter(pieces)
+        self.buf = ""
         self.pos = 0
+        self.base = 0  # chars dropped before buf
         self.name = name
 
+    def _fill(self, at_least: int = 1) -> bool:
+        got = 0
+        parts = [self.buf[self.pos :]]
+        for piece in self.pieces:
+            parts.append(piece)
+            got += len(piece)
+            if got >= at_least:
+                break
+        self.base += self.pos
+        self.buf = "".join(parts)
+        self.pos = 0
+        return got > 0
+
+    def at(self) -> int:
+        return self.base + self.pos
+
     def skip(self) -> str:
-        m = _WS.match(self.text, self.pos)
-        self.pos = m.end() if m else self.pos
-        return self.text[self.pos : self.pos + 1]
+        while True:
+            m = _WS.match(self.buf, self.pos)
+            self.pos = m.end() if m else self.pos
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                return ""
 
     def expect(self, ch: str) -> None:
         if self.skip() != ch:
-            raise bad(self.name, f"TOC is not valid JSON (expected {ch!r} at char {self.pos})")
+            raise bad(self.name, f"TOC is not valid JSON (expected {ch!r} at char {self.at()})")
         self.pos += 1
 
     def value(self) -> Any:
         self.skip()
-        try:
-            v, self.pos = _DECODER.raw_decode(self.text, self.pos)
-        except RecursionError:
-            raise bad(self.name, "TOC JSON is nested too deeply") from None
-        except ValueError as e:
-            raise bad(self.name, f"TOC is not valid JSON ({str(e)[:200]})") from None
-        return v
+        while True:
+            try:
+                v, end = _DECODER.raw_decode(self.buf, self.pos)
+            except RecursionError:
+                raise bad(self.name, "TOC JSON is nested too deeply") from None
+            except ValueError as e:
+                # Maybe cut at the end of what arrived so far: fetch as much
+                # again (so a long value costs linear time) and retry.
+                if self._fill(max(1, len(self.buf) - self.pos)):
+                    continue
+                raise bad(self.name, f"TOC is not valid JSON ({str(e)[:200]})") from None
+            if end >= len(self.buf) and not isinstance(v, (dict, list, str)) and self._fill():
+                continue  # a number or literal may go on in the next piece
+            self.pos = end
+            return v
 
 
 def _iter_raw_entries(sc: _Scanner) -> Iterator[Any]:
@@ -288,11 +406,12 @@ def _iter_raw_entries(sc: _Scanner) -> Iterator[Any]:
     while True:
         yield sc.value()
         c = sc.skip()
-        sc.pos += 1
         if c == "]":
+            sc.pos += 1
             return
         if c != ",":
-            raise bad(sc.name, f"TOC is not valid JSON (expected ',' or ']' at char {sc.pos - 1})")
+            raise bad(sc.name, f"TOC is not valid JSON (expected ',' or ']' at char {sc.at()})")
+        sc.pos += 1
 
 
 def toc_text(data: bytes, name: str = "layer") -> str:
@@ -303,16 +422,33 @@ def toc_text(data: bytes, name: str = "layer") -> str:
         raise bad(name, f"TOC is not valid JSON ({str(e)[:200]})") from None
 
 
-def parse_toc_entries(data: bytes | str, name: str = "layer") -> tuple[list[TocEntry], str | None]:
+def _text_pieces(pieces: Iterable[bytes], name: str) -> Iterator[str]:
+    dec = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for piece in pieces:
+            yield dec.decode(piece)
+        yield dec.decode(b"", final=True)
+    except UnicodeDecodeError as e:
+        raise bad(name, f"TOC is not valid JSON ({str(e)[:200]})") from None
+
+
+def parse_toc_entries(data: bytes | str | Iterable[bytes], name: str = "layer") -> tuple[list[TocEntry], str | None]:
     """(typed entries, tarSplitDigest) of TOC JSON, parsed entry by entry.
 
-    Accepts what `parse_toc` + `toc_entries` accept and refuses the same
-    inputs, but never holds the raw entries: each is typed as soon as it is
-    decoded. Duplicate top-level keys: the last wins, as in `json.loads`.
+    `data` is the JSON (bytes or text) or an iterable of byte pieces (the
+    TOC as it is decompressed), so neither the text nor a dict per entry is
+    ever held whole. Accepts what `parse_toc` + `toc_entries` accept and
+    refuses the same inputs. Duplicate top-level keys: the last wins, as in
+    `json.loads`.
     """
-    text = toc_text(data, name) if isinstance(data, (bytes, bytearray)) else data
+    if isinstance(data, str):
+        pieces: Iterable[str] = (data,)
+    elif isinstance(data, (bytes, bytearray)):
+        pieces = (toc_text(data, name),)
+    else:
+        pieces = _text_pieces(data, name)
     del data
-    sc = _Scanner(text, name)
+    sc = _Scanner(pieces, name)
     if sc.skip() != "{":
         # Not an object: let the ordinary parser name the problem.
         sc.value()
@@ -327,7 +463,7 @@ def parse_toc_entries(data: bytes | str, name: str = "layer") -> tuple[list[TocE
         while True:
             key = sc.value()
             if not isinstance(key, str):
-                raise bad(name, f"TOC is not valid JSON (object key expected at char {sc.pos})")
+                raise bad(name, f"TOC is not valid JSON (object key expected at char {sc.at()})")
             sc.expect(":")
             lk = key.lower()
             if lk == "entries" and sc.skip() == "[":
@@ -346,9 +482,9 @@ def parse_toc_entries(data: bytes | str, name: str = "layer") -> tuple[list[TocE
             if c == "}":
                 break
             if c != ",":
-                raise bad(name, f"TOC is not valid JSON (expected ',' or '}}' at char {sc.pos - 1})")
+                raise bad(name, f"TOC is not valid JSON (expected ',' or '}}' at char {sc.at() - 1})")
     if sc.skip():
-        raise bad(name, f"TOC is not valid JSON (extra data at char {sc.pos})")
+        raise bad(name, f"TOC is not valid JSON (extra data at char {sc.at()})")
     if not entries_seen and low.get("entries") is not None:
         raise bad(name, "TOC entries is not a list")
     return entries, _check_header(low, name)
@@ -372,7 +508,7 @@ class PayloadChunk:
 
 @dataclass(frozen=True, slots=True)
 class TocFile:
-    """A regular file with its payload chunks (empty for empty files)."""
+    """A regular file with payload, and its payload chunks."""
 
     entry: TocEntry
     chunks: tuple[PayloadChunk, ...]
@@ -384,19 +520,26 @@ def group_files(entries: list[TocEntry], payload_end: int, name: str = "layer") 
     Checks that every range lies inside [1, payload_end) (before the TOC),
     that chunks tile the file exactly, that ranges of different frames do not
     overlap, and that no path appears twice (the consumer refuses that).
-    Raises BadInputError on the first problem.
+    Raises BadInputError on the first problem. Returns the files that have
+    payload (empty files have no ranges to read).
     """
     files: list[TocFile] = []
-    seen: dict[str, int] = {}
+    # Paths that appear more than once, found by sorting (cheaper than a set of every name).
+    by_name = sorted((e for e in entries if e.type != TYPE_CHUNK), key=attrgetter("name"))
+    dups = {a.name for a, b in zip(by_name, by_name[1:]) if a.name == b.name}
+    del by_name
+    seen: set[str] = set()
     i = 0
     n = len(entries)
     while i < n:
         e = entries[i]
         if e.type == TYPE_CHUNK:
             raise BadInputError(f"{e.where(name)}: chunk entry without a preceding regular file")
-        if e.name in seen:
-            raise BadInputError(f"{e.where(name)}: path appears twice in the TOC (first at entry {seen[e.name]})")
-        seen[e.name] = e.index
+        if e.name in dups:
+            if e.name in seen:
+                first = next(x.index for x in entries if x.name == e.name)
+                raise BadInputError(f"{e.where(name)}: path appears twice in the TOC (first at entry {first})")
+            seen.add(e.name)
         if e.type != TYPE_REG:
             if e.digest or e.offset or e.end_offset or e.chunk_size or e.chunk_digest:
                 raise BadInputError(f"{e.where(name)}: {e.type} entry carries payload fields")
@@ -414,7 +557,6 @@ def group_files(entries: list[TocEntry], payload_end: int, name: str = "layer") 
                 raise BadInputError(f"{e.where(name)}: empty file with payload ranges")
             if e.digest and e.digest != SHA256_EMPTY:
                 raise BadInputError(f"{e.where(name)}: empty file with digest {e.digest} (not the empty digest)")
-            files.append(TocFile(e, ()))
             continue
         if not e.digest:
             raise BadInputError(f"{e.where(name)}: file of {e.size} bytes without a digest")
