@@ -113,9 +113,7 @@ class StoreCache:
 
 
 def _fp_with(e: TocEntry, digest: str) -> str:
-    from dataclasses import replace
-
-    return hard_link_fingerprint(replace(e, digest=digest))
+    return hard_link_fingerprint(e.replace(digest=digest))
 
 
 # ----------------------------------------------------- replaying ApplyDiff
