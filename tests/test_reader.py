@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import zstandard
@@ -334,3 +336,51 @@ def test_tarsplit_file_name_without_toc_file_is_reported() -> None:
     layer = load_layer(io.BytesIO(b.blob), b.annotations, check_match=False)
     problems = check_toc_matches_tarsplit(layer.entries, layer.tarsplit, "L")
     assert any("'etc/hostname.bak', 6 bytes) has no regular file" in p for p in problems), problems
+
+
+def test_load_layer_collects_every_problem_when_given_findings() -> None:
+    """verify's mode: every mismatch recorded with the checks passed, the layer still returned."""
+
+    def retime(lines: list) -> None:
+        for d in lines:
+            if d["type"] == 1 and d["name"] in ("etc/hostname", "usr/bin/tool"):
+                d["name"] += ".renamed"
+
+    b = build_chunked(make_tar(sample_files()), mutate_tarsplit=retime)
+    with pytest.raises(BadInputError, match=r"\(and \d+ more\)"):
+        load_layer(io.BytesIO(b.blob), b.annotations)
+    found = SimpleNamespace(problems=[], checks=[], stats={})
+    with load_layer(io.BytesIO(b.blob), b.annotations, findings=found) as layer:
+        assert layer.entries
+    assert sum("has no regular file of that size" in p for p in found.problems) == 2, found.problems
+    assert "TOC sha256 equals manifest-checksum; decompresses to its declared length" in found.checks
+    assert "TOC and tar-split describe the same entries with the same metadata" not in found.checks
+    assert found.stats["entries"] == len(layer.entries) and found.stats["tarsplit_uncompressed"] == len(b.tarsplit)
+
+
+def test_tarsplit_streamed_in_small_pieces_reads_the_same(monkeypatch) -> None:
+    """Values cut at any read boundary (1 MiB in production) are read whole, from bytes or a file."""
+    import converter.chunked.reader.tarsplit as ts_mod
+
+    b = build_chunked(make_tar(sample_files()))
+    whole = list(iter_tarsplit(b.tarsplit, "L"))
+    monkeypatch.setattr(ts_mod, "_READ", 7)
+    assert list(iter_tarsplit(io.BytesIO(b.tarsplit), "L")) == whole
+    assert tar_size_from_tarsplit(io.BytesIO(b.tarsplit)) == len(b.tar)
+    with pytest.raises(BadInputError, match="not valid JSON"):
+        list(iter_tarsplit(io.BytesIO(b.tarsplit[:-20]), "L"))
+
+
+def test_toc_parsed_in_small_pieces_equals_the_json_parse() -> None:
+    """The streaming TOC parser accepts and types exactly what json.loads + toc_entries do."""
+    from converter.chunked.reader import parse_toc, parse_toc_entries, toc_entries
+
+    b = build_chunked(make_tar(sample_files()))
+    raw = json.dumps(b.toc).encode()
+    pieces = [raw[i : i + 5] for i in range(0, len(raw), 5)]
+    entries, tsd = parse_toc_entries(iter(pieces), "L")
+    assert entries == toc_entries(parse_toc(raw, "L"), "L") and tsd == b.toc["tarSplitDigest"]
+    for bad_json, msg in ((raw[:-1], "not valid JSON"), (raw + b"x", "extra data"), (b"[1]", "not an object"),
+                          (b'{"version":1,"entries":5}', "not a list"), (b'{"version":2}', "version 2")):
+        with pytest.raises(BadInputError, match=msg):
+            parse_toc_entries(iter([bad_json]), "L")
