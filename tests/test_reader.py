@@ -384,3 +384,17 @@ def test_toc_parsed_in_small_pieces_equals_the_json_parse() -> None:
                           (b'{"version":1,"entries":5}', "not a list"), (b'{"version":2}', "version 2")):
         with pytest.raises(BadInputError, match=msg):
             parse_toc_entries(iter([bad_json]), "L")
+
+
+def test_pending_paths_behave_like_the_consumers_map() -> None:
+    """ensureTOCMatchesTarSplit fills a map path -> entry in TOC order: a repeated path stands
+    for its last entry, each path is taken once, what is left keeps first-appearance order."""
+    from converter.chunked.reader import TocEntry
+    from converter.chunked.reader.tarsplit import _Pending
+
+    es = [TocEntry(i, "dir", n) for i, n in enumerate(["b", "a", "b", "c", "a", "d"])]
+    p = _Pending(es)
+    assert list(p.duplicates()) == [es[2], es[4]]
+    assert p.pop("a") is es[4] and p.pop("a") is None and p.pop("x") is None
+    assert p.left(20) == (3, [es[2], es[3], es[5]])
+    assert p.left(1) == (3, [es[2]])
