@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from converter.chunked.format import (
+    CHUNK_TYPE_ZEROS,
     TARSPLIT_POSITION_KEY,
     TYPE_CHUNK,
     TYPE_REG,
-    CHUNK_TYPE_ZEROS,
     is_chunked,
     parse_position,
 )

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import IO, Any, Iterator, cast
 
 import zstandard
 from fastcrc import crc64
@@ -284,7 +284,7 @@ def verify_layer_full(layer: ChunkedLayer, blob_file: BlobAccess, diff_id: str |
     limit = declared + 1
     try:
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
-        with dctx.stream_reader(_AccessStream(blob_file), read_across_frames=True, read_size=_PIECE) as r:
+        with dctx.stream_reader(cast(IO[bytes], _AccessStream(blob_file)), read_across_frames=True, read_size=_PIECE) as r:
             while True:
                 piece = r.read(_PIECE)
                 if not piece:

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from test_reader_builder import build_chunked, make_tar
 
 from converter.chunked.reader import load_layer
 from converter.cli import main
@@ -21,7 +22,6 @@ from converter.estimate import (
     merge_toc_entries,
 )
 from support.corpus import LAYER_ZSTD, LayerBlob, write_oci_image
-from test_reader_builder import build_chunked, make_tar
 
 
 def _rand(seed: int, n: int) -> bytes:

@@ -17,9 +17,9 @@ import os
 import shutil
 import subprocess
 import tarfile
-from types import SimpleNamespace
 import tempfile
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from test_reader_builder import build_chunked, make_tar, sample_files
 
 from converter.chunked import writer as writer_mod
 from converter.chunked.format import (
@@ -36,7 +37,6 @@ from converter.chunked.reader import (
 from converter.chunked.writer import convert_layer
 from converter.errors import BadInputError, IncompatibleLayerError
 from support.corpus import LAYER_ZSTD, LayerBlob, write_oci_image
-from test_reader_builder import build_chunked, make_tar, sample_files
 
 REPO = Path(__file__).resolve().parents[1]
 DIGEST = "sha256:" + "a" * 64
@@ -146,9 +146,9 @@ def crafted_toc_blob(n: int) -> tuple[bytes, dict[str, str]]:
     ts = json.dumps({"type": 2, "payload": base64.b64encode(bytes(1024)).decode(), "position": 0}).encode() + b"\n"
     ts_z = zstandard.ZstdCompressor().compress(ts)
     ents = ",".join(
-        '{"type":"reg","name":"dir/file%07d","mode":420,"modtime":"2024-01-01T00:00:00Z"}' % i for i in range(n)
+        f'{{"type":"reg","name":"dir/file{i:07d}","mode":420,"modtime":"2024-01-01T00:00:00Z"}}' for i in range(n)
     )
-    toc = ('{"version":1,"entries":[%s],"tarSplitDigest":"sha256:%s"}' % (ents, hashlib.sha256(ts_z).hexdigest())).encode()
+    toc = f'{{"version":1,"entries":[{ents}],"tarSplitDigest":"sha256:{hashlib.sha256(ts_z).hexdigest()}"}}'.encode()
     toc_z = zstandard.ZstdCompressor(level=9).compress(toc)
     blob = bytearray(zstandard.ZstdCompressor().compress(b""))
     toc_off = len(blob) + 8
@@ -174,8 +174,7 @@ _MEASURE = (
 
 def peak_rss_mb(*args: str) -> tuple[int, float, str]:
     """(exit code, peak RSS in MB, output) of `zconv ARGS` in a fresh interpreter."""
-    p = subprocess.run([sys.executable, "-c", _MEASURE, *args], capture_output=True, text=True, timeout=600,
-                       cwd=REPO)
+    p = subprocess.run([sys.executable, "-c", _MEASURE, *args], capture_output=True, text=True, timeout=600, cwd=REPO)
     line = [x for x in p.stderr.splitlines() if x.startswith("MAXRSS ")]
     assert line, p.stderr[-2000:]
     return p.returncode, int(line[-1].split()[1]) / 1024, p.stdout + p.stderr

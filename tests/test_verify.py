@@ -221,9 +221,10 @@ def test_consumer_pulls_partially_a_layer_whose_tarsplit_is_over_150_mib(interop
     pkg/chunked/compression_linux.go decodes it to a temporary file): our writer must write
     such a layer as zstd:chunked, verify must call it consumable, and the real consumer
     pulls it partially with no fallback."""
-    from support.interop import read_oci_image, zconv_convert
     from test_interop import assert_partial_pull, assert_tree_equal, push_and_pull
     from test_reader_limits import peak_rss_mb
+
+    from support.interop import read_oci_image, zconv_convert
 
     tar = tmp_path / "big-tarsplit.tar"
     _tar_with_big_tarsplit(tar, entries=125, comment=1_000_000)

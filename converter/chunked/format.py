@@ -108,7 +108,7 @@ class Footer:
         )
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Footer":
+    def unpack(cls, data: bytes) -> Footer:
         """Parse the 64 footer bytes (without the skippable frame header)."""
         if len(data) != FOOTER_SIZE or data[56:] != FOOTER_MAGIC:
             raise ValueError("zstd:chunked footer magic GNUlInUx not found")

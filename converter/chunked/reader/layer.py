@@ -85,7 +85,9 @@ def read_toc_bytes(access: BlobAccess, ann: ChunkedAnnotations) -> tuple[bytes, 
     return compressed, data
 
 
-def parse_toc_frame(access: BlobAccess, ann: ChunkedAnnotations, compressed: bytes) -> tuple[list[TocEntry], str | None]:
+def parse_toc_frame(
+    access: BlobAccess, ann: ChunkedAnnotations, compressed: bytes
+) -> tuple[list[TocEntry], str | None]:
     """(typed entries, tarSplitDigest) of the compressed TOC, decompressed and parsed piece by piece."""
     total = 0
 
@@ -173,7 +175,10 @@ def read_tarsplit(access: BlobAccess, ann: ChunkedAnnotations, tarsplit_digest: 
     if ann.tarsplit is None:
         raise bad(access.name, "no tar-split position")
     if not tarsplit_digest:
-        raise bad(access.name, "TOC has no tarSplitDigest (the consumer cannot authenticate the tar-split and falls back to a full pull)")
+        raise bad(
+            access.name,
+            "TOC has no tarSplitDigest (the consumer cannot authenticate the tar-split and falls back to a full pull)",
+        )
     compressed = read_frame(access, ann.tarsplit, "tar-split")
     got = _sha256(compressed)
     if got != tarsplit_digest:
@@ -184,7 +189,10 @@ def read_tarsplit(access: BlobAccess, ann: ChunkedAnnotations, tarsplit_digest: 
     out: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY, prefix="zconv-tarsplit-")
     try:
         n = decompress_to_file(
-            compressed, out, ann.tarsplit.uncompressed_length, f"{access.name}: tar-split at offset {ann.tarsplit.offset}"
+            compressed,
+            out,
+            ann.tarsplit.uncompressed_length,
+            f"{access.name}: tar-split at offset {ann.tarsplit.offset}",
         )
         if n != ann.tarsplit.uncompressed_length:
             raise bad(
@@ -199,7 +207,9 @@ def read_tarsplit(access: BlobAccess, ann: ChunkedAnnotations, tarsplit_digest: 
     return compressed, out
 
 
-def read_tarsplit_bytes(access: BlobAccess, ann: ChunkedAnnotations, tarsplit_digest: str | None) -> tuple[bytes, bytes]:
+def read_tarsplit_bytes(
+    access: BlobAccess, ann: ChunkedAnnotations, tarsplit_digest: str | None
+) -> tuple[bytes, bytes]:
     """(compressed, uncompressed) tar-split in memory; prefer `read_tarsplit` for large ones."""
     compressed, f = read_tarsplit(access, ann, tarsplit_digest)
     with f:
@@ -232,7 +242,7 @@ class ChunkedLayer:
     def close(self) -> None:
         self.tarsplit.close()
 
-    def __enter__(self) -> "ChunkedLayer":
+    def __enter__(self) -> ChunkedLayer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -320,7 +330,9 @@ def load_layer(
     layer = ChunkedLayer(name, access, ann, toc_c, {"version": 1, "tarSplitDigest": tsd}, entries, files, ts_c, ts)
     try:
         if findings is not None:
-            findings.checks.append("tar-split sha256 equals the TOC's tarSplitDigest; decompresses to its declared length")
+            findings.checks.append(
+                "tar-split sha256 equals the TOC's tarSplitDigest; decompresses to its declared length"
+            )
         if check_match:
             problems = check_toc_matches_tarsplit(entries, ts, name)
             if findings is not None:

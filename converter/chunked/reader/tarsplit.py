@@ -115,7 +115,9 @@ def _iter_json_values(src: TarSplitSource, name: str) -> Iterator[tuple[Any, int
         try:
             obj, end = _DECODER.raw_decode(buf, pos)
         except RecursionError:
-            raise BadInputError(f"{name}: tar-split entry {line + 1} (byte {where_pos}): JSON nested too deeply") from None
+            raise BadInputError(
+                f"{name}: tar-split entry {line + 1} (byte {where_pos}): JSON nested too deeply"
+            ) from None
         except ValueError as e:
             if not eof:
                 # Possibly a value cut by the end of the piece read: read more (doubling,
@@ -236,7 +238,9 @@ def parse_tar_header(buf: bytes) -> TarHeader | None:
     return h
 
 
-def iter_tarsplit_headers(entries: Iterable[TarSplitEntry], name: str = "layer") -> Iterator[tuple[TarHeader, TarSplitEntry]]:
+def iter_tarsplit_headers(
+    entries: Iterable[TarSplitEntry], name: str = "layer"
+) -> Iterator[tuple[TarHeader, TarSplitEntry]]:
     """(header, segment) for each tar entry, as the consumer's asm.IterateHeaders sees them.
 
     Each segment holds the previous entry's padding and then one entry's
@@ -406,8 +410,8 @@ def check_toc_matches_tarsplit(entries: list[TocEntry], tarsplit: TarSplitSource
             continue
         file_sizes[ts.name_str] = ts.size
         if ts.size > 0:
-            e = regs.get(_clean(ts.name_str))
-            if e is None or e.size != ts.size:
+            reg = regs.get(_clean(ts.name_str))
+            if reg is None or reg.size != ts.size:
                 no_file.append(
                     f"{name}: tar-split entry {ts.line} ({ts.name_str!r}, {ts.size} bytes) has no regular file "
                     "of that size in the TOC; the consumer cannot rebuild the tar"
@@ -419,12 +423,12 @@ def check_toc_matches_tarsplit(entries: list[TocEntry], tarsplit: TarSplitSource
         if toc_type(hdr) is None:
             problems.append(f"{where}: tar type {hdr.typeflag!r} is not one the consumer accepts")
             continue
-        e = pending.pop(hname)
-        if e is None:
+        entry = pending.pop(hname)
+        if entry is None:
             problems.append(f"{where}: entry is missing from the TOC")
             continue
-        for d in compare_entry(e, hdr):
-            problems.append(f"{e.where(name)}: TOC and tar-split disagree on {d}")
+        for d in compare_entry(entry, hdr):
+            problems.append(f"{entry.where(name)}: TOC and tar-split disagree on {d}")
         fsize = file_sizes.get(hname)
         if has_data(hdr) and fsize is not None and fsize != hdr.size:
             problems.append(f"{where}: tar-split file size {fsize} != header size {hdr.size}")

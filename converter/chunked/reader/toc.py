@@ -16,8 +16,8 @@ import functools
 import json
 import re
 import types
-from operator import attrgetter
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Iterable, Iterator, Mapping
 
 from converter.chunked.format import (
@@ -39,9 +39,29 @@ _NO_XATTRS: Mapping[str, str] = types.MappingProxyType({})
 
 _META_DEFAULTS = (0, None, "", 0, 0, None, None, 0, 0, ())
 _DATA_DEFAULTS = (0, "", 0, 0, 0, 0, "", "")
-_FIELDS = ("index", "type", "name", "linkname", "mode", "size", "uid", "gid", "modtime", "accesstime",
-           "changetime", "devmajor", "devminor", "xattrs", "digest", "offset", "end_offset", "chunk_size",
-           "chunk_offset", "chunk_digest", "chunk_type")
+_FIELDS = (
+    "index",
+    "type",
+    "name",
+    "linkname",
+    "mode",
+    "size",
+    "uid",
+    "gid",
+    "modtime",
+    "accesstime",
+    "changetime",
+    "devmajor",
+    "devminor",
+    "xattrs",
+    "digest",
+    "offset",
+    "end_offset",
+    "chunk_size",
+    "chunk_offset",
+    "chunk_digest",
+    "chunk_type",
+)
 # Values that repeat across the entries of a layer (types, modes, owners,
 # times, link names) are shared, so a TOC of a million entries costs little
 # more than its names and digests.
@@ -68,6 +88,8 @@ class TocEntry:
     index: int
     type: str
     name: str
+    _meta: tuple[Any, ...] | None
+    _data: tuple[Any, ...] | None
 
     def __init__(
         self,
@@ -97,8 +119,18 @@ class TocEntry:
         put(self, "index", index)
         put(self, "type", _intern(type))
         put(self, "name", name)
-        meta = (mode, modtime, linkname, uid, gid, accesstime, changetime, devmajor, devminor,
-                tuple((xattrs or {}).items()))
+        meta = (
+            mode,
+            modtime,
+            linkname,
+            uid,
+            gid,
+            accesstime,
+            changetime,
+            devmajor,
+            devminor,
+            tuple((xattrs or {}).items()),
+        )
         put(self, "_meta", None if meta == _META_DEFAULTS else _intern(meta))
         data = (size, digest, offset, end_offset, chunk_size, chunk_offset, chunk_digest, chunk_type)
         put(self, "_data", None if data == _DATA_DEFAULTS else data)
@@ -134,7 +166,7 @@ class TocEntry:
     def fields(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in _FIELDS}
 
-    def replace(self, **changes: Any) -> "TocEntry":
+    def replace(self, **changes: Any) -> TocEntry:
         return TocEntry(**{**self.fields(), **changes})
 
     def _key(self) -> tuple:
@@ -189,7 +221,7 @@ def format_time(t: tuple[int, int] | None) -> str:
     if t is None:
         return "none"
     try:
-        base = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(seconds=t[0])
+        base = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(seconds=t[0])
     except OverflowError:  # beyond year 9999 (crafted base-256 times): plain seconds
         return f"{t[0]}.{t[1]:09d}s after the epoch"
     return f"{base.year:04d}" + base.strftime("-%m-%dT%H:%M:%S") + (f".{t[1]:09d}" if t[1] else "") + "Z"
@@ -218,7 +250,18 @@ _TOC_FIELDS = {
     "chunkdigest": "chunk_digest",
     "chunktype": "chunk_type",
 }
-_INT_FIELDS = ("mode", "size", "uid", "gid", "devmajor", "devminor", "offset", "end_offset", "chunk_size", "chunk_offset")
+_INT_FIELDS = (
+    "mode",
+    "size",
+    "uid",
+    "gid",
+    "devmajor",
+    "devminor",
+    "offset",
+    "end_offset",
+    "chunk_size",
+    "chunk_offset",
+)
 _STR_FIELDS = ("type", "name", "linkname", "digest", "chunk_digest", "chunk_type")
 _TIME_FIELDS = ("modtime", "accesstime", "changetime")
 
@@ -561,9 +604,7 @@ def group_files(entries: list[TocEntry], payload_end: int, name: str = "layer") 
         if not e.digest:
             raise BadInputError(f"{e.where(name)}: file of {e.size} bytes without a digest")
         if e.offset <= 0 or e.end_offset <= e.offset:
-            raise BadInputError(
-                f"{e.where(name)}: payload range {e.offset}..{e.end_offset} is empty or missing"
-            )
+            raise BadInputError(f"{e.where(name)}: payload range {e.offset}..{e.end_offset} is empty or missing")
         if e.end_offset > payload_end:
             raise BadInputError(
                 f"{e.where(name)}: payload ends at {e.end_offset}, past the frames' end at {payload_end}"
@@ -586,9 +627,7 @@ def group_files(entries: list[TocEntry], payload_end: int, name: str = "layer") 
                 start = p.offset
                 end = parts[k + 1].offset if k + 1 < len(parts) else e.end_offset
                 if start <= 0 or end <= start:
-                    raise BadInputError(
-                        f"{p.where(name)}: chunk range {start}..{end} is empty or out of order"
-                    )
+                    raise BadInputError(f"{p.where(name)}: chunk range {start}..{end} is empty or out of order")
                 if k > 0 and p.end_offset and p.end_offset != end:
                     raise BadInputError(
                         f"{p.where(name)}: chunk endOffset {p.end_offset} differs from the next frame's start {end}"
@@ -596,14 +635,15 @@ def group_files(entries: list[TocEntry], payload_end: int, name: str = "layer") 
                 expect_off += p.chunk_size
                 if expect_off > e.size:
                     raise BadInputError(f"{p.where(name)}: chunks add up to more than the file's {e.size} bytes")
-                chunks.append(PayloadChunk(start, end, p.chunk_offset, p.chunk_size, p.chunk_digest,
-                                           p.chunk_type == CHUNK_TYPE_ZEROS, p))
+                chunks.append(
+                    PayloadChunk(
+                        start, end, p.chunk_offset, p.chunk_size, p.chunk_digest, p.chunk_type == CHUNK_TYPE_ZEROS, p
+                    )
+                )
             if parts[0].offset != e.offset:
                 raise BadInputError(f"{e.where(name)}: first chunk offset differs from the file offset")
             if expect_off != e.size:
-                raise BadInputError(
-                    f"{e.where(name)}: chunks add up to {expect_off} bytes, the file has {e.size}"
-                )
+                raise BadInputError(f"{e.where(name)}: chunks add up to {expect_off} bytes, the file has {e.size}")
         files.append(TocFile(e, tuple(chunks)))
     del seen
     # Frames of different files (or chunks) must not overlap: a blob where
