@@ -1,4 +1,4 @@
-"""converter/chunked/reader.py: reading zstd:chunked metadata, and refusing bad blobs with a precise error."""
+"""converter/chunked/reader/: reading zstd:chunked metadata, and refusing bad blobs with a precise error."""
 
 from __future__ import annotations
 
