@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Callable, cast
 import zstandard
 from isal import isal_zlib
 
-from converter.chunked.format import CHUNKED_ANNOTATIONS, LEGACY_PREFIX, MANIFEST_CHECKSUM_KEY
+from converter.chunked.format import CHUNKED_ANNOTATIONS, LEGACY_PREFIX, is_chunked
 from converter.chunked.writer import convert_layer
 from converter.errors import BadInputError, UsageError, ZconvError
 from converter.image.model import (
@@ -145,10 +145,6 @@ class ConvertReport:
         if self.range_check is not None:
             out["range_check"] = self.range_check
         return out
-
-
-def _is_chunked(desc: Descriptor) -> bool:
-    return LAYER_TYPES.get(desc.media_type) == "zstd" and MANIFEST_CHECKSUM_KEY in desc.annotations
 
 
 # A converted manifest or index, and for a manifest its config bytes (the --dual index needs its platform).
@@ -401,7 +397,7 @@ class Converter:
             self._layers[layer.digest] = (layer, rep)
             self.report.layers.append(rep)
             return layer
-        if _is_chunked(layer) and not self.opts.force:
+        if is_chunked(layer) and not self.opts.force:
             self._copy_blob(layer, name)
             new = replace(layer, media_type=OCI_LAYER_ZSTD)
             rep = LayerReport.of(layer, new, name, index, diff_id, True, None, started, "kept")

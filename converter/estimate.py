@@ -46,7 +46,15 @@ import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from converter.chunked.reader import SHA256_EMPTY, ChunkedLayer, TocEntry, is_chunked, load_layer
+from converter.chunked.format import (
+    CHUNK_TYPE_ZEROS,
+    MANIFEST_CHECKSUM_KEY,
+    SHA256_EMPTY,
+    TYPE_CHUNK,
+    TYPE_REG,
+    is_chunked,
+)
+from converter.chunked.reader import ChunkedLayer, TocEntry, load_layer
 from converter.errors import BadInputError, UsageError
 from converter.image.model import INDEX_ZSTD_ANNOTATION, Descriptor, ImageSource, Index, Manifest, Platform, short
 from converter.imageread import Node, layer_access, layer_name, walk
@@ -85,7 +93,7 @@ class StoreCache:
     def add_layer(self, entries: Iterable[TocEntry]) -> None:
         for e in entries:
             digest = e.digest
-            if e.type == "reg" and e.size == 0 and not digest:
+            if e.type == TYPE_REG and e.size == 0 and not digest:
                 digest = SHA256_EMPTY  # unmarshalToc does this
             if digest:
                 self.file_digests.add(digest)
@@ -105,9 +113,7 @@ class StoreCache:
 
 
 def _fp_with(e: TocEntry, digest: str) -> str:
-    from dataclasses import replace
-
-    return hard_link_fingerprint(replace(e, digest=digest))
+    return hard_link_fingerprint(e.replace(digest=digest))
 
 
 # ----------------------------------------------------- replaying ApplyDiff
@@ -136,13 +142,13 @@ def merge_toc_entries(entries: list[TocEntry], toc_offset: int) -> list[_Merged]
     n = len(entries)
     while i < n:
         e = entries[i]
-        if e.type == "chunk":
+        if e.type == TYPE_CHUNK:
             raise BadInputError(f"TOC entry {e.index}: chunk type without a regular file")
         chunks: list[_Chunk] = []
         end = e.end_offset
-        if e.type == "reg":
+        if e.type == TYPE_REG:
             j = i + 1
-            while j < n and entries[j].type == "chunk":
+            while j < n and entries[j].type == TYPE_CHUNK:
                 j += 1
             for k in range(i, j):
                 c = entries[k]
@@ -297,10 +303,10 @@ def estimate_layer(
         e = m.entry
         if e.type in ("dir", "symlink", "hardlink"):
             continue
-        if e.type == "reg" and e.size == 0:
+        if e.type == TYPE_REG and e.size == 0:
             continue
         est.total_bytes += e.size
-        if e.type != "reg":
+        if e.type != TYPE_REG:
             continue
         est.files += 1
         # A hard-link-deduplicating store links files it finds by fingerprint
@@ -323,7 +329,7 @@ def estimate_layer(
                     est.missing_bytes -= size
                     est.chunks_found += 1
                     p.origin = True
-            elif c.chunk_type == "zeros":
+            elif c.chunk_type == CHUNK_TYPE_ZEROS:
                 est.missing_bytes -= size
                 est.zero_chunk_bytes += size
                 holes += size
@@ -406,7 +412,9 @@ def select_image(src: ImageSource, plat: Platform) -> tuple[str, Manifest]:
 
 
 def _load(src: ImageSource, desc: Descriptor, name: str) -> ChunkedLayer:
-    return load_layer(layer_access(src, desc, name), dict(desc.annotations))
+    layer = load_layer(layer_access(src, desc, name), dict(desc.annotations))
+    layer.close()  # the estimate needs the TOC; the tar-split was only checked against it
+    return layer
 
 
 @dataclass
@@ -482,7 +490,7 @@ def estimate_sources(
     for i, desc in enumerate(m.layers):
         est = LayerEstimate(i, desc.digest, desc.size, "full")
         res.layers.append(est)
-        toc_digest = desc.annotations.get("io.github.containers.zstd-chunked.manifest-checksum")
+        toc_digest = desc.annotations.get(MANIFEST_CHECKSUM_KEY)
         if desc.digest in cache.blob_digests or (toc_digest and toc_digest in cache.toc_digests):
             est.mode = "reused"
             est.reason = "already in the store"

@@ -12,11 +12,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from converter.chunked.format import (
-    MANIFEST_CHECKSUM_KEY,
-    MANIFEST_POSITION_KEY,
+    CHUNK_TYPE_ZEROS,
     TARSPLIT_POSITION_KEY,
+    TYPE_CHUNK,
+    TYPE_REG,
+    is_chunked,
     parse_position,
 )
+from converter.chunked.reader import TocEntry, load_toc
 from converter.errors import BadInputError
 from converter.image.model import (
     INDEX_TYPES,
@@ -35,29 +38,23 @@ from converter.textsafe import printable_lines
 
 
 def toc_stats(toc: dict[str, Any]) -> dict[str, int]:
-    """Counts over a parsed TOC (see the format spec, section 4)."""
-    entries = toc.get("entries")
-    if not isinstance(entries, list):
-        raise ValueError("TOC has no entries list")
+    """Counts over a checked TOC (see the format spec, section 4)."""
+    entries: list[TocEntry] = toc["entries"]
     files = chunks = zero_chunks = largest = 0
     for e in entries:
-        if not isinstance(e, dict):
-            raise ValueError("TOC entry is not an object")
-        t = e.get("type")
-        if t == "reg":
+        if e.type == TYPE_REG:
             files += 1
-            size = int(e.get("size") or 0)
-            largest = max(largest, size)
-            if size > 0:
+            largest = max(largest, e.size)
+            if e.size > 0:
                 chunks += 1
-                if e.get("chunkType") == "zeros":
+                if e.chunk_type == CHUNK_TYPE_ZEROS:
                     zero_chunks += 1
-        elif t == "chunk":
+        elif e.type == TYPE_CHUNK:
             chunks += 1
-            if e.get("chunkType") == "zeros":
+            if e.chunk_type == CHUNK_TYPE_ZEROS:
                 zero_chunks += 1
     return {
-        "entries": sum(1 for e in entries if e.get("type") != "chunk"),
+        "entries": sum(1 for e in entries if e.type != TYPE_CHUNK),
         "toc_entries": len(entries),
         "regular_files": files,
         "chunks": chunks,
@@ -69,17 +66,13 @@ def toc_stats(toc: dict[str, Any]) -> dict[str, int]:
 def read_layer_toc(src: ImageSource, layer: Descriptor) -> tuple[dict[str, Any], int]:
     """Fetch, check and parse the TOC of a zstd:chunked layer; returns (toc, compressed TOC length).
 
-    Only the TOC's byte range is read (a Range request on registries).
+    The TOC dict has "version", "entries" (typed, compact TocEntry objects)
+    and "tarSplitDigest". Only the TOC's byte range is read (a Range request
+    on registries).
     """
-    from converter.chunked.reader import read_toc
-
     what = f"{src.description}: layer {short(layer.digest)}"
-    try:
-        length = parse_position(layer.annotations.get(MANIFEST_POSITION_KEY, ""), 4)[1]
-    except ValueError:
-        length = 0
-    toc = read_toc(layer_access(src, layer, what), layer.annotations)
-    return toc, length
+    toc = load_toc(layer_access(src, layer, what), layer.annotations)
+    return {"version": 1, "entries": toc.entries, "tarSplitDigest": toc.tarsplit_digest}, toc.annotations.toc.length
 
 
 def _layer_info(src: ImageSource, layer: Descriptor, with_toc: bool) -> dict[str, Any]:
@@ -88,7 +81,7 @@ def _layer_info(src: ImageSource, layer: Descriptor, with_toc: bool) -> dict[str
         "digest": layer.digest,
         "size": layer.size,
         "compression": LAYER_TYPES.get(layer.media_type, "unknown"),
-        "chunked": LAYER_TYPES.get(layer.media_type) == "zstd" and MANIFEST_CHECKSUM_KEY in layer.annotations,
+        "chunked": is_chunked(layer),
     }
     if layer.annotations:
         info["annotations"] = dict(layer.annotations)
@@ -99,7 +92,7 @@ def _layer_info(src: ImageSource, layer: Descriptor, with_toc: bool) -> dict[str
             stats["toc_bytes"] = toc_len
             if TARSPLIT_POSITION_KEY in layer.annotations:
                 try:
-                    stats["tarsplit_bytes"] = parse_position(layer.annotations[TARSPLIT_POSITION_KEY], 3)[1]
+                    stats["tarsplit_bytes"] = parse_position(layer.annotations[TARSPLIT_POSITION_KEY], 3, TARSPLIT_POSITION_KEY)[1]
                 except ValueError:
                     pass
             info["toc"] = stats

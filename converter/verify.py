@@ -34,30 +34,21 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import IO, Any, Iterator, cast
 
 import zstandard
 from fastcrc import crc64
 
-from converter.chunked.format import LAYER_MEDIA_TYPE_ZSTD
+from converter.chunked.format import LAYER_MEDIA_TYPE_ZSTD, is_chunked, legacy_annotations
 from converter.chunked.reader import (
     MAX_WINDOW_SIZE,
     BlobAccess,
     ChunkedLayer,
     TocFile,
-    check_toc_matches_tarsplit,
-    group_files,
-    is_chunked,
     iter_decompressed,
     iter_tarsplit,
-    legacy_annotations,
-    parse_annotations,
-    parse_toc,
-    payload_end_of,
-    read_footer,
-    read_tarsplit_bytes,
-    read_toc_bytes,
-    toc_entries,
+    load_layer,
+    tar_size_from_tarsplit,
 )
 from converter.errors import BadInputError
 from converter.image.model import Descriptor, ImageSource, short
@@ -154,77 +145,17 @@ class VerifyReport:
 
 
 def verify_layer_metadata(access: BlobAccess, annotations: dict[str, str], v: LayerVerdict) -> ChunkedLayer | None:
-    """Metadata checks (ranges only). Returns the layer when TOC and tar-split could be read."""
+    """Metadata checks (ranges only), recorded in `v`. Returns the layer when TOC and tar-split could be read."""
     name = access.name
     for k in legacy_annotations(annotations):
         v.notes.append(f"{name}: legacy annotation {k} (ignored by current consumers)")
     if v.media_type != LAYER_MEDIA_TYPE_ZSTD:
         v.problems.append(f"{name}: claims zstd:chunked but its media type is {v.media_type} (must be {LAYER_MEDIA_TYPE_ZSTD})")
     try:
-        ann = parse_annotations(annotations, access.size, name)
+        return load_layer(access, annotations, findings=v)
     except BadInputError as e:
         v.problems.append(str(e))
         return None
-    v.checks.append("annotations well formed, within limits and inside the blob")
-    v.stats.update(toc_compressed=ann.toc.length, toc_uncompressed=ann.toc.uncompressed_length)
-    if ann.tarsplit:
-        v.stats.update(tarsplit_compressed=ann.tarsplit.length, tarsplit_uncompressed=ann.tarsplit.uncompressed_length)
-    try:
-        toc_c, toc_raw = read_toc_bytes(access, ann)
-    except BadInputError as e:
-        v.problems.append(str(e))
-        return None
-    v.checks.append("TOC sha256 equals manifest-checksum; decompresses to its declared length")
-    # The footer is not read by the consumer, but other readers (and `zstd
-    # --list`-style tools) rely on it; it must say what the annotations say.
-    try:
-        footer = read_footer(access)
-        pairs = [
-            ("TOC offset", footer.toc_offset, ann.toc.offset),
-            ("TOC length", footer.toc_length, ann.toc.length),
-            ("TOC uncompressed length", footer.toc_uncompressed_length, ann.toc.uncompressed_length),
-            ("manifest type", footer.manifest_type, ann.manifest_type),
-        ]
-        if ann.tarsplit:
-            pairs += [
-                ("tar-split offset", footer.tarsplit_offset, ann.tarsplit.offset),
-                ("tar-split length", footer.tarsplit_length, ann.tarsplit.length),
-                ("tar-split uncompressed length", footer.tarsplit_uncompressed_length, ann.tarsplit.uncompressed_length),
-            ]
-        bad = [f"{what} {a} != annotation {b}" for what, a, b in pairs if a != b]
-        for b in bad:
-            v.problems.append(f"{name}: footer at offset {access.size - 64} disagrees with the annotations: {b}")
-        if not bad:
-            v.checks.append("footer agrees with the annotations")
-    except BadInputError as e:
-        v.problems.append(str(e))
-    try:
-        toc = parse_toc(toc_raw, name)
-        entries = toc_entries(toc, name)
-        files = group_files(entries, payload_end_of(ann), name)
-    except BadInputError as e:
-        v.problems.append(str(e))
-        return None
-    v.checks.append("TOC entries well formed: known types, no '..', no duplicate paths, chunks tile files, ranges disjoint")
-    v.stats.update(entries=len(entries), files=len(files), chunks=sum(len(f.chunks) for f in files))
-    try:
-        ts_c, ts = read_tarsplit_bytes(access, ann, toc.get("tarSplitDigest"))
-    except BadInputError as e:
-        v.problems.append(str(e))
-        return None
-    v.checks.append("tar-split sha256 equals the TOC's tarSplitDigest; decompresses to its declared length")
-    try:
-        mismatches = check_toc_matches_tarsplit(entries, ts, name)
-    except BadInputError as e:
-        v.problems.append(str(e))
-        return None
-    if mismatches:
-        v.problems.extend(mismatches[:50])
-        if len(mismatches) > 50:
-            v.problems.append(f"{name}: ... {len(mismatches) - 50} more TOC/tar-split mismatches")
-    else:
-        v.checks.append("TOC and tar-split describe the same entries with the same metadata")
-    return ChunkedLayer(name, access, ann, toc_c, toc, entries, files, ts_c, ts)
 
 
 class _FileChecker:
@@ -296,16 +227,15 @@ def verify_layer_full(layer: ChunkedLayer, blob_file: BlobAccess, diff_id: str |
     rebuilt = hashlib.sha256()
     crc_bad = 0
     try:
-        ts_entries = list(iter_tarsplit(layer.tarsplit, name))
+        declared = tar_size_from_tarsplit(layer.tarsplit, name)
     except BadInputError as e:
         v.problems.append(str(e))
         return
-    declared = sum(len(t.payload or b"") if t.type == 2 else t.size for t in ts_entries)
     v.stats["tar_size"] = declared
     if declared > MAX_LAYER_SIZE:
         v.problems.append(f"{name}: tar-split declares a {declared}-byte tar, over the {MAX_LAYER_SIZE} limit of a full check")
         return
-    for t in ts_entries:
+    for t in iter_tarsplit(layer.tarsplit, name):  # streamed: the tar-split may be larger than memory
         if t.type == 2:
             rebuilt.update(t.payload or b"")
             continue
@@ -354,7 +284,7 @@ def verify_layer_full(layer: ChunkedLayer, blob_file: BlobAccess, diff_id: str |
     limit = declared + 1
     try:
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
-        with dctx.stream_reader(_AccessStream(blob_file), read_across_frames=True, read_size=_PIECE) as r:
+        with dctx.stream_reader(cast(IO[bytes], _AccessStream(blob_file)), read_across_frames=True, read_size=_PIECE) as r:
             while True:
                 piece = r.read(_PIECE)
                 if not piece:
@@ -415,12 +345,16 @@ def verify_layer(
         if legacy_annotations(desc.annotations):
             v.notes.append(f"{access.name}: only legacy zstd:chunked annotations; consumers pull it whole")
         return v
+    layer = None
     try:
         layer = verify_layer_metadata(access, dict(desc.annotations), v)
         if full and layer is not None:
             verify_layer_full(layer, full_access or access, diff_id, v)
     except BadInputError as e:  # anything the checks above did not foresee still ends as a finding
         v.problems.append(str(e))
+    finally:
+        if layer is not None:
+            layer.close()
     return v
 
 

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from test_reader_builder import build_chunked, make_tar
 
 from converter.chunked.reader import load_layer
 from converter.cli import main
@@ -21,7 +22,6 @@ from converter.estimate import (
     merge_toc_entries,
 )
 from support.corpus import LAYER_ZSTD, LayerBlob, write_oci_image
-from test_reader_builder import build_chunked, make_tar
 
 
 def _rand(seed: int, n: int) -> bytes:
@@ -62,7 +62,7 @@ def test_file_found_by_digest_under_any_name() -> None:
 def test_hard_links_need_same_owner_mode_and_xattrs() -> None:
     # make_tar writes regular files with mode 0644; tweak the OLD mode through the TOC entry.
     b, layer = _layer([("a", A)], chunk_size=0)
-    entries = [e if e.name != "a" else e.__class__(**{**e.__dict__, "mode": 0o600}) for e in layer.entries]
+    entries = [e if e.name != "a" else e.replace(mode=0o600) for e in layer.entries]
     cache = StoreCache()
     cache.add_layer(entries)
     nb, new = _layer([("a", A)], chunk_size=0)

@@ -1,4 +1,4 @@
-"""converter/chunked/reader.py: reading zstd:chunked metadata, and refusing bad blobs with a precise error."""
+"""converter/chunked/reader/: reading zstd:chunked metadata, and refusing bad blobs with a precise error."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import tarfile
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import zstandard
@@ -23,6 +24,7 @@ from converter.chunked.reader import (
     BlobAccess,
     check_toc_matches_tarsplit,
     decompress_bounded,
+    expected_toc_fields,
     go_clean,
     iter_tarsplit,
     iter_tarsplit_headers,
@@ -100,27 +102,27 @@ def _headers(tar: bytes) -> list:
     """Parse every entry's header segment of `tar` with the reader's Go-semantics parser."""
     with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
         members = tf.getmembers()
-    return [parse_tar_header(tar[m.offset : m.offset_data]) for m in members], members
+    return [expected_toc_fields(parse_tar_header(tar[m.offset : m.offset_data])) for m in members], members
 
 
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_go_tar_semantics_directory_slash_and_long_names(fmt: int) -> None:
     hdrs, members = _headers(make_tar(sample_files(), fmt=fmt))
-    names = [h.name for h in hdrs]
+    names = [h["name"] for h in hdrs]
     assert "etc/" in names and "etc" not in names  # Go keeps the directory's slash; tarfile drops it
     long_name = next(m.name for m in members if len(m.name) > 100)
     assert long_name in names  # GNU 'L' records and PAX path records both resolved
-    link = next(h for h in hdrs if h.toc_type == "hardlink")
-    assert link.linkname == "usr/bin/tool" and link.padding == 0
+    link = next(h for h in hdrs if h["type"] == "hardlink")
+    assert link["linkname"] == "usr/bin/tool" and link["size"] == 0  # no payload, so no padding
 
 
 def test_pax_xattrs_become_base64_of_the_raw_bytes() -> None:
     hdrs, members = _headers(tarcases.python_pax_xattrs())
-    with_x = [(h, m) for h, m in zip(hdrs, members) if h.xattrs]
+    with_x = [(h, m) for h, m in zip(hdrs, members) if h["xattrs"]]
     assert with_x
     import base64
     for h, m in with_x:
-        for k, v in h.xattrs.items():
+        for k, v in h["xattrs"].items():
             raw = m.pax_headers["SCHILY.xattr." + k].encode("utf-8", "surrogateescape")
             assert base64.b64decode(v) == raw
 
@@ -334,3 +336,65 @@ def test_tarsplit_file_name_without_toc_file_is_reported() -> None:
     layer = load_layer(io.BytesIO(b.blob), b.annotations, check_match=False)
     problems = check_toc_matches_tarsplit(layer.entries, layer.tarsplit, "L")
     assert any("'etc/hostname.bak', 6 bytes) has no regular file" in p for p in problems), problems
+
+
+def test_load_layer_collects_every_problem_when_given_findings() -> None:
+    """verify's mode: every mismatch recorded with the checks passed, the layer still returned."""
+
+    def retime(lines: list) -> None:
+        for d in lines:
+            if d["type"] == 1 and d["name"] in ("etc/hostname", "usr/bin/tool"):
+                d["name"] += ".renamed"
+
+    b = build_chunked(make_tar(sample_files()), mutate_tarsplit=retime)
+    with pytest.raises(BadInputError, match=r"\(and \d+ more\)"):
+        load_layer(io.BytesIO(b.blob), b.annotations)
+    found = SimpleNamespace(problems=[], checks=[], stats={})
+    with load_layer(io.BytesIO(b.blob), b.annotations, findings=found) as layer:
+        assert layer.entries
+    assert sum("has no regular file of that size" in p for p in found.problems) == 2, found.problems
+    assert "TOC sha256 equals manifest-checksum; decompresses to its declared length" in found.checks
+    assert "TOC and tar-split describe the same entries with the same metadata" not in found.checks
+    assert found.stats["entries"] == len(layer.entries) and found.stats["tarsplit_uncompressed"] == len(b.tarsplit)
+
+
+def test_tarsplit_streamed_in_small_pieces_reads_the_same(monkeypatch) -> None:
+    """Values cut at any read boundary (1 MiB in production) are read whole, from bytes or a file."""
+    import converter.chunked.reader.tarsplit as ts_mod
+
+    b = build_chunked(make_tar(sample_files()))
+    whole = list(iter_tarsplit(b.tarsplit, "L"))
+    monkeypatch.setattr(ts_mod, "_READ", 7)
+    assert list(iter_tarsplit(io.BytesIO(b.tarsplit), "L")) == whole
+    assert tar_size_from_tarsplit(io.BytesIO(b.tarsplit)) == len(b.tar)
+    with pytest.raises(BadInputError, match="not valid JSON"):
+        list(iter_tarsplit(io.BytesIO(b.tarsplit[:-20]), "L"))
+
+
+def test_toc_parsed_in_small_pieces_equals_the_json_parse() -> None:
+    """The streaming TOC parser accepts and types exactly what json.loads + toc_entries do."""
+    from converter.chunked.reader import parse_toc, parse_toc_entries, toc_entries
+
+    b = build_chunked(make_tar(sample_files()))
+    raw = json.dumps(b.toc).encode()
+    pieces = [raw[i : i + 5] for i in range(0, len(raw), 5)]
+    entries, tsd = parse_toc_entries(iter(pieces), "L")
+    assert entries == toc_entries(parse_toc(raw, "L"), "L") and tsd == b.toc["tarSplitDigest"]
+    for bad_json, msg in ((raw[:-1], "not valid JSON"), (raw + b"x", "extra data"), (b"[1]", "not an object"),
+                          (b'{"version":1,"entries":5}', "not a list"), (b'{"version":2}', "version 2")):
+        with pytest.raises(BadInputError, match=msg):
+            parse_toc_entries(iter([bad_json]), "L")
+
+
+def test_pending_paths_behave_like_the_consumers_map() -> None:
+    """ensureTOCMatchesTarSplit fills a map path -> entry in TOC order: a repeated path stands
+    for its last entry, each path is taken once, what is left keeps first-appearance order."""
+    from converter.chunked.reader import TocEntry
+    from converter.chunked.reader.tarsplit import _Pending
+
+    es = [TocEntry(i, "dir", n) for i, n in enumerate(["b", "a", "b", "c", "a", "d"])]
+    p = _Pending(es)
+    assert list(p.duplicates()) == [es[2], es[4]]
+    assert p.pop("a") is es[4] and p.pop("a") is None and p.pop("x") is None
+    assert p.left(20) == (3, [es[2], es[3], es[5]])
+    assert p.left(1) == (3, [es[2]])

@@ -19,6 +19,7 @@ import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -26,7 +27,7 @@ import zstandard
 from fastcrc import crc64
 
 from converter.chunked.format import Footer, skippable_frame
-from converter.chunked.reader import format_time, normalize_time, parse_tar_header
+from converter.chunked.reader import expected_toc_fields, format_time, normalize_time, parse_tar_header
 
 
 @dataclass
@@ -83,13 +84,14 @@ def build_chunked(
     for m in members:
         seg = tar_bytes[prev_end : m.offset_data]
         # The segment starts with the previous file's padding.
-        hdr = parse_tar_header(seg[m.offset - prev_end :])
-        assert hdr is not None
+        parsed = parse_tar_header(seg[m.offset - prev_end :])
+        assert parsed is not None
+        hdr = SimpleNamespace(**expected_toc_fields(parsed))  # the header as the TOC states it
         header_buf += seg
         add_line({"type": 2, "payload": base64.b64encode(seg).decode()})
         size = m.size if m.isreg() else 0
         payload = tar_bytes[m.offset_data : m.offset_data + size]
-        e: dict[str, Any] = {"type": hdr.toc_type, "name": hdr.name}
+        e: dict[str, Any] = {"type": hdr.type, "name": hdr.name}
         if hdr.linkname:
             e["linkName"] = hdr.linkname
         for k, v in (("mode", hdr.mode), ("size", hdr.size), ("uid", hdr.uid), ("gid", hdr.gid)):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
 from test_reader_builder import Built, build_chunked, make_tar, sample_files
 
+from converter.chunked.format import MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY
 from converter.cli import main
 from support.corpus import LAYER_ZSTD, LayerBlob, write_oci_image
 
@@ -193,3 +196,56 @@ def test_reference_writer_output_passes_verify(interop, tmp_path: Path, capsys) 
     rep = json.loads(out)
     assert len(rep["images"][0]["layers"]) == len(layers)
     shutil.rmtree(tmp_path / "ref")
+
+
+# ------------------------------------------------ a tar-split over 150 MiB
+
+
+def _tar_with_big_tarsplit(path: Path, entries: int, comment: int) -> None:
+    """Small files, each with a long PAX `comment` record: the record is kept in the tar-split
+    (it is part of the header) but not in the TOC (it is not an xattr), so the tar-split grows
+    past 150 MiB while the TOC stays tiny. Each header stays under Go's 1 MiB PAX limit."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(entries):
+            data = f"file {i}\n".encode() * 20
+            ti = tarfile.TarInfo(f"data/f{i:04d}")
+            ti.size, ti.mtime, ti.mode = len(data), 1_700_000_000, 0o644
+            ti.pax_headers = {"comment": chr(ord("a") + i % 26) * comment}
+            tf.addfile(ti, io.BytesIO(data))
+
+
+@pytest.mark.interop
+@pytest.mark.slow
+def test_consumer_pulls_partially_a_layer_whose_tarsplit_is_over_150_mib(interop, registry, tmp_path: Path) -> None:
+    """containers/storage has no tar-split size limit (readZstdChunkedManifest in
+    pkg/chunked/compression_linux.go decodes it to a temporary file): our writer must write
+    such a layer as zstd:chunked, verify must call it consumable, and the real consumer
+    pulls it partially with no fallback."""
+    from test_interop import assert_partial_pull, assert_tree_equal, push_and_pull
+    from test_reader_limits import peak_rss_mb
+
+    from support.interop import read_oci_image, zconv_convert
+
+    tar = tmp_path / "big-tarsplit.tar"
+    _tar_with_big_tarsplit(tar, entries=125, comment=1_000_000)
+    write_oci_image(tmp_path / "src", "v1", [tar])
+    zconv_convert(f"oci:{tmp_path / 'src'}:v1", f"oci:{tmp_path / 'ours'}:v1")
+    manifest, _ = read_oci_image(tmp_path / "ours", "v1")
+    (desc,) = manifest["layers"]
+    ann = desc.get("annotations", {})
+    assert TARSPLIT_POSITION_KEY in ann, f"written as plain zstd: {desc}"
+    ts_uncompressed = int(ann[TARSPLIT_POSITION_KEY].split(":")[2])
+    toc_uncompressed = int(ann[MANIFEST_POSITION_KEY].split(":")[2])
+    assert ts_uncompressed > 150 << 20 and toc_uncompressed < 1 << 20, (ts_uncompressed, toc_uncompressed)
+
+    rc, rss, out = peak_rss_mb("verify", f"oci:{tmp_path / 'ours'}:v1", "--json")
+    assert rc == 0, out[-3000:]
+    rep = json.loads(out[: out.rindex("MAXRSS")])
+    (layer,) = rep["images"][0]["layers"]
+    assert layer["ok"] and layer["full"] and layer["stats"]["tarsplit_uncompressed"] == ts_uncompressed
+    print(f"verify of a layer with a {ts_uncompressed >> 20} MiB tar-split: peak RSS {rss:.0f} MB")
+    assert rss < 300, f"verify held the tar-split in memory? peak RSS {rss:.0f} MB"
+
+    res = push_and_pull(interop, registry, tmp_path / "ours", "v1", "big-tarsplit", tmp_path / "store")
+    assert_partial_pull(res, manifest, "big tar-split")
+    assert_tree_equal(res, [tar], "big tar-split")

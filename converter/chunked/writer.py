@@ -376,9 +376,13 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
         e[key] = resolve[kind](frame)
     tarsplit, tarsplit_digest = tsw.finish()
     toc_raw = tocmod.toc_json(entries, tarsplit_digest)
+    # The consumer's only size limit (maxTocSize in containers/storage
+    # pkg/chunked/compression_linux.go), on the TOC compressed and uncompressed.
     if len(toc_raw) > MAX_TOC_SIZE:
         raise tocmod.NotRepresentable(f"TOC of {len(toc_raw)} bytes exceeds the consumer's 150 MiB limit")
     toc_z = cctx.compress(toc_raw)
+    if len(toc_z) > MAX_TOC_SIZE:
+        raise tocmod.NotRepresentable(f"compressed TOC of {len(toc_z)} bytes exceeds the consumer's 150 MiB limit")
     toc_off = out.offset + SKIPPABLE_HEADER_SIZE
     out.write(skippable_frame(toc_z))
     ts_off = out.offset + SKIPPABLE_HEADER_SIZE
