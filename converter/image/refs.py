@@ -4,6 +4,8 @@
     oci-archive:PATH[:TAG]           tar of an OCI layout
     docker-archive:PATH[:NAME:TAG]   `docker save` / `podman save` archive
     docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   registry
+    containers-storage:[[DRIVER@GRAPHROOT+RUNROOT]]IMAGE   podman/buildah local store (source only;
+                                     parsed and opened by converter/image/storage)
 
 As in containers/image, PATH ends at the first ':' after the transport
 (paths containing ':' cannot be written as references).
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from converter.errors import UsageError
 from converter.image.model import ImageSink, ImageSource, TransportOptions
 
-TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker")
+TRANSPORTS = ("oci", "oci-archive", "docker-archive", "docker", "containers-storage")
 
 # OCI ref names in layouts and archives: looser than Docker tags (e.g. "localhost/app:1" as podman writes in archives).
 _REFNAME_RE = re.compile(r"^[A-Za-z0-9_.\-/:@+]+$")
@@ -186,6 +188,11 @@ def parse_ref(raw: str) -> ImageRef:
         if tag is not None and not _REFNAME_RE.match(tag):
             raise UsageError(f"{raw!r}: invalid tag {tag!r}")
         return ImageRef(transport, raw, path=path, tag=tag)
+    if sep and transport == "containers-storage":
+        from converter.image.storage.store import parse_reference
+
+        parse_reference(rest, raw)  # UsageError when malformed; opened from `raw` again by open_source
+        return ImageRef(transport, raw, path=None, tag=None)
     if sep and transport == "docker-archive":
         path, name = _split_path(rest, transport, raw)
         if name is not None:
@@ -228,6 +235,11 @@ def open_source(ref: ImageRef | str, options: TransportOptions | None = None) ->
         from converter.image import registry
 
         return registry.open_source(ref, options)
+    if ref.transport == "containers-storage":
+        from converter.image.storage import StorageSource, parse_reference
+
+        spec, image = parse_reference(ref.raw.partition(":")[2], ref.raw)
+        return StorageSource(spec, image, description=ref.raw)
     raise UsageError(f"{ref.raw!r}: unsupported transport {ref.transport!r}")
 
 
@@ -251,4 +263,7 @@ def open_sink(ref: ImageRef | str, options: TransportOptions | None = None) -> I
         from converter.image import registry
 
         return registry.open_sink(ref, options)
+    if ref.transport == "containers-storage":
+        raise UsageError(f"{ref.raw!r}: containers-storage: is a source only (load the result with "
+                         "`podman pull oci:DIR` or push it to a registry)")
     raise UsageError(f"{ref.raw!r}: unsupported transport {ref.transport!r}")
