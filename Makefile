@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup sysdeps test test-fast lint demo bench clean
+.PHONY: all setup sysdeps test test-fast lint demo bench clean image image-wheels
 
 all: test
 
@@ -38,6 +38,21 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/bench_sync.py
+
+# zconv as a container image (Containerfile). Wheels are built here on the host,
+# so the image builds with no package index; IMAGE_BASE needs Python 3.11 (the
+# wheels' ABI is the host's). IMAGE_BASE=localhost/... for a local base.
+IMAGE ?= localhost/zconv:latest
+IMAGE_BASE ?= docker.io/library/python:3.11-slim-bookworm
+PODMAN ?= podman
+
+image-wheels: $(STAMP)
+	rm -rf build/image-wheels && mkdir -p build/image-wheels
+	$(BIN)/pip wheel -q --wheel-dir build/image-wheels . pip
+
+image: image-wheels
+	$(PODMAN) build --network=none --build-arg BASE=$(IMAGE_BASE) -t $(IMAGE) -f Containerfile .
+	@$(PODMAN) image inspect --format 'built $(IMAGE): {{.Size}} bytes' $(IMAGE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
