@@ -279,3 +279,26 @@ def test_store_to_registry_is_partially_pulled(conf_env, registry, interop, tmp_
     res = interop.pull(ref, store, log=tmp_path / "pull.log")
     res["log_file"] = str(tmp_path / "pull.log")
     assert_partial_pull(res, manifest, "containers-storage -> registry")
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("fmt", ["gzip", "zstd:chunked"])
+def test_pulled_image_converts_like_the_built_one(store, registry, tmp_path, monkeypatch, fmt):
+    """An image podman pulled (from gzip, or from our own zstd:chunked) reads back to the same layers."""
+    from support.podstore import make_store
+
+    st = store["st"]
+    ref = f"{registry.host}/pulled-{st.driver}:{fmt.replace(':', '-')}"
+    if fmt == "gzip":
+        st.podman("push", "--tls-verify=false", APP, f"docker://{ref}")
+    else:
+        convert_refs(f"oci-archive:{store['saved']}", f"docker://{ref}")
+    fresh = make_store(tmp_path / "fresh", st.driver)
+    fresh.podman("pull", "--tls-verify=false", f"docker://{ref}")
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(fresh.conf))
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    convert_refs(f"containers-storage:{ref}", f"oci:{ours}:v1")
+    convert_refs(f"oci-archive:{store['saved']}", f"oci:{theirs}:v1")
+    m_ours, m_theirs = _layout_manifest(ours, "v1"), _layout_manifest(theirs, "v1")
+    assert [layer["digest"] for layer in m_ours["layers"]] == [layer["digest"] for layer in m_theirs["layers"]]
+    assert m_ours["config"]["digest"] == m_theirs["config"]["digest"]
