@@ -208,7 +208,7 @@ def parse_ref(raw: str) -> ImageRef:
 
         if not os.path.exists(transport):
             raise UsageError(
-                f"{raw!r}: unknown transport {transport!r} (use oci:, oci-archive:, docker-archive: or docker://)"
+                f"{raw!r}: unknown transport {transport!r} (use oci:, oci-archive:, docker-archive:, docker:// or containers-storage:)"
             )
     # A bare path is an OCI layout, like oci:PATH[:TAG].
     path, tag = _split_path(raw, "oci", raw)
