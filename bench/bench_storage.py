@@ -71,8 +71,10 @@ def _build(work: Path, small: bool) -> tuple[object, str]:
     ctx = work / "ctx"
     ctx.mkdir()
     (ctx / "app.bin").write_bytes(os.urandom(8 << 20) + b"text layer " * (2 << 20))
-    (ctx / "Containerfile").write_text("FROM localhost/bench-debian:1\nCOPY app.bin /opt/app.bin\n"
-                                       "RUN rm -rf /usr/share/doc && ln /opt/app.bin /opt/app.link\n")
+    (ctx / "Containerfile").write_text(
+        "FROM localhost/bench-debian:1\nCOPY app.bin /opt/app.bin\n"
+        "RUN rm -rf /usr/share/doc && ln /opt/app.bin /opt/app.link\n"
+    )
     st.podman("build", "--network=none", "-t", "localhost/bench-app:1", str(ctx))
     return st, "localhost/bench-app:1"
 
@@ -82,8 +84,13 @@ def run(rounds: int = 2, small: bool = False) -> dict:
     try:
         st, image = _build(work, small)
         env = {**st.env, "ZCONV_STORAGE_LOCK_TIMEOUT": "60"}
-        podman = [shutil.which("podman") or "podman", "--runtime", "/usr/sbin/runc",
-                  "--cgroup-manager=cgroupfs", "--events-backend=none"]
+        podman = [
+            shutil.which("podman") or "podman",
+            "--runtime",
+            "/usr/sbin/runc",
+            "--cgroup-manager=cgroupfs",
+            "--events-backend=none",
+        ]
         best: dict[str, tuple[float, int]] = {}
         digests: dict[str, set[str]] = {"direct": set(), "save": set()}
         with RegistryServer() as reg:
@@ -94,8 +101,10 @@ def run(rounds: int = 2, small: bool = False) -> dict:
                         cmds = [[*ZCONV, "convert", "--json", f"containers-storage:{image}", dest]]
                     else:
                         archive = work / f"save-{r}.tar"
-                        cmds = [[*podman, "save", "--format", "oci-archive", "-o", str(archive), image],
-                                [*ZCONV, "convert", "--json", f"oci-archive:{archive}", dest]]
+                        cmds = [
+                            [*podman, "save", "--format", "oci-archive", "-o", str(archive), image],
+                            [*ZCONV, "convert", "--json", f"oci-archive:{archive}", dest],
+                        ]
                     secs, written, outs = _timed(cmds, env)
                     if kind == "save":
                         archive.unlink()
@@ -127,8 +136,12 @@ def main() -> None:
     res = run(a.rounds, a.small)
     mib = 1 << 20
     print(f"image {res['image']}: {res['image_size'] / mib:.1f} MiB in the store")
-    print(f"containers-storage: -> registry   {res['direct_seconds']:7.2f} s  {res['direct_disk_bytes'] / mib:8.1f} MiB written")
-    print(f"podman save + convert -> registry {res['save_seconds']:7.2f} s  {res['save_disk_bytes'] / mib:8.1f} MiB written")
+    print(
+        f"containers-storage: -> registry   {res['direct_seconds']:7.2f} s  {res['direct_disk_bytes'] / mib:8.1f} MiB written"
+    )
+    print(
+        f"podman save + convert -> registry {res['save_seconds']:7.2f} s  {res['save_disk_bytes'] / mib:8.1f} MiB written"
+    )
     print(f"time ratio direct/save: {res['time_ratio']} (same manifest {res['manifest'][:19]})")
 
 

@@ -31,21 +31,31 @@ def _pct(new: int, old: int) -> str:
     return f"{100.0 * new / old:.0f}%" if old else "-"
 
 
-def render_summary(report: "ConvertReport", src: str, dst: str, seconds: float,
-                   estimate: "Estimate | None" = None, estimate_ref: str | None = None) -> str:
+def render_summary(
+    report: ConvertReport,
+    src: str,
+    dst: str,
+    seconds: float,
+    estimate: Estimate | None = None,
+    estimate_ref: str | None = None,
+) -> str:
     layers = report.layers
     firsts = [r for r in layers if r.action != "reused"]  # each distinct input layer once
     old = sum(r.old_size for r in firsts)
     new = sum(r.new_size for r in firsts)
     chunked = sum(1 for r in firsts if r.chunked)
-    head = (f"**zconv**: `{_cell(src)}` → `{_cell(dst)}`: {len(firsts)} layer(s), {human(old)} → {human(new)} "
-            f"({_pct(new, old)}), {chunked} of {len(firsts)} zstd:chunked, {seconds:.1f} s")
+    head = (
+        f"**zconv**: `{_cell(src)}` → `{_cell(dst)}`: {len(firsts)} layer(s), {human(old)} → {human(new)} "
+        f"({_pct(new, old)}), {chunked} of {len(firsts)} zstd:chunked, {seconds:.1f} s"
+    )
     fetch_by_digest = {}
     if estimate is not None:
         total = estimate.total()
         fetch_by_digest = {x.digest: x for x in estimate.layers}
-        head += (f"; a client with `{_cell(estimate_ref or ', '.join(estimate.old))}` fetches "
-                 f"{human(total['fetch_bytes'])} of {human(total['blob_bytes'])}")
+        head += (
+            f"; a client with `{_cell(estimate_ref or ', '.join(estimate.old))}` fetches "
+            f"{human(total['fetch_bytes'])} of {human(total['blob_bytes'])}"
+        )
     out = [f"### {head}", ""]
 
     out += ["| image | digest |", "| --- | --- |"]
@@ -64,8 +74,15 @@ def render_summary(report: "ConvertReport", src: str, dst: str, seconds: float,
             state = "no: non-distributable layer kept as is"
         else:
             state = "no: " + (r.reason or "written as plain zstd")
-        row = [r.image, f"`{short(r.new_digest)}`", human(r.old_size), human(r.new_size),
-               _pct(r.new_size, r.old_size), state, f"{r.seconds:.2f} s" if r.action != "reused" else "(same as above)"]
+        row = [
+            r.image,
+            f"`{short(r.new_digest)}`",
+            human(r.old_size),
+            human(r.new_size),
+            _pct(r.new_size, r.old_size),
+            state,
+            f"{r.seconds:.2f} s" if r.action != "reused" else "(same as above)",
+        ]
         if estimate is not None:
             est = fetch_by_digest.get(r.new_digest)
             if est is None:

@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.podstore import build_app
-
 from converter.convert import _is_chunked
 from converter.image.model import parse_manifest_or_index
 from converter.image.refs import open_source
+from support.podstore import build_app
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = ROOT / "examples" / "ci"
@@ -47,7 +46,7 @@ def _scripts(recipe: str, doc: dict) -> tuple[dict[str, str], list[str]]:
     if recipe == "gitlab-ci.yml":
         env = dict(doc.get("variables") or {})
         scripts = []
-        for name, job in doc.items():
+        for job in doc.values():
             if isinstance(job, dict) and "script" in job:
                 env.update(job.get("variables") or {})
                 scripts += list(job.get("before_script") or []) + list(job["script"])
@@ -74,11 +73,13 @@ def zconv_lines(scripts: list[str]) -> list[str]:
 
 def _fill(text: str, values: dict[str, str]) -> str:
     """GitHub ${{ expr }} and Tekton $(params.X)/$(workspaces...) placeholders; shell $VARS stay for bash."""
+
     def sub(m: re.Match) -> str:
         key = m.group(1).strip()
         if key not in values:
             raise AssertionError(f"the test has no value for {m.group(0)}")
         return values[key]
+
     text = re.sub(r"\$\{\{(.*?)\}\}", sub, text)
     return re.sub(r"\$\(((?:params|workspaces|results)\.[A-Za-z0-9_.-]+)\)", sub, text)
 
@@ -104,24 +105,40 @@ def _cases(registry, tmp: Path) -> dict[str, dict]:
         "github-actions.yml": {
             "store": "overlay",
             "fill": {},
-            "env": {"IMAGE": f"{host}/ci/github", "TAG": "t-gh", "REGISTRY_USER": "ci", "REGISTRY_PASSWORD": "pw",
-                    "ZCONV_CACHE_DIR": str(tmp / "cache")},
+            "env": {
+                "IMAGE": f"{host}/ci/github",
+                "TAG": "t-gh",
+                "REGISTRY_USER": "ci",
+                "REGISTRY_PASSWORD": "pw",
+                "ZCONV_CACHE_DIR": str(tmp / "cache"),
+            },
             "dest": f"docker://{host}/ci/github:t-gh",
         },
         "gitlab-ci.yml": {
             "store": "vfs",
             "fill": {},
-            "env": {"CI_COMMIT_SHORT_SHA": "abc1234", "CI_PROJECT_DIR": str(tmp), "CI_REGISTRY_USER": "ci",
-                    "CI_REGISTRY_PASSWORD": "pw", "CI_REGISTRY_IMAGE": f"{host}/ci/gitlab"},
+            "env": {
+                "CI_COMMIT_SHORT_SHA": "abc1234",
+                "CI_PROJECT_DIR": str(tmp),
+                "CI_REGISTRY_USER": "ci",
+                "CI_REGISTRY_PASSWORD": "pw",
+                "CI_REGISTRY_IMAGE": f"{host}/ci/gitlab",
+            },
             "dest": f"docker://{host}/ci/gitlab:abc1234",
         },
         "tekton-task.yaml": {
             "store": "vfs",
-            "fill": {"params.IMAGE": f"{host}/ci/tekton:1", "params.TLS_VERIFY": "false",
-                     "params.CONTEXT": ".", "params.ZCONV_IMAGE": "unused",
-                     "workspaces.cache.path": str(tmp / "cache"), "workspaces.source.path": str(tmp),
-                     "workspaces.dockerconfig.bound": "false", "workspaces.dockerconfig.path": "",
-                     "results.IMAGE_DIGEST.path": str(tmp / "digest")},
+            "fill": {
+                "params.IMAGE": f"{host}/ci/tekton:1",
+                "params.TLS_VERIFY": "false",
+                "params.CONTEXT": ".",
+                "params.ZCONV_IMAGE": "unused",
+                "workspaces.cache.path": str(tmp / "cache"),
+                "workspaces.source.path": str(tmp),
+                "workspaces.dockerconfig.bound": "false",
+                "workspaces.dockerconfig.path": "",
+                "results.IMAGE_DIGEST.path": str(tmp / "digest"),
+            },
             "env": {"AUTH": ""},
             "dest": f"docker://{host}/ci/tekton:1",
         },
@@ -156,19 +173,24 @@ def test_recipe_zconv_lines_run_against_the_local_registry(recipe, ci_stores, re
     lines = zconv_lines(scripts)
     assert lines, f"{recipe}: no zconv command found"
     st = ci_stores[case["store"]]
-    run_env = {**os.environ, **_expand({k: _fill(v, case["fill"]) for k, v in env.items()
-                                         if k not in case["env"]}, case["env"]),
-               "CONTAINERS_STORAGE_CONF": str(st.conf), "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    run_env = {
+        **os.environ,
+        **_expand({k: _fill(v, case["fill"]) for k, v in env.items() if k not in case["env"]}, case["env"]),
+        "CONTAINERS_STORAGE_CONF": str(st.conf),
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+    }
     for line in lines:
         cmd = _fill(line, case["fill"])
-        p = subprocess.run(["bash", "-euc", cmd], env=run_env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300)
+        p = subprocess.run(
+            ["bash", "-euc", cmd], env=run_env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
         assert p.returncode == 0, f"{recipe}: {cmd}\n{p.stderr[-3000:]}"
     with open_source(case["dest"]) as src:
         ((_, desc),) = src.targets()
         manifest = parse_manifest_or_index(src.get_manifest(desc))
-    assert manifest.config.digest == "sha256:" + st.image_id("localhost/app:build" if case["store"] == "vfs"
-                                                             else "localhost/app:t-gh")
+    assert manifest.config.digest == "sha256:" + st.image_id(
+        "localhost/app:build" if case["store"] == "vfs" else "localhost/app:t-gh"
+    )
     assert manifest.layers and all(_is_chunked(layer) for layer in manifest.layers)
     if recipe == "tekton-task.yaml":
         report = json.loads((tmp_path / "zconv-report.json").read_text())

@@ -14,16 +14,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from support.corpus import debian_rootfs_tar
-from support.podstore import RUNC, make_store
-
 from converter.convert import convert_refs
 from converter.image.refs import open_source
+from support.corpus import debian_rootfs_tar
+from support.podstore import RUNC, make_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "testdata" / "sample"
@@ -40,8 +38,13 @@ def zconv_image(tmp_path_factory):
     st = make_store(work / "store", "overlay")
     st.podman("import", str(debian_rootfs_tar(("python3",))), BASE)
     podman = f"{shutil.which('podman')} --runtime {RUNC} --cgroup-manager=cgroupfs --events-backend=none"
-    p = subprocess.run(["make", "-C", str(ROOT), "image", f"IMAGE={IMAGE}", f"IMAGE_BASE={BASE}", f"PODMAN={podman}"],
-                       env=st.env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        ["make", "-C", str(ROOT), "image", f"IMAGE={IMAGE}", f"IMAGE_BASE={BASE}", f"PODMAN={podman}"],
+        env=st.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     info = json.loads(st.podman("image", "inspect", IMAGE).stdout)[0]
     size = int(info["Size"])
@@ -50,8 +53,8 @@ def zconv_image(tmp_path_factory):
     return {"st": st, "info": info, "size": size, "work": work}
 
 
-def _run(st, *args: str, volumes: dict[Path, str] = {}) -> subprocess.CompletedProcess:
-    vol = [a for host, inside in volumes.items() for a in ("-v", f"{host}:{inside}")]
+def _run(st, *args: str, volumes: dict[Path, str] | None = None) -> subprocess.CompletedProcess:
+    vol = [a for host, inside in (volumes or {}).items() for a in ("-v", f"{host}:{inside}")]
     # explicit limits: this sandbox refuses the open-files/process limits podman sets by default
     return st.podman("run", "--rm", *LIMITS, "--network", "host", *vol, IMAGE, *args, check=False)
 
@@ -61,9 +64,17 @@ def test_image_shape(zconv_image):
     assert cfg["Entrypoint"] == ["zconv"]
     assert cfg["User"] not in ("", "0", "root", "0:0")
     # multi-stage: no pip, wheels or sources in the runtime image
-    p = zconv_image["st"].podman("run", "--rm", *LIMITS, "--entrypoint", "/bin/sh", IMAGE, "-c",
-                                 "ls /wheels /src 2>/dev/null; id -u; python3 -c 'import converter.chunked._rollsum'",
-                                 check=False)
+    p = zconv_image["st"].podman(
+        "run",
+        "--rm",
+        *LIMITS,
+        "--entrypoint",
+        "/bin/sh",
+        IMAGE,
+        "-c",
+        "ls /wheels /src 2>/dev/null; id -u; python3 -c 'import converter.chunked._rollsum'",
+        check=False,
+    )
     assert p.returncode == 0 and p.stdout.split() == ["10001"], p.stdout + p.stderr
 
 

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from support.podstore import build_app, make_store
-
 from converter.convert import convert_refs
 from converter.errors import BadInputError, UsageError
 from converter.image.model import parse_manifest_or_index
 from converter.image.refs import open_sink, open_source, parse_ref
 from converter.image.storage import StorageSource
 from converter.image.storage.store import StoreSpec, find_store, parse_reference
+from support.podstore import build_app, make_store
 
 APP = "localhost/zconv-app:1"
 
@@ -50,13 +49,16 @@ def conf_env(store, monkeypatch):
 
 def _layout_manifest(layout: Path, tag: str) -> dict:
     index = json.loads((layout / "index.json").read_text())
-    (entry,) = [m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag]
+    (entry,) = [
+        m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    ]
     return json.loads((layout / "blobs" / "sha256" / entry["digest"].split(":")[1]).read_text())
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "converter.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "converter.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 # ------------------------------------------------------------------ references and store discovery
@@ -80,8 +82,10 @@ def test_store_found_like_containers_storage(tmp_path, monkeypatch):
     for var in ("CONTAINERS_STORAGE_CONF", "STORAGE_DRIVER", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
         monkeypatch.delenv(var, raising=False)
     conf = tmp_path / "storage.conf"
-    conf.write_text('[storage]\ndriver = "vfs"\ngraphroot = "/srv/g"\nrunroot = "/srv/r"\n'
-                    'rootless_storage_path = "/srv/users/$UID"\n')
+    conf.write_text(
+        '[storage]\ndriver = "vfs"\ngraphroot = "/srv/g"\nrunroot = "/srv/r"\n'
+        'rootless_storage_path = "/srv/users/$UID"\n'
+    )
     monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
     st = find_store()
     assert (st.driver, st.graphroot, st.runroot, st.config_file) == ("vfs", "/srv/g", "/srv/r", str(conf))
@@ -137,7 +141,7 @@ def test_image_named_by_id_prefix_short_name_and_store_specifier(conf_env, tmp_p
     digests = set()
     monkeypatch.delenv("CONTAINERS_STORAGE_CONF")
     spec = f"[{st.driver}@{st.graphroot}+{st.runroot}]"
-    for i, image in enumerate([f"@{image_id}", image_id[:10], "zconv-app:1", APP]):
+    for image in [f"@{image_id}", image_id[:10], "zconv-app:1", APP]:
         with open_source(f"containers-storage:{spec}{image}") as src:
             ((tag, desc),) = src.targets()
             digests.add(desc.digest)
@@ -213,8 +217,12 @@ def test_store_locked_for_writing_waits_with_a_message(conf_env, tmp_path):
     holder = _hold_write_lock(st.graphroot / f"{st.driver}-layers" / "layers.lock", 2)
     try:
         started = time.monotonic()
-        p = _cli("convert", f"containers-storage:{APP}", f"oci:{tmp_path / 'out'}:v1",
-                 env={**os.environ, "ZCONV_STORAGE_LOCK_TIMEOUT": "60"})
+        p = _cli(
+            "convert",
+            f"containers-storage:{APP}",
+            f"oci:{tmp_path / 'out'}:v1",
+            env={**os.environ, "ZCONV_STORAGE_LOCK_TIMEOUT": "60"},
+        )
         waited = time.monotonic() - started
     finally:
         holder.kill()
@@ -229,8 +237,12 @@ def test_store_locked_too_long_fails_with_one_line(conf_env, tmp_path):
     st = conf_env["st"]
     holder = _hold_write_lock(st.graphroot / f"{st.driver}-images" / "images.lock", 120)
     try:
-        p = _cli("convert", f"containers-storage:{APP}", f"oci:{tmp_path / 'out'}:v1",
-                 env={**os.environ, "ZCONV_STORAGE_LOCK_TIMEOUT": "1"})
+        p = _cli(
+            "convert",
+            f"containers-storage:{APP}",
+            f"oci:{tmp_path / 'out'}:v1",
+            env={**os.environ, "ZCONV_STORAGE_LOCK_TIMEOUT": "1"},
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -246,9 +258,20 @@ def test_open_source_holds_read_locks_against_podman(conf_env, tmp_path):
     st.podman("tag", APP, "localhost/zconv-app:untag-me")
     src = StorageSource(None, APP, "containers-storage:" + APP)
     try:
-        rmi = subprocess.Popen(["podman", "--runtime", "/usr/sbin/runc", "--cgroup-manager=cgroupfs",
-                                "--events-backend=none", "rmi", "localhost/zconv-app:untag-me"],
-                               env=st.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        rmi = subprocess.Popen(
+            [
+                "podman",
+                "--runtime",
+                "/usr/sbin/runc",
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=none",
+                "rmi",
+                "localhost/zconv-app:untag-me",
+            ],
+            env=st.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(1.5)
         assert rmi.poll() is None, "podman rmi changed the store while zconv held its read locks"
     finally:
@@ -272,8 +295,9 @@ def test_store_to_registry_is_partially_pulled(conf_env, registry, interop, tmp_
         manifest = json.loads(src.get_manifest(desc))
     theirs = tmp_path / "theirs"
     convert_refs(f"oci-archive:{conf_env['saved']}", f"oci:{theirs}:v1")
-    assert [layer["digest"] for layer in manifest["layers"]] == \
-        [layer["digest"] for layer in _layout_manifest(theirs, "v1")["layers"]]
+    assert [layer["digest"] for layer in manifest["layers"]] == [
+        layer["digest"] for layer in _layout_manifest(theirs, "v1")["layers"]
+    ]
     assert report.images[0].digest == desc.digest
     store = tmp_path / "pullstore"
     res = interop.pull(ref, store, log=tmp_path / "pull.log")

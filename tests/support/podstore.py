@@ -31,6 +31,7 @@ def shell_rootfs_tar(out: Path) -> Path:
         ldd = subprocess.run(["ldd", b], capture_output=True, text=True, check=True).stdout
         libs.update(m.group(1) for m in re.finditer(r"(/\S+\.so[.0-9]*)", ldd))
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as t:
+
         def add(name: str, data: bytes | None = None, mode: int = 0o644, **kw: object) -> tarfile.TarInfo:
             ti = tarfile.TarInfo(name)
             ti.mtime = 1_700_000_000
@@ -103,12 +104,7 @@ class PodmanStore:
 def make_store(root: Path, driver: str = "overlay") -> PodmanStore:
     root.mkdir(parents=True, exist_ok=True)
     st = PodmanStore(root, driver)
-    st.conf.write_text(
-        "[storage]\n"
-        f'driver = "{driver}"\n'
-        f'graphroot = "{st.graphroot}"\n'
-        f'runroot = "{st.runroot}"\n'
-    )
+    st.conf.write_text(f'[storage]\ndriver = "{driver}"\ngraphroot = "{st.graphroot}"\nrunroot = "{st.runroot}"\n')
     return st
 
 

@@ -103,17 +103,19 @@ class _Layer:
 
 
 class StorageSource(ImageSource):
-    def __init__(self, spec: StoreSpec | None, image: str, description: str,
-                 lock_timeout: float | None = None) -> None:
+    def __init__(self, spec: StoreSpec | None, image: str, description: str, lock_timeout: float | None = None) -> None:
         self.description = description
         self.store = find_store(spec)
         self.image = image
         self.reference_tag = None
         self._locks = ReadLocks(
-            [os.path.join(self.store.graphroot, "storage.lock"),
-             os.path.join(self.store.layers_dir, "layers.lock"),
-             os.path.join(self.store.images_dir, "images.lock")],
-            description, timeout=lock_timeout,
+            [
+                os.path.join(self.store.graphroot, "storage.lock"),
+                os.path.join(self.store.layers_dir, "layers.lock"),
+                os.path.join(self.store.images_dir, "images.lock"),
+            ],
+            description,
+            timeout=lock_timeout,
         )
         self._locks.__enter__()
         try:
@@ -155,7 +157,9 @@ class StorageSource(ImageSource):
             if len(hits) == 1:
                 return hits[0], None
             if len(hits) > 1:
-                raise BadInputError(f"{self.description}: ID prefix {ident!r} matches {len(hits)} images; give more digits")
+                raise BadInputError(
+                    f"{self.description}: ID prefix {ident!r} matches {len(hits)} images; give more digits"
+                )
         raise BadInputError(f"{self.description}: no image {want!r} in the store {self.store}")
 
     def _big_data(self, image_id: str, key: str, limit: int) -> bytes:
@@ -179,8 +183,9 @@ class StorageSource(ImageSource):
             keys.insert(0, "manifest")
         found = None
         for key in keys:
-            doc = parse_manifest_or_index(self._big_data(image_id, key, MAX_MANIFEST_SIZE),
-                                          where=f"{self.description}: stored {key}")
+            doc = parse_manifest_or_index(
+                self._big_data(image_id, key, MAX_MANIFEST_SIZE), where=f"{self.description}: stored {key}"
+            )
             if isinstance(doc, Manifest):
                 if doc.config.digest == "sha256:" + image_id:
                     return doc
@@ -221,31 +226,39 @@ class StorageSource(ImageSource):
         self._config = self._big_data(self._image_id, stored.config.digest, MAX_CONFIG_SIZE)
         config_desc = descriptor_for(stored.config.media_type, self._config)
         if config_desc.digest != stored.config.digest:
-            raise BadInputError(f"{self.description}: stored config of image {self._image_id[:12]} does not match "
-                                f"its digest {short(stored.config.digest)}")
+            raise BadInputError(
+                f"{self.description}: stored config of image {self._image_id[:12]} does not match "
+                f"its digest {short(stored.config.digest)}"
+            )
         try:
             diff_ids = json.loads(self._config)["rootfs"]["diff_ids"]
         except (ValueError, KeyError, TypeError):
-            raise BadInputError(f"{self.description}: config of image {self._image_id[:12]} has no rootfs.diff_ids") from None
+            raise BadInputError(
+                f"{self.description}: config of image {self._image_id[:12]} has no rootfs.diff_ids"
+            ) from None
 
         chain: list[dict[str, Any]] = []
         lid = img.get("layer") or ""
         while lid:
             rec = records.get(lid)
             if rec is None:
-                raise BadInputError(f"{self.description}: layer {lid[:12]} of image {self._image_id[:12]} is not in the store")
+                raise BadInputError(
+                    f"{self.description}: layer {lid[:12]} of image {self._image_id[:12]} is not in the store"
+                )
             chain.append(rec)
             lid = rec.get("parent") or ""
             if len(chain) > 10000:
                 raise BadInputError(f"{self.description}: layer chain of image {self._image_id[:12]} loops")
         chain.reverse()
         if len(chain) != len(diff_ids):
-            raise BadInputError(f"{self.description}: image {self._image_id[:12]} has {len(chain)} layers but its "
-                                f"config lists {len(diff_ids)} diff_ids")
+            raise BadInputError(
+                f"{self.description}: image {self._image_id[:12]} has {len(chain)} layers but its "
+                f"config lists {len(diff_ids)} diff_ids"
+            )
         layer_mt = OCI_LAYER_TAR if stored.media_type != DOCKER_MANIFEST else DOCKER_LAYER_TAR
         self._layers: dict[str, _Layer] = {}
         descs = []
-        for i, (rec, diff_id) in enumerate(zip(chain, diff_ids)):
+        for rec, diff_id in zip(chain, diff_ids):
             lid = rec["id"]
             what = f"{self.description}: layer {lid}"
             recorded = rec.get("diff-digest")
@@ -253,20 +266,29 @@ class StorageSource(ImageSource):
                 raise BadInputError(f"{what} has DiffID {short(recorded)} but the config lists {short(diff_id)}")
             tarsplit = os.path.join(st.layers_dir, f"{lid}.tar-split.gz")
             if not os.path.exists(tarsplit):
-                raise BadInputError(f"{what} has no tar-split ({tarsplit}), so its original tar cannot be rebuilt; "
-                                    "use `podman save --format oci-archive` for this image")
+                raise BadInputError(
+                    f"{what} has no tar-split ({tarsplit}), so its original tar cannot be rebuilt; "
+                    "use `podman save --format oci-archive` for this image"
+                )
             layer = _Layer(lid, diff_id, rec.get("diff-size") or -1, tarsplit, self._layer_dirs(lid))
             if layer.size < 0:
                 layer = replace(layer, size=self._measure(layer))
             self._layers[diff_id] = layer
             descs.append(Descriptor(layer_mt, diff_id, layer.size))
         mt = stored.media_type if stored.media_type in MANIFEST_TYPES else DOCKER_MANIFEST
-        manifest = Manifest(mt, stored.config, tuple(descs), annotations=stored.annotations,
-                            subject=stored.subject, artifact_type=stored.artifact_type)
+        manifest = Manifest(
+            mt,
+            stored.config,
+            tuple(descs),
+            annotations=stored.annotations,
+            subject=stored.subject,
+            artifact_type=stored.artifact_type,
+        )
         self._manifest = manifest.to_bytes()
         self._manifest_desc = descriptor_for(mt, self._manifest)
-        self._tags = sorted({n.rsplit("/", 1)[-1].rsplit(":", 1)[1]
-                             for n in img.get("names") or [] if ":" in n.rsplit("/", 1)[-1]})
+        self._tags = sorted(
+            {n.rsplit("/", 1)[-1].rsplit(":", 1)[1] for n in img.get("names") or [] if ":" in n.rsplit("/", 1)[-1]}
+        )
 
     def _measure(self, layer: _Layer) -> int:
         """Size of a layer whose record lacks it (old stores): one pass over the rebuilt tar."""
@@ -287,7 +309,9 @@ class StorageSource(ImageSource):
         t = tag.lstrip("@")
         if tag in self._tags or t == self._manifest_desc.digest or t.removeprefix("sha256:") == self._image_id:
             return self._manifest_desc
-        raise BadInputError(f"{self.description}: the image has no tag {tag!r} (tags: {', '.join(self._tags) or 'none'})")
+        raise BadInputError(
+            f"{self.description}: the image has no tag {tag!r} (tags: {', '.join(self._tags) or 'none'})"
+        )
 
     def targets(self) -> list[tuple[str | None, Descriptor]]:
         return [(self.reference_tag, self._manifest_desc)]

@@ -98,8 +98,7 @@ def _pieces(tarsplit_path: str, files: LayerFiles) -> Iterator[bytes]:
                     if size == 0:
                         continue
                     raw = entry.get("name_raw")
-                    name = (base64.b64decode(raw).decode("utf-8", "surrogateescape") if raw
-                            else entry.get("name", ""))
+                    name = base64.b64decode(raw).decode("utf-8", "surrogateescape") if raw else entry.get("name", "")
                     fd = files.open(name)
                     try:
                         left = size
@@ -139,7 +138,7 @@ class RebuiltTar(io.RawIOBase):
                 return 0
             self._buf, self._pos = nxt, 0
         n = min(len(b), len(self._buf) - self._pos)
-        b[:n] = self._buf[self._pos:self._pos + n]
+        b[:n] = self._buf[self._pos : self._pos + n]
         self._pos += n
         return n
 
@@ -154,7 +153,7 @@ class RebuiltTar(io.RawIOBase):
         if self._pos == 0 and size >= len(self._buf):
             data, self._buf = self._buf, b""
             return data
-        data = self._buf[self._pos:self._pos + size]
+        data = self._buf[self._pos : self._pos + size]
         self._pos += len(data)
         return data
 

@@ -55,8 +55,14 @@ def _say(msg: str) -> None:
 class ReadLocks:
     """Shared locks on several lock files, taken in order, waited for up to a timeout."""
 
-    def __init__(self, paths: list[str], what: str, timeout: float | None = None,
-                 say: Callable[[str], None] = _say, poll: float = 0.1) -> None:
+    def __init__(
+        self,
+        paths: list[str],
+        what: str,
+        timeout: float | None = None,
+        say: Callable[[str], None] = _say,
+        poll: float = 0.1,
+    ) -> None:
         self.paths = paths
         self.what = what
         self.timeout = lock_timeout() if timeout is None else timeout
@@ -97,8 +103,10 @@ class ReadLocks:
                         f"{self.timeout:g}s (a podman build, pull or rmi?); retry later or raise {TIMEOUT_ENV}"
                     )
                 if not told:
-                    self._say(f"waiting for {path}: the store is locked for writing by another process "
-                              f"(giving up after {self.timeout:g}s)")
+                    self._say(
+                        f"waiting for {path}: the store is locked for writing by another process "
+                        f"(giving up after {self.timeout:g}s)"
+                    )
                     told = True
                 time.sleep(min(self._poll, max(deadline - now, 0.0)))
         except BaseException:
@@ -107,7 +115,7 @@ class ReadLocks:
         self._fds[path] = fd
         _HELD[path] = [fd, 1]
 
-    def __enter__(self) -> "ReadLocks":
+    def __enter__(self) -> ReadLocks:
         deadline = time.monotonic() + self.timeout
         try:
             for p in self.paths:

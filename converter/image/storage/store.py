@@ -73,7 +73,7 @@ def parse_reference(rest: str, raw: str) -> tuple[StoreSpec | None, str]:
         close = rest.find("]")
         if close < 0:
             raise UsageError(f"{raw!r}: store specifier '[' without a closing ']'")
-        inner, image = rest[1:close], rest[close + 1:]
+        inner, image = rest[1:close], rest[close + 1 :]
         driver = None
         if "@" in inner:
             driver, _, inner = inner.partition("@")
@@ -161,7 +161,9 @@ def find_store(spec: StoreSpec | None = None) -> Store:
     conf = _load_conf(conf_file) if conf_file else {}
 
     if _is_root() or user_file:
-        graphroot = _expand(str(conf.get("graphroot") or "")) or (ROOT_GRAPHROOT if _is_root() else _rootless_graphroot())
+        graphroot = _expand(str(conf.get("graphroot") or "")) or (
+            ROOT_GRAPHROOT if _is_root() else _rootless_graphroot()
+        )
         runroot = _expand(str(conf.get("runroot") or "")) or (ROOT_RUNROOT if _is_root() else _rootless_runroot())
     else:
         rsp = conf.get("rootless_storage_path")
