@@ -48,3 +48,45 @@ def test_summary_with_estimate_against_the_previous_tag(tmp_path):
     head = text.splitlines()[0]
     assert f"a client with `oci:{layout}:prev` fetches 0 B of" in head
     assert text.count("nothing (has it)") == len(report.layers)
+
+
+def _zconv(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "converter.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_summary_digestfile_and_estimate_against_previous_tag(tmp_path):
+    import json
+
+    layout = tmp_path / "out"
+    first = _zconv("convert", "-q", f"oci:{SAMPLE}:v1", f"oci:{layout}:prev")
+    assert first.returncode == 0, first.stderr
+    summary, digestfile = tmp_path / "summary.md", tmp_path / "digest"
+    p = _zconv(
+        "convert",
+        "-q",
+        "--summary",
+        str(summary),
+        "--estimate-against",
+        f"oci:{layout}:prev",
+        "--digestfile",
+        str(digestfile),
+        f"oci:{SAMPLE}:v1",
+        f"oci:{layout}:v1",
+    )
+    assert p.returncode == 0, p.stderr
+    index = json.loads((layout / "index.json").read_text())
+    (v1,) = [m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "v1"]
+    assert digestfile.read_text() == v1["digest"] + "\n"
+    text = summary.read_text()
+    assert text.startswith("### **zconv**: ") and f"a client with `oci:{layout}:prev` fetches 0 B" in text
+
+
+def test_cli_separate_tls_flags_and_estimate_needs_summary(tmp_path):
+    p = _zconv("convert", "--dest-tls-verify", "maybe", f"oci:{SAMPLE}:v1", f"oci:{tmp_path / 'o'}:v1")
+    assert p.returncode == 64 and "--dest-tls-verify takes true or false, not 'maybe'" in p.stderr, p.stderr
+    p = _zconv("convert", "--estimate-against", "oci:x:1", f"oci:{SAMPLE}:v1", f"oci:{tmp_path / 'o'}:v1")
+    assert p.returncode == 64 and "needs --summary" in p.stderr
+    assert not (tmp_path / "o").exists()

@@ -35,12 +35,16 @@ def parse_bool(value: str, option: str) -> bool:
 
 
 def transport_options(
-    creds: str | None, tls_verify: str, cert_dir: str | None, authfile: str | None, timeout: float | None = None
+    creds: str | None, tls_verify: str, cert_dir: str | None, authfile: str | None, timeout: float | None = None,
+    tls_option: str = "--tls-verify",
 ) -> TransportOptions:
-    """TransportOptions from the shared registry flags (--creds, --tls-verify, --cert-dir, --authfile, --timeout)."""
+    """TransportOptions from the shared registry flags (--creds, --tls-verify, --cert-dir, --authfile, --timeout).
+
+    `tls_option` names the flag the value came from (--src-tls-verify...) in the error for a bad value.
+    """
     return TransportOptions(
         creds=creds,
-        tls_verify=parse_bool(tls_verify, "--tls-verify"),
+        tls_verify=parse_bool(tls_verify, tls_option),
         cert_dir=cert_dir,
         auth_file=authfile,
         timeout=timeout,

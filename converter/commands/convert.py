@@ -6,13 +6,17 @@ Argument parsing and printing only; the work is in converter/convert.py.
 from __future__ import annotations
 
 import json
-from typing import Optional
+import sys
+import time
+from typing import Any, Optional
 
 import typer
 
 from converter.chunked.writer import DEFAULT_LEVEL
 from converter.cli_app import app
 from converter.commands import AUTHFILE_HELP, EXIT_CODES_HELP, TIMEOUT_HELP, transport_options
+from converter.errors import UsageError, ZconvError
+from converter.image.model import TransportOptions
 from converter.textsafe import printable
 
 
@@ -20,13 +24,14 @@ from converter.textsafe import printable
     epilog=(
         "Examples:\n\n"
         "  zconv convert oci:./img:v1 oci:./img:v1-zstd\n\n"
-        "  podman save --format oci-archive -o app.tar localhost/app:1 && "
-        "zconv convert oci-archive:app.tar docker://registry.example/app:1\n\n" + EXIT_CODES_HELP
+        "  podman build -t localhost/app:1 . && "
+        "zconv convert containers-storage:localhost/app:1 docker://registry.example/app:1\n\n" + EXIT_CODES_HELP
     )
 )
 def convert(
     src: str = typer.Argument(..., help="Source image: oci:PATH[:TAG], oci-archive:PATH[:TAG], "
-                              "docker-archive:PATH[:NAME:TAG] or docker://HOST/REPO[:TAG|@DIGEST]. "
+                              "docker-archive:PATH[:NAME:TAG], docker://HOST/REPO[:TAG|@DIGEST] or "
+                              "containers-storage:IMAGE (podman's/buildah's local store). "
                               "Without a tag, every tagged image of a layout/archive is converted."),
     dst: str = typer.Argument(..., help="Destination: oci:PATH[:TAG], oci-archive:PATH[:TAG] or docker://HOST/REPO:TAG. "
                               "Without a tag the source tags are kept. Left untouched if anything fails."),
@@ -51,6 +56,17 @@ def convert(
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help="Directory of CA certificates (*.crt) for registries."),
     authfile: Optional[str] = typer.Option(None, "--authfile", help=AUTHFILE_HELP),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
+    src_tls_verify: Optional[str] = typer.Option(None, "--src-tls-verify", metavar="BOOL",
+                                                 help="Verify the source registry's TLS (default: --tls-verify)."),
+    dest_tls_verify: Optional[str] = typer.Option(None, "--dest-tls-verify", metavar="BOOL",
+                                                  help="Verify the destination registry's TLS (default: --tls-verify)."),
+    digestfile: Optional[str] = typer.Option(None, "--digestfile", help="Write the digest of what was written "
+                                             "(one line per image) to FILE."),
+    summary: Optional[str] = typer.Option(None, "--summary", help="Append a Markdown report to FILE (e.g. "
+                                          "$GITHUB_STEP_SUMMARY): per layer old/new size, zstd:chunked or why not, time."),
+    estimate_against: Optional[str] = typer.Option(None, "--estimate-against", metavar="REF",
+                                                   help="With --summary: also say what a client that has REF (the "
+                                                   "previous tag) fetches to pull the result."),
 ) -> None:
     """Convert every layer of an image (all tags, all platforms) to zstd:chunked.
 
@@ -62,15 +78,28 @@ def convert(
     from converter.convert import ConvertOptions, convert_refs
     from converter.progress import Progress, human
 
+    if estimate_against and not summary:
+        raise UsageError("--estimate-against needs --summary FILE (it is part of the summary)")
     progress = Progress(enabled=False if (quiet or json_out) else None)
+    dst_options = transport_options(dest_creds or creds, dest_tls_verify or tls_verify, cert_dir, authfile, timeout,
+                                    "--dest-tls-verify" if dest_tls_verify else "--tls-verify")
+    started = time.monotonic()
     report = convert_refs(
         src,
         dst,
         ConvertOptions(level=level, threads=threads, strict=strict, force=force, dual=dual),
         progress,
-        src_options=transport_options(src_creds or creds, tls_verify, cert_dir, authfile, timeout),
-        dst_options=transport_options(dest_creds or creds, tls_verify, cert_dir, authfile, timeout),
+        src_options=transport_options(src_creds or creds, src_tls_verify or tls_verify, cert_dir, authfile, timeout,
+                                      "--src-tls-verify" if src_tls_verify else "--tls-verify"),
+        dst_options=dst_options,
     )
+    seconds = time.monotonic() - started
+    if digestfile:
+        from converter.fsutil import write_file_atomic
+
+        write_file_atomic(digestfile, "".join(f"{img.digest}\n" for img in report.images).encode())
+    if summary:
+        _write_summary(summary, report, src, dst, seconds, estimate_against, dst_options)
     if json_out:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -87,3 +116,23 @@ def convert(
     for img in report.images:
         tag = img.tag if img.tag is not None else "(untagged)"
         typer.echo(printable(f"{dst} tag {tag}: {img.digest}"))
+
+
+def _write_summary(path: str, report: Any, src: str, dst: str, seconds: float, against: Optional[str],
+                   options: TransportOptions) -> None:
+    from converter.image.refs import open_source
+    from converter.summary import append_summary, render_summary
+
+    est = None
+    if against:
+        try:
+            from converter.estimate import estimate_sources
+
+            with open_source(against, options) as old, open_source(dst, options) as new:
+                est = estimate_sources([old], new)
+        except ZconvError as e:  # the image is written; a missing previous tag only loses that column
+            print(printable(f"zconv: warning: no estimate against {against}: {e}"), file=sys.stderr)
+    try:
+        append_summary(path, render_summary(report, src, dst, seconds, est, against))
+    except OSError as e:
+        raise ZconvError(f"--summary {path}: {e.strerror}") from None
