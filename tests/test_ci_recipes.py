@@ -111,6 +111,7 @@ def _cases(registry, tmp: Path) -> dict[str, dict]:
                 "REGISTRY_USER": "ci",
                 "REGISTRY_PASSWORD": "pw",
                 "ZCONV_CACHE_DIR": str(tmp / "cache"),
+                "GITHUB_STEP_SUMMARY": str(tmp / "step-summary.md"),
             },
             "dest": f"docker://{host}/ci/github:t-gh",
         },
@@ -192,6 +193,9 @@ def test_recipe_zconv_lines_run_against_the_local_registry(recipe, ci_stores, re
         "localhost/app:build" if case["store"] == "vfs" else "localhost/app:t-gh"
     )
     assert manifest.layers and all(_is_chunked(layer) for layer in manifest.layers)
+    if recipe == "github-actions.yml":
+        assert (tmp_path / "image-digest").read_text() == desc.digest + "\n"
+        assert (tmp_path / "step-summary.md").read_text().startswith("### **zconv**: ")
     if recipe == "tekton-task.yaml":
         report = json.loads((tmp_path / "zconv-report.json").read_text())
         assert report["images"][0]["digest"] == desc.digest
