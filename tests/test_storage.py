@@ -116,6 +116,24 @@ def test_store_found_like_containers_storage(tmp_path, monkeypatch):
     assert (st.driver, st.graphroot, st.config_file) == ("vfs", "/home/u/g", str(user))
 
 
+def test_inside_podman_unshare_the_rootless_store_is_used(tmp_path, monkeypatch):
+    """`podman unshare` runs us with euid 0 and $_CONTAINERS_ROOTLESS_UID: still the user's store."""
+    import converter.image.storage.store as store_mod
+
+    for var in ("CONTAINERS_STORAGE_CONF", "STORAGE_DRIVER", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    conf = tmp_path / "storage.conf"
+    conf.write_text('[storage]\ndriver = "overlay"\nrootless_storage_path = "/srv/users/$UID"\n')
+    monkeypatch.setattr(store_mod, "SYSTEM_CONF", str(conf))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("_CONTAINERS_ROOTLESS_UID", "4321")
+    st = find_store()
+    assert st.graphroot == "/srv/users/4321" and st.runroot.endswith("4321/containers")
+    monkeypatch.setenv("_CONTAINERS_ROOTLESS_UID", "0")
+    if os.geteuid() == 0:
+        assert find_store().graphroot == "/var/lib/containers/storage"
+
+
 # ------------------------------------------------------------------ the image, byte for byte
 
 

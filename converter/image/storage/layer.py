@@ -62,6 +62,11 @@ class LayerFiles:
                 fd = os.open(os.path.join(d, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except (FileNotFoundError, NotADirectoryError):
                 continue
+            except PermissionError:
+                raise BadInputError(
+                    f"{self.what}: cannot read {rel} in {d} (permission denied; for a rootless podman store "
+                    "run zconv under `podman unshare`, which can read every file of the store)"
+                ) from None
             except OSError as e:
                 raise BadInputError(f"{self.what}: cannot open {rel} in {d} ({e.strerror})") from None
             if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -12,7 +12,8 @@ the store comes from the configuration, in containers/storage's order:
    (`~/.config/...`) when it exists;
 3. `/etc/containers/storage.conf`, else `/usr/share/containers/storage.conf`.
 
-A non-root user reading a system file gets the per-user store
+A non-root user (also inside `podman unshare`, which podman marks with
+`$_CONTAINERS_ROOTLESS_UID`) reading a system file gets the per-user store
 (`rootless_storage_path`, else `$XDG_DATA_HOME/containers/storage`), as
 podman does. `$STORAGE_DRIVER` overrides the driver. With no driver
 configured, the first driver directory found in the graph root wins
@@ -95,8 +96,20 @@ def parse_reference(rest: str, raw: str) -> tuple[StoreSpec | None, str]:
     return spec, image
 
 
+def _rootless_uid() -> int:
+    """The user whose store this is: inside `podman unshare` the euid is 0, and
+    podman says who we really are in $_CONTAINERS_ROOTLESS_UID (as containers/storage reads it)."""
+    env = os.environ.get("_CONTAINERS_ROOTLESS_UID")
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            pass
+    return os.geteuid()
+
+
 def _is_root() -> bool:
-    return os.geteuid() == 0
+    return _rootless_uid() == 0
 
 
 def _user_config_file() -> str:
@@ -112,9 +125,9 @@ def _rootless_graphroot() -> str:
 def _rootless_runroot() -> str:
     rt = os.environ.get("XDG_RUNTIME_DIR")
     if not rt:
-        rt = f"/run/user/{os.getuid()}"
+        rt = f"/run/user/{_rootless_uid()}"
         if not os.path.isdir(rt):
-            rt = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"storage-run-{os.getuid()}")
+            rt = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"storage-run-{_rootless_uid()}")
     return os.path.join(rt, "containers")
 
 
@@ -131,7 +144,7 @@ def _load_conf(path: str) -> dict:
 
 
 def _expand(path: str) -> str:
-    return os.path.expandvars(path.replace("$UID", str(os.getuid())))
+    return os.path.expandvars(path.replace("$UID", str(_rootless_uid())))
 
 
 def _detect_driver(graphroot: str) -> str:
