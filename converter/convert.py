@@ -47,7 +47,7 @@ from converter.image.model import (
     descriptor_for,
     short,
 )
-from converter.imageread import Node, config_diff_ids, config_platform, layer_name, walk
+from converter.imageread import Node, config_diff_ids, config_platform, layer_name, read_node, walk
 from converter.progress import Progress
 
 # What the decoders (gzip, zstd, tar) raise on a corrupt or truncated layer: bad input, exit 2.
@@ -73,6 +73,10 @@ class ConvertOptions:
     force: bool = False  # re-encode layers that are already zstd:chunked
     dual: bool = False  # index with the original and the zstd:chunked instances
     record_source: bool = False  # SOURCE_DIGEST_ANNOTATION on written manifests and indexes
+    # OS/ARCH[/VARIANT]: of a multi-platform source convert only that instance and
+    # write it as a plain manifest (skopeo's --multi-arch system with --override-*);
+    # None: every instance, the index kept (--all).
+    platform: str | None = None
 
 
 @dataclass
@@ -236,7 +240,40 @@ class Converter:
             if not check.ok:
                 self.progress.warning(check.message)
 
+    def _choose_instance(self, desc: Descriptor, label: str) -> tuple[Descriptor, str]:
+        """The instance of an index for opts.platform, ranked as containers/image's chooseInstance."""
+        from converter.estimate import parse_platform
+
+        want = parse_platform(self.opts.platform)
+        depth = 0
+        while desc.media_type in INDEX_TYPES:
+            index = read_node(self.src, desc, label, depth, where=f"{label} {short(desc.digest)}").doc
+            depth += 1
+            if not isinstance(index, Index):
+                return desc, label
+            ranked = []
+            for pos, m in enumerate(index.manifests):
+                if m.annotations.get(DOCKER_REFERENCE_TYPE):
+                    continue  # attestations are not images
+                p = m.platform
+                if p is None:
+                    prio = 1
+                elif (p.os == want.os and p.architecture == want.architecture
+                      and (want.variant is None or p.variant in (None, want.variant))):
+                    prio = 0
+                else:
+                    continue
+                ranked.append(((prio, m.annotations.get(INDEX_ZSTD_ANNOTATION) != "true", pos), m))
+            if not ranked:
+                have = ", ".join(str(m.platform) for m in index.manifests if m.platform) or "none"
+                raise BadInputError(f"{label}: no image for {self.opts.platform} (it has: {have})")
+            desc = min(ranked, key=lambda r: r[0])[1]
+            label = f"{label} [{desc.platform}]" if desc.platform else label
+        return desc, label
+
     def _convert_top(self, desc: Descriptor, label: str) -> Descriptor:
+        if desc.media_type in INDEX_TYPES and self.opts.platform:
+            desc, label = self._choose_instance(desc, label)
         if desc.media_type not in INDEX_TYPES and desc.media_type not in MANIFEST_TYPES:
             raise BadInputError(f"{label}: unknown media type {desc.media_type!r} for the top-level manifest")
         new, config = walk(self.src, desc, label, self._convert_manifest, self._convert_index, where=_where)

@@ -64,6 +64,11 @@ def convert(
                                              "(one line per image) to FILE."),
     summary: Optional[str] = typer.Option(None, "--summary", help="Append a Markdown report to FILE (e.g. "
                                           "$GITHUB_STEP_SUMMARY): per layer old/new size, zstd:chunked or why not, time."),
+    platform: Optional[str] = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]",
+                                           help="Of a multi-platform source convert only this instance, written as a "
+                                           "plain manifest (as skopeo --multi-arch system does for it)."),
+    all_platforms: bool = typer.Option(False, "--all", help="Every instance of a multi-platform source, the index "
+                                       "kept (the default; as skopeo --all / --multi-arch all)."),
     estimate_against: Optional[str] = typer.Option(None, "--estimate-against", metavar="REF",
                                                    help="With --summary: also say what a client that has REF (the "
                                                    "previous tag) fetches to pull the result."),
@@ -78,6 +83,12 @@ def convert(
     from converter.convert import ConvertOptions, convert_refs
     from converter.progress import Progress, human
 
+    if platform and all_platforms:
+        raise UsageError("--platform and --all exclude each other")
+    if platform:
+        from converter.estimate import parse_platform
+
+        parse_platform(platform)  # a malformed value is a usage error before anything is read
     if estimate_against and not summary:
         raise UsageError("--estimate-against needs --summary FILE (it is part of the summary)")
     progress = Progress(enabled=False if (quiet or json_out) else None)
@@ -87,7 +98,7 @@ def convert(
     report = convert_refs(
         src,
         dst,
-        ConvertOptions(level=level, threads=threads, strict=strict, force=force, dual=dual),
+        ConvertOptions(level=level, threads=threads, strict=strict, force=force, dual=dual, platform=platform),
         progress,
         src_options=transport_options(src_creds or creds, src_tls_verify or tls_verify, cert_dir, authfile, timeout,
                                       "--src-tls-verify" if src_tls_verify else "--tls-verify"),
