@@ -35,7 +35,11 @@ def parse_bool(value: str, option: str) -> bool:
 
 
 def transport_options(
-    creds: str | None, tls_verify: str, cert_dir: str | None, authfile: str | None, timeout: float | None = None,
+    creds: str | None,
+    tls_verify: str,
+    cert_dir: str | None,
+    authfile: str | None,
+    timeout: float | None = None,
     tls_option: str = "--tls-verify",
 ) -> TransportOptions:
     """TransportOptions from the shared registry flags (--creds, --tls-verify, --cert-dir, --authfile, --timeout).
