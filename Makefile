@@ -38,6 +38,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/bench_sync.py
+	$(BIN)/python bench/bench_cache.py
 
 # zconv as a container image (Containerfile). Wheels are built here on the host,
 # so the image builds with no package index; IMAGE_BASE needs Python 3.11 (the

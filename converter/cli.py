@@ -17,7 +17,7 @@ from typing import Any, Optional
 import typer
 
 from converter.cli_app import app
-from converter.commands import convert, estimate, inspect, login, push, sync, verify  # noqa: F401  (register commands)
+from converter.commands import cache, convert, estimate, inspect, login, push, sync, verify  # noqa: F401  (register commands)
 from converter.errors import UsageError, ZconvError
 from converter.textsafe import printable
 

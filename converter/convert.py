@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sqlite3
 import tarfile
 import tempfile
 import time
@@ -23,8 +24,9 @@ from typing import Any, BinaryIO, Callable, cast
 import zstandard
 from isal import isal_zlib
 
+from converter.cache import ENCODER_ANNOTATION
 from converter.chunked.format import CHUNKED_ANNOTATIONS, LEGACY_PREFIX, is_chunked
-from converter.chunked.writer import convert_layer
+from converter.chunked.writer import DEFAULT_LEVEL, convert_layer, encoder_identity
 from converter.errors import BadInputError, UsageError, ZconvError
 from converter.image.model import (
     DOCKER_CONFIG,
@@ -77,6 +79,10 @@ class ConvertOptions:
     # write it as a plain manifest (skopeo's --multi-arch system with --override-*);
     # None: every instance, the index kept (--all).
     platform: str | None = None
+    cache: bool = True  # frame cache and layer memo (converter/cache)
+    cache_dir: str | None = None  # None: $ZCONV_CACHE_DIR, $XDG_CACHE_HOME/zconv or ~/.cache/zconv
+    cache_max_size: int | None = None
+    reuse_from: tuple[str, ...] = ()  # earlier zstd:chunked images whose frames may be reused
 
 
 @dataclass
@@ -93,7 +99,9 @@ class LayerReport:
     chunked: bool
     reason: str | None
     seconds: float
-    action: str  # "converted", "kept" (already zstd:chunked), "reused" (same input converted before), "foreign"
+    # "converted", "kept" (already zstd:chunked), "reused" (same input converted before), "foreign",
+    # "present" / "mounted" (converted by an earlier run and already at / mounted into the destination)
+    action: str
 
     @classmethod
     def of(cls, old: Descriptor, new: Descriptor, name: str, index: int, diff_id: str | None, chunked: bool,
@@ -143,11 +151,14 @@ class ConvertReport:
     images: list[ImageReport] = field(default_factory=list)
     layers: list[LayerReport] = field(default_factory=list)
     range_check: dict[str, Any] | None = None  # registries only
+    frames: dict[str, Any] | None = None  # chunks and bytes from the cache, from --reuse-from, compressed
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"images": [i.to_json() for i in self.images], "layers": [r.to_json() for r in self.layers]}
         if self.range_check is not None:
             out["range_check"] = self.range_check
+        if self.frames is not None:
+            out["frames"] = self.frames
         return out
 
 
@@ -194,8 +205,11 @@ class _CountingReader:
 
 
 class Converter:
-    def __init__(self, src: ImageSource, dst: ImageSink, options: ConvertOptions, progress: Progress | None = None) -> None:
+    def __init__(self, src: ImageSource, dst: ImageSink, options: ConvertOptions, progress: Progress | None = None,
+                 frames: Any = None, memo: Any = None) -> None:
         self.src = src
+        self.frames = frames  # converter.cache.sources.FrameSources (the writer's FrameStore) or None
+        self.memo = memo  # converter.cache.memo.LayerMemo or None
         self.dst = dst
         self.opts = options
         self.progress = progress or Progress(enabled=False)
@@ -443,6 +457,16 @@ class Converter:
             self.progress.note(f"{name}: already zstd:chunked, copied")
             return new
 
+        level = DEFAULT_LEVEL if self.opts.level is None else self.opts.level
+        encoder = encoder_identity(level)
+        memo_key = None
+        if self.memo is not None:
+            from converter.cache.memo import LayerMemo
+
+            memo_key = LayerMemo.key(layer.digest, encoder, {"level": level})
+            known = self._from_memo(layer, name, index, diff_id, memo_key, started)
+            if known is not None:
+                return known
         readers: list[VerifyingReader] = []
         self.progress.layer_start(name, layer.size)
 
@@ -459,7 +483,7 @@ class Converter:
                 try:
                     result = convert_layer(
                         open_src, out, level=self.opts.level, threads=self.opts.threads,
-                        strict=self.opts.strict, name=name,
+                        strict=self.opts.strict, name=name, frames=self.frames,
                     )
                     if readers:
                         readers[-1].finish()  # checks size and digest even if the writer stopped early
@@ -482,9 +506,18 @@ class Converter:
                 if k not in CHUNKED_ANNOTATIONS and not k.startswith(LEGACY_PREFIX)
             }
             ann.update(result.annotations)
+            if result.chunked:
+                ann[ENCODER_ANNOTATION] = encoder
             new = Descriptor(result.media_type or OCI_LAYER_ZSTD, result.digest, result.size, annotations=ann,
                              urls=layer.urls)
             self.dst.put_blob_file(new, tmp)
+            if self.memo is not None and memo_key is not None:
+                from converter.cache.memo import MemoLayer
+
+                self.memo.put(memo_key, MemoLayer(new.digest, new.size, result.diff_id, new.media_type,
+                                                  {**result.annotations, **({ENCODER_ANNOTATION: encoder} if result.chunked else {})},
+                                                  result.chunked, result.reason, result.tar_size))
+                self._remember(new)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -494,16 +527,88 @@ class Converter:
         self.progress.layer_done(rep.old_size, rep.new_size, rep.chunked, rep.reason, rep.seconds)
         return new
 
+    # ------------------------------------------------------------------ memo
+
+    def _remember(self, desc: Descriptor) -> None:
+        loc = self.dst.blob_location()
+        if loc is not None and self.memo is not None:
+            self.memo.remember_blob(loc[0], loc[1], desc.digest)
+
+    def _from_memo(self, layer: Descriptor, name: str, index: int, diff_id: str | None, key: str,
+                   started: float) -> Descriptor | None:
+        """An earlier run converted this layer: if the destination holds (or can mount) the result, use it unread."""
+        hit = self.memo.get(key)  # type: ignore[union-attr]
+        if hit is None or (self.opts.strict and not hit.chunked):
+            return None
+        if diff_id is not None and hit.diff_id != diff_id:
+            return None
+        ann = {k: v for k, v in layer.annotations.items() if k not in CHUNKED_ANNOTATIONS and not k.startswith(LEGACY_PREFIX)}
+        ann.update(hit.annotations)
+        new = Descriptor(hit.media_type, hit.digest, hit.size, annotations=ann, urls=layer.urls)
+        if self.dst.has_blob(new):
+            action = "present"
+        else:
+            loc = self.dst.blob_location()
+            repos = self.memo.repositories(loc[0], new.digest) if loc is not None else []  # type: ignore[union-attr]
+            if not repos or not self.dst.mount_from(new, repos):
+                return None
+            action = "mounted"
+        self._remember(new)
+        rep = LayerReport.of(layer, new, name, index, hit.diff_id, hit.chunked, hit.reason, started, action)
+        self._layers[layer.digest] = (new, rep)
+        self.report.layers.append(rep)
+        self.progress.note(f"{name}: converted before, {'already at the destination' if action == 'present' else 'mounted'}")
+        return new
+
+
+def open_frame_sources(options: ConvertOptions, reuse_options: Any = None) -> tuple[Any, Any]:
+    """(FrameSources or None, LayerMemo or None) for a run with `options`."""
+    from converter.cache.frames import DEFAULT_MAX_SIZE, FrameCache, default_cache_dir
+    from converter.cache.memo import LayerMemo
+    from converter.cache.sources import FrameSources
+
+    cache: Any = None
+    memo: Any = None
+    if options.cache:
+        root = options.cache_dir or default_cache_dir()
+        try:
+            cache = FrameCache(root, options.cache_max_size or DEFAULT_MAX_SIZE)
+            memo = LayerMemo(root)
+        except (OSError, sqlite3.Error) as e:
+            import logging
+
+            logging.getLogger("zconv").warning("cache %s not usable (%s); converting without it", root, e)
+            cache = memo = None
+    remotes: list[Any] = []
+    if options.reuse_from:
+        from converter.cache.reuse import ReuseFrames
+
+        remotes.append(ReuseFrames(list(options.reuse_from), reuse_options))
+    frames = FrameSources(cache, remotes) if (cache is not None or remotes) else None
+    return frames, memo
+
 
 def convert_image(
     src: ImageSource,
     dst: ImageSink,
     options: ConvertOptions = ConvertOptions(),
     progress: Progress | None = None,
+    reuse_options: Any = None,
 ) -> ConvertReport:
     """Convert what `src` designates into `dst`; on any error `dst` is left as it was."""
-    with dst:
-        return Converter(src, dst, options, progress).run()
+    frames, memo = open_frame_sources(options, reuse_options)
+    try:
+        with dst:
+            conv = Converter(src, dst, options, progress, frames=frames, memo=memo)
+            report = conv.run()
+    finally:
+        if frames is not None:
+            frames.close()
+        if memo is not None:
+            memo.close()
+    if frames is not None:
+        report.frames = frames.stats()
+    return report
 
 
 def convert_refs(
@@ -522,4 +627,4 @@ def convert_refs(
         sink = open_sink(d, dst_options)
         if on_sink is not None:
             on_sink(sink)
-        return convert_image(src, sink, options, progress)
+        return convert_image(src, sink, options, progress, reuse_options=src_options)

@@ -88,10 +88,26 @@ class _Pusher:
         self.done: set[str] = set()
         self.manifests = 0
         self.chunked_layers: list[Descriptor] = []
+        self.memo: Any = None  # converter.cache.memo.LayerMemo: where blobs were pushed before
 
     def blob(self, desc: Descriptor, what: str) -> None:
         if desc.digest in self.done:
             return
+        self._blob(desc, what)
+        if self.memo is not None:
+            self.memo.remember_blob(self.sink.host, self.sink.repository, desc.digest)
+
+    def _blob(self, desc: Descriptor, what: str) -> None:
+        repos = [] if self.memo is None else [
+            r for r in self.memo.repositories(self.sink.host, desc.digest) if r != self.sink.repository]
+        if repos:
+            # Pushed to another repository of this registry before: mount it unless it is already here.
+            if self.sink.has_blob(desc):
+                self.sink.results[desc.digest] = "skipped"
+                self.sink.client.count("skipped")
+                return
+            if self.sink.mount_from(desc, repos):
+                return
         path = _local_blob_path(self.src, desc.digest)
         if path is not None:
             size = os.path.getsize(path)
@@ -224,6 +240,7 @@ def push_image(
     )
     sink = DockerSink(dest, client=client, log=log)
     report = PushReport(source=src_ref, destination=dst_ref)
+    memo = _open_memo()
     try:
         if s.transport == "docker":
             sref = parse_reference(s.raw)
@@ -248,6 +265,7 @@ def push_image(
             if dest.digest and dest.digest != top.digest:
                 raise UsageError(f"{dst_ref}: the image's digest is {top.digest}, not the one in the destination")
             pusher = _Pusher(src, sink, log, jobs=jobs)
+            pusher.memo = memo
             pusher.preflight(top)
             with sink:
                 pusher.tree(top, src.description)
@@ -273,7 +291,20 @@ def push_image(
         report.resumed_uploads = st.resumed
         report.seconds = time.monotonic() - started
         client.close()
+        if memo is not None:
+            memo.close()
     return report
 
 
+def _open_memo() -> Any:
+    """The layer memo of the default cache directory (blob locations), or None when it cannot be opened."""
+    import sqlite3
+
+    from converter.cache.frames import default_cache_dir
+    from converter.cache.memo import LayerMemo
+
+    try:
+        return LayerMemo(default_cache_dir())
+    except (OSError, sqlite3.Error):
+        return None
 

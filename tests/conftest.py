@@ -13,6 +13,15 @@ from support.interop import InteropError, InteropTool, build_interop_binary  # n
 from support.registry import RegistryServer  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+    """Every test (and every zconv it starts) gets a cache of its own, never ~/.cache: what one
+    test converted or pushed must not turn another's conversions into memo hits or mounts."""
+    path = tmp_path_factory.mktemp("zconv-cache")
+    monkeypatch.setenv("ZCONV_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def registry():
     """An anonymous docker-registry on 127.0.0.1 (plain http) for the whole session."""

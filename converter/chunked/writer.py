@@ -17,7 +17,9 @@ Frames are compressed in batches by zstd's own thread pool
 (`multi_compress_to_buffer`) in a background thread while the main thread
 parses, hashes and chunks the next batch. Each frame is compressed on its
 own with the same parameters, so the output bytes do not depend on the
-thread count.
+thread count, and a frame's bytes depend only on its content and the
+encoder: a FrameStore (a cache, an earlier image) may supply any frame of a
+batch instead, which writes the same bytes with less work.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Protocol
 
 import zstandard
 from fastcrc import crc64
@@ -49,7 +51,7 @@ from converter.chunked.tarsplit import TarSplitWriter
 from converter.chunked.tarstream import LINK, CountingReader, TarStream
 from converter.errors import BadInputError, IncompatibleLayerError
 
-__all__ = ["convert_layer", "LayerResult", "detect_compression", "DEFAULT_LEVEL"]
+__all__ = ["convert_layer", "LayerResult", "detect_compression", "DEFAULT_LEVEL", "FrameStore", "encoder_identity"]
 
 log = logging.getLogger("zconv")
 
@@ -63,6 +65,31 @@ BATCH_FRAMES = 2048
 MAX_BATCHES_IN_FLIGHT = 2
 STREAM_FRAME = 16 << 20  # chunks larger than this are compressed as a stream
 HEADER_FRAME_MAX = 8 << 20  # split very long runs of header-only entries
+
+
+def encoder_identity(level: int) -> str:
+    """Everything that decides the bytes of a frame, as one string.
+
+    Frames are compressed one-shot at `level` with python-zstandard's
+    defaults (content size written, no checksum, no dictionary), so their
+    bytes depend on libzstd, the binding and the level. Change the leading
+    tag whenever the way frames are compressed changes.
+    """
+    return f"f1/zstd-{'.'.join(map(str, zstandard.ZSTD_VERSION))}/py-{zstandard.__version__}/l{level}"
+
+
+class FrameStore(Protocol):
+    """Where already-compressed frames may come from (a cache, an earlier image).
+
+    Keys are the raw sha256 of a frame's uncompressed bytes (for a payload
+    frame, its chunk's digest). A store returns only frames it verified for
+    that content and that encoder; whatever it does not return is compressed
+    here and offered back with put_frames.
+    """
+
+    def get_frames(self, encoder: str, digests: list[bytes]) -> dict[bytes, bytes]: ...
+
+    def put_frames(self, encoder: str, frames: list[tuple[bytes, bytes]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -100,8 +127,10 @@ class FrameSink:
     so the main thread only parses, chunks and hashes payloads.
     """
 
-    def __init__(self, out: _HashingWriter, level: int, threads: int) -> None:
+    def __init__(self, out: _HashingWriter, level: int, threads: int, store: FrameStore | None = None) -> None:
         self._out = out
+        self._store = store
+        self._encoder = encoder_identity(level)
         # Level, not explicit parameters: libzstd then picks per frame the
         # parameter row for that frame's size, whose stronger strategies for
         # small inputs make per-file frames ~1.5% smaller.
@@ -110,6 +139,7 @@ class FrameSink:
         self._threads = threads
         self._batch: list[bytes] = []
         self._want: list[int] = []  # frame indexes whose sha256 is wanted
+        self._shas: dict[int, bytes] = {}  # frame index -> sha256 of its content, when already known
         self._first = 0  # index of the batch's first frame
         self._batch_bytes = 0
         self._pool = cf.ThreadPoolExecutor(1) if threads > 1 else None
@@ -122,33 +152,55 @@ class FrameSink:
     def start_of(self, idx: int) -> int:
         return self.ends[idx - 1] if idx else 0
 
-    def add(self, data: bytes, want_digest: bool = False) -> int:
-        """Queue one frame; returns its index."""
+    def add(self, data: bytes, want_digest: bool = False, sha: bytes | None = None) -> int:
+        """Queue one frame (`sha`: its content's sha256 if known); returns its index."""
         idx = self._count
         self._count += 1
         self._batch.append(data)
         if want_digest:
             self._want.append(idx)
+        if sha is not None and self._store is not None:
+            self._shas[idx] = sha
         self._batch_bytes += len(data)
         if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_FRAMES:
             self._submit()
         return idx
 
-    def _process(self, first: int, frames: list[bytes], want: list[int]) -> None:
-        # A context per call: multi_compress_to_buffer runs its own threads.
-        cctx = zstandard.ZstdCompressor(level=self._level)
-        result = cctx.multi_compress_to_buffer(frames, threads=self._threads)
+    def _process(self, first: int, frames: list[bytes], want: list[int], known_shas: dict[int, bytes]) -> None:
+        # Every frame of a batch is compressed one-shot on its own, so its bytes depend
+        # only on its content and the encoder: a store may supply any of them.
+        shas: list[bytes] = []
+        found: dict[int, bytes] = {}  # position in batch -> frame from the store
+        if self._store is not None:
+            shas = [known_shas.get(first + j) or hashlib.sha256(f).digest() for j, f in enumerate(frames)]
+            got = self._store.get_frames(self._encoder, list(set(shas)))
+            for j, sha in enumerate(shas):
+                f = got.get(sha)
+                # The store verified the frame; its declared size is a last cheap guard.
+                if f is not None and zstandard.frame_content_size(f) == len(frames[j]):
+                    found[j] = f
         for i in want:
-            self.digests[i] = "sha256:" + hashlib.sha256(frames[i - first]).hexdigest()
-        for seg in result:
-            self._out.write(seg.tobytes())
+            sha = shas[i - first] if shas else hashlib.sha256(frames[i - first]).digest()
+            self.digests[i] = "sha256:" + sha.hex()
+        todo = [j for j in range(len(frames)) if j not in found]
+        made: dict[int, bytes] = {}
+        if todo:
+            # A context per call: multi_compress_to_buffer runs its own threads.
+            cctx = zstandard.ZstdCompressor(level=self._level)
+            result = cctx.multi_compress_to_buffer([frames[j] for j in todo], threads=self._threads)
+            for j, seg in zip(todo, result):
+                made[j] = seg.tobytes()
+        for j in range(len(frames)):
+            self._out.write(found[j] if j in found else made[j])
             self.ends.append(self._out.offset)
+        if self._store is not None and made:
+            self._store.put_frames(self._encoder, list({shas[j]: f for j, f in made.items()}.items()))
 
     def _submit(self) -> None:
         if not self._batch:
             return
-        job = (self._first, self._batch, self._want)
-        self._first, self._batch, self._want, self._batch_bytes = self._count, [], [], 0
+        job = (self._first, self._batch, self._want, self._shas)
+        self._first, self._batch, self._want, self._shas, self._batch_bytes = self._count, [], [], {}, 0
         if self._pool is None:
             self._process(*job)
             return
@@ -209,9 +261,10 @@ class _Chunk:
 class _PayloadWriter:
     """Cuts one file's payload into chunks and queues a frame per chunk."""
 
-    def __init__(self, sink: FrameSink, size: int) -> None:
+    def __init__(self, sink: FrameSink, size: int, file_sha=None) -> None:
         self.sink = sink
         self.size = size
+        self.file_sha = file_sha  # the whole file's hash; complete once the last byte is taken
         self.chunks: list[tuple[int, int, str, int, str | None]] = []  # (off, size, type, frame, digest)
         self.cur = _Chunk(0)
         self.emitted = 0
@@ -260,7 +313,8 @@ class _PayloadWriter:
             digest = None  # one chunk: the file digest says it all
             if not single and typ == ZEROS:
                 digest = _zeros_digest(len(data))
-            frame = self.sink.add(data, want_digest=not single and typ != ZEROS)
+            sha = self.file_sha.digest() if single and self.file_sha is not None else None
+            frame = self.sink.add(data, want_digest=not single and typ != ZEROS, sha=sha)
         self.chunks.append((c.start, c.size, typ, frame, digest))
         self.cur = _Chunk(self.emitted)
 
@@ -270,7 +324,7 @@ def _write_payload(tar: TarStream, sink: FrameSink, size: int):
     sha = hashlib.sha256()
     crc = None
     chunker = Chunker()
-    pw = _PayloadWriter(sink, size)
+    pw = _PayloadWriter(sink, size, sha)
     left = size
     block = memoryview(b"")
     while left:
@@ -305,9 +359,10 @@ def _check_hostile(h, what: str) -> None:
         )
 
 
-def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str) -> tuple[dict, int]:
+def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str,
+                   store: FrameStore | None = None) -> tuple[dict, int]:
     """The whole chunked encoding; raises NotRepresentable to ask for plain zstd."""
-    sink = FrameSink(out, level, threads)
+    sink = FrameSink(out, level, threads, store)
     cctx = zstandard.ZstdCompressor(level=level)
     tsw = TarSplitWriter(cctx)
     entries: list[dict] = []
@@ -423,11 +478,13 @@ def convert_layer(
     threads: int = 0,
     strict: bool = False,
     name: str = "layer",
+    frames: FrameStore | None = None,
 ) -> LayerResult:
     """Convert one layer blob (gzip, zstd or plain tar) to zstd:chunked.
 
     `open_src` is called again if the layer has to be written as plain zstd
-    after all (then `out` is truncated and rewritten). Raises BadInputError
+    after all (then `out` is truncated and rewritten). `frames` may supply
+    frames already compressed (same bytes, less work). Raises BadInputError
     for corrupt or hostile input and IncompatibleLayerError under `strict`
     when zstd:chunked cannot represent the layer.
     """
@@ -452,7 +509,7 @@ def convert_layer(
     result: dict = {}
 
     def chunked(tar: TarStream, w: _HashingWriter) -> None:
-        result["annotations"], result["entries"] = _write_chunked(tar, w, level, threads, name)
+        result["annotations"], result["entries"] = _write_chunked(tar, w, level, threads, name, frames)
 
     try:
         kind, diff_id, tar_size, w = one_pass(chunked)

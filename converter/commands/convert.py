@@ -72,6 +72,14 @@ def convert(
     estimate_against: Optional[str] = typer.Option(None, "--estimate-against", metavar="REF",
                                                    help="With --summary: also say what a client that has REF (the "
                                                    "previous tag) fetches to pull the result."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Frame cache and layer memo directory "
+                                            "(default $ZCONV_CACHE_DIR, else $XDG_CACHE_HOME/zconv, else ~/.cache/zconv)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor fill the cache."),
+    cache_max_size: Optional[str] = typer.Option(None, "--cache-max-size", metavar="SIZE",
+                                                 help="Prune the cache to SIZE (e.g. 500M, 2G; default 2G) at the end."),
+    reuse_from: Optional[list[str]] = typer.Option(None, "--reuse-from", metavar="REF",
+                                                   help="An earlier zstd:chunked image (any transport) whose frames "
+                                                   "are fetched with ranged reads instead of compressing again; repeatable."),
 ) -> None:
     """Convert every layer of an image (all tags, all platforms) to zstd:chunked.
 
@@ -80,6 +88,7 @@ def convert(
     Docker schema 2 manifests and lists become OCI ones. The same input gives
     the same output digests.
     """
+    from converter.commands.cache import parse_size
     from converter.convert import ConvertOptions, convert_refs
     from converter.progress import Progress, human
 
@@ -98,7 +107,10 @@ def convert(
     report = convert_refs(
         src,
         dst,
-        ConvertOptions(level=level, threads=threads, strict=strict, force=force, dual=dual, platform=platform),
+        ConvertOptions(level=level, threads=threads, strict=strict, force=force, dual=dual, platform=platform,
+                       cache=not no_cache, cache_dir=cache_dir,
+                       cache_max_size=parse_size(cache_max_size) if cache_max_size else None,
+                       reuse_from=tuple(reuse_from or ())),
         progress,
         src_options=transport_options(src_creds or creds, src_tls_verify or tls_verify, cert_dir, authfile, timeout,
                                       "--src-tls-verify" if src_tls_verify else "--tls-verify"),

@@ -629,6 +629,14 @@ class ImageSink(ABC):
     def put_blob_bytes(self, desc: Descriptor, data: bytes) -> None:
         self.put_blob(desc, io.BytesIO(data))
 
+    def blob_location(self) -> tuple[str, str] | None:
+        """(registry host, repository) a blob put here can later be mounted from; None where mounts do not exist."""
+        return None
+
+    def mount_from(self, desc: Descriptor, repositories: list[str]) -> bool:
+        """Link a blob that other repositories of the same registry hold, without uploading it; True when done."""
+        return False
+
     @abstractmethod
     def put_manifest(self, desc: Descriptor, data: bytes) -> None:
         """Store a manifest or index by digest (not under any tag yet).

@@ -189,7 +189,13 @@ class DockerSink(ImageSink):
         Callers copying from a registry should try this before opening the
         source blob, so no byte is downloaded for a blob the registry can link.
         """
-        for src in self.mount_sources:
+        return self.mount_from(desc, self.mount_sources)
+
+    def blob_location(self) -> tuple[str, str] | None:
+        return (self.host, self.repository)
+
+    def mount_from(self, desc: Descriptor, repositories: list[str]) -> bool:
+        for src in repositories:
             if src != self.repository and self.client.mount_blob(self.repository, desc.digest, src) == "mounted":
                 self.client.count("mounted")
                 self._record(desc, "mounted")

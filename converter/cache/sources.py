@@ -1,0 +1,77 @@
+"""The frame sources of one conversion: the local cache first, then earlier images.
+
+Implements the writer's FrameStore. Frames fetched from an earlier image are
+stored in the local cache too, so the next run finds them locally.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+from converter.cache.frames import FrameCache, SourceStats
+
+
+class RemoteFrames(Protocol):
+    stats: SourceStats
+    requests: int  # ranged reads made
+    bytes_fetched: int
+    rejected: int  # frames fetched that failed verification
+
+    def get_frames(self, encoder: str, digests: list[bytes]) -> dict[bytes, bytes]: ...
+
+
+class FrameSources:
+    def __init__(self, cache: FrameCache | None, remotes: list[RemoteFrames]) -> None:
+        self.cache = cache
+        self.remotes = remotes
+        self.compressed = SourceStats()
+        self._lock = threading.Lock()
+
+    def get_frames(self, encoder: str, digests: list[bytes]) -> dict[bytes, bytes]:
+        got: dict[bytes, bytes] = {}
+        if self.cache is not None:
+            got.update(self.cache.get_frames(encoder, digests))
+        for remote in self.remotes:
+            missing = [d for d in digests if d not in got]
+            if not missing:
+                break
+            found = remote.get_frames(encoder, missing)
+            if found and self.cache is not None:
+                self.cache.put_frames(encoder, list(found.items()))
+            got.update(found)
+        return got
+
+    def put_frames(self, encoder: str, frames: list[tuple[bytes, bytes]]) -> None:
+        import zstandard
+
+        with self._lock:
+            for _, f in frames:
+                self.compressed.add(zstandard.frame_content_size(f), len(f))
+        if self.cache is not None:
+            self.cache.put_frames(encoder, frames)
+
+    def stats(self) -> dict[str, Any]:
+        reuse = SourceStats()
+        requests = fetched = rejected = 0
+        for r in self.remotes:
+            reuse.frames += r.stats.frames
+            reuse.bytes += r.stats.bytes
+            reuse.frame_bytes += r.stats.frame_bytes
+            requests += r.requests
+            fetched += r.bytes_fetched
+            rejected += r.rejected
+        return {
+            "cache": self.cache.hits.to_json() if self.cache is not None else None,
+            "reuse": {**reuse.to_json(), "requests": requests, "fetched_bytes": fetched, "rejected": rejected}
+            if self.remotes else None,
+            "compressed": self.compressed.to_json(),
+        }
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+        for r in self.remotes:
+            close = getattr(r, "close", None)
+            if close:
+                close()
