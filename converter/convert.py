@@ -537,7 +537,7 @@ class Converter:
     def _from_memo(self, layer: Descriptor, name: str, index: int, diff_id: str | None, key: str,
                    started: float) -> Descriptor | None:
         """An earlier run converted this layer: if the destination holds (or can mount) the result, use it unread."""
-        hit = self.memo.get(key)  # type: ignore[union-attr]
+        hit = self.memo.get(key)
         if hit is None or (self.opts.strict and not hit.chunked):
             return None
         if diff_id is not None and hit.diff_id != diff_id:
@@ -549,7 +549,7 @@ class Converter:
             action = "present"
         else:
             loc = self.dst.blob_location()
-            repos = self.memo.repositories(loc[0], new.digest) if loc is not None else []  # type: ignore[union-attr]
+            repos = self.memo.repositories(loc[0], new.digest) if loc is not None else []
             if not repos or not self.dst.mount_from(new, repos):
                 return None
             action = "mounted"

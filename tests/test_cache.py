@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from support.corpus import write_oci_image
 
 from converter.cache.frames import FrameCache
 from converter.convert import ConvertOptions, convert_refs
 from converter.errors import BadInputError
+from support.corpus import write_oci_image
 
 
 def _text(rng: random.Random, n: int) -> bytes:
@@ -174,7 +174,7 @@ def test_concurrent_writers_and_a_killed_run(tmp_path):
     procs = [_zconv("convert", "--cache-dir", str(cache), "--json", f"oci:{src}", f"oci:{tmp_path / f'c{i}'}")
              for i in range(2)]
     outs = [pr.communicate(timeout=300) for pr in procs]
-    for pr, (out, err) in zip(procs, outs):
+    for pr, (_, err) in zip(procs, outs):
         assert pr.returncode == 0, err.decode()
     for i in range(2):
         assert tree(tmp_path / f"c{i}") == tree(ref)

@@ -185,7 +185,7 @@ class FrameCache:
             try:
                 for i in range(0, len(klist), 500):
                     part = klist[i : i + 500]
-                    q = "select key, pack, off, len, fsum from frames where key in (%s)" % ",".join("?" * len(part))
+                    q = f"select key, pack, off, len, fsum from frames where key in ({','.join('?' * len(part))})"
                     rows += self._db.execute(q, part).fetchall()
             except sqlite3.DatabaseError as e:
                 log.warning("frame cache %s: lookup failed (%s); compressing instead", self.root, e)
@@ -237,7 +237,7 @@ class FrameCache:
                     self._pack.write(frame)
                     self._pack_size += len(frame)
                 self._pack.flush()  # bytes first, rows second: a row never points past the data
-                for digest, frame in frames:
+                for _, frame in frames:
                     self.stored.add(zstandard.frame_content_size(frame), len(frame))
                 many(self._db, "insert or ignore into frames values (?, ?, ?, ?, ?)", rows)
             except (OSError, sqlite3.DatabaseError) as e:
@@ -297,7 +297,7 @@ class FrameCache:
             moved = []
             for i in range(0, len(keys), 500):
                 part = keys[i : i + 500]
-                q = "select key, off, len, fsum from frames where pack = ? and key in (%s)" % ",".join("?" * len(part))
+                q = f"select key, off, len, fsum from frames where pack = ? and key in ({','.join('?' * len(part))})"
                 for key, off, ln, fsum in self._db.execute(q, [pack, *part]).fetchall():
                     frame = self._read(pack, off, ln)
                     if frame is not None and _fsum(frame) == fsum:
@@ -307,7 +307,7 @@ class FrameCache:
             if self._pack is None or self._pack_size >= PACK_MAX:
                 self._new_pack()
             rows = []
-            for key, frame, fsum in moved:
+            for key, frame, _ in moved:
                 rows.append((self._pack_id, self._pack_size, len(frame), key))
                 self._pack.write(frame)
                 self._pack_size += len(frame)

@@ -51,7 +51,7 @@ class MemoLayer:
         return json.dumps(self.__dict__, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "MemoLayer":
+    def from_json(cls, text: str) -> MemoLayer:
         d = json.loads(text)
         return cls(**d)
 

@@ -117,7 +117,7 @@ class ReuseFrames:
             jobs += [(li, group) for group in _coalesce(items)]
         results = self._pool.map(self._fetch, jobs) if len(jobs) > 1 else map(self._fetch, jobs)
         dctx = zstandard.ZstdDecompressor()
-        for (li, group), (start, data) in zip(jobs, results):
+        for (_, group), (start, data) in zip(jobs, results):
             if data is None:
                 continue
             self.requests += 1

@@ -188,8 +188,8 @@ class FrameSink:
             # A context per call: multi_compress_to_buffer runs its own threads.
             cctx = zstandard.ZstdCompressor(level=self._level)
             result = cctx.multi_compress_to_buffer([frames[j] for j in todo], threads=self._threads)
-            for j, seg in zip(todo, result):
-                made[j] = seg.tobytes()
+            for k, j in enumerate(todo):
+                made[j] = result[k].tobytes()
         for j in range(len(frames)):
             self._out.write(found[j] if j in found else made[j])
             self.ends.append(self._out.offset)

@@ -26,10 +26,10 @@ def parse_size(text: str) -> int:
 
 
 def _open(cache_dir: Optional[str], max_size: Optional[str] = None):
+    import sqlite3
+
     from converter.cache.frames import DEFAULT_MAX_SIZE, FrameCache, default_cache_dir
     from converter.cache.memo import LayerMemo
-
-    import sqlite3
 
     root = cache_dir or default_cache_dir()
     try:
