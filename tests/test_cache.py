@@ -87,7 +87,7 @@ def test_output_identical_cold_warm_and_any_thread_count(tmp_path):
     assert tree(tmp_path / "cold") == tree(tmp_path / "plain") == tree(tmp_path / "warm") == tree(tmp_path / "warm1")
     assert "frames" not in plain
     n = cold["frames"]["compressed"]["frames"]
-    assert n > 60 and cold["frames"]["cache"]["frames"] == 0
+    assert n > 30 and cold["frames"]["cache"]["frames"] == 0
     # the warm runs compressed nothing: every payload frame came from the cache
     for w in (warm, warm1):
         assert w["frames"]["cache"]["frames"] == n and w["frames"]["compressed"]["frames"] == 0
@@ -107,7 +107,10 @@ def test_v2_after_v1_compresses_only_changed_chunks(tmp_path):
     changed = _changed(f1) + ["usr/share/doc/new.txt"]
     # only the changed files (and their tar headers) were compressed again; everything else came from the cache
     assert 0 < fr["compressed"]["bytes"] <= sum(len(f2[n]) + 2048 for n in changed)
-    assert fr["cache"]["bytes"] >= sum(len(d) for n, d in f2.items() if n not in changed)
+    # every other frame the cache was asked for came from it (frames under min_frame are never asked for)
+    alone = convert(tmp_path / "s2", tmp_path / "o2alone", tmp_path / "empty-cache")["frames"]
+    assert fr["cache"]["frames"] + fr["compressed"]["frames"] == alone["compressed"]["frames"]
+    assert fr["cache"]["bytes"] > 4 * fr["compressed"]["bytes"]
     assert cold["images"][0]["digest"] == warm["images"][0]["digest"]
 
 

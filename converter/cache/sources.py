@@ -21,7 +21,15 @@ class RemoteFrames(Protocol):
     def get_frames(self, encoder: str, digests: list[bytes]) -> dict[bytes, bytes]: ...
 
 
+#: Frames below this many bytes are compressed without a lookup. Measured on a
+#: layer of 150,000 files of ~2 KB: a lookup and a store per frame cost more
+#: than compressing such frames (warm 50 s, cold 105 s against 45 s without the cache).
+MIN_FRAME = 4096
+
+
 class FrameSources:
+    min_frame = MIN_FRAME
+
     def __init__(self, cache: FrameCache | None, remotes: list[RemoteFrames]) -> None:
         self.cache = cache
         self.remotes = remotes
@@ -66,6 +74,7 @@ class FrameSources:
             "reuse": {**reuse.to_json(), "requests": requests, "fetched_bytes": fetched, "rejected": rejected}
             if self.remotes else None,
             "compressed": self.compressed.to_json(),
+            "min_frame": self.min_frame,  # smaller frames are always compressed, and not counted here
         }
 
     def close(self) -> None:

@@ -84,8 +84,11 @@ class FrameStore(Protocol):
     Keys are the raw sha256 of a frame's uncompressed bytes (for a payload
     frame, its chunk's digest). A store returns only frames it verified for
     that content and that encoder; whatever it does not return is compressed
-    here and offered back with put_frames.
+    here and offered back with put_frames. Frames of fewer than `min_frame`
+    bytes are not asked for: compressing them costs less than a lookup.
     """
+
+    min_frame: int
 
     def get_frames(self, encoder: str, digests: list[bytes]) -> dict[bytes, bytes]: ...
 
@@ -169,18 +172,21 @@ class FrameSink:
     def _process(self, first: int, frames: list[bytes], want: list[int], known_shas: dict[int, bytes]) -> None:
         # Every frame of a batch is compressed one-shot on its own, so its bytes depend
         # only on its content and the encoder: a store may supply any of them.
-        shas: list[bytes] = []
+        shas: dict[int, bytes] = {}  # position in batch -> content sha256, for frames a store may supply
         found: dict[int, bytes] = {}  # position in batch -> frame from the store
         if self._store is not None:
-            shas = [known_shas.get(first + j) or hashlib.sha256(f).digest() for j, f in enumerate(frames)]
-            got = self._store.get_frames(self._encoder, list(set(shas)))
-            for j, sha in enumerate(shas):
+            least = self._store.min_frame
+            for j, f in enumerate(frames):
+                if len(f) >= least:
+                    shas[j] = known_shas.get(first + j) or hashlib.sha256(f).digest()
+            got = self._store.get_frames(self._encoder, list(set(shas.values()))) if shas else {}
+            for j, sha in shas.items():
                 f = got.get(sha)
                 # The store verified the frame; its declared size is a last cheap guard.
                 if f is not None and zstandard.frame_content_size(f) == len(frames[j]):
                     found[j] = f
         for i in want:
-            sha = shas[i - first] if shas else hashlib.sha256(frames[i - first]).digest()
+            sha = shas.get(i - first) or hashlib.sha256(frames[i - first]).digest()
             self.digests[i] = "sha256:" + sha.hex()
         todo = [j for j in range(len(frames)) if j not in found]
         made: dict[int, bytes] = {}
@@ -193,8 +199,10 @@ class FrameSink:
         for j in range(len(frames)):
             self._out.write(found[j] if j in found else made[j])
             self.ends.append(self._out.offset)
-        if self._store is not None and made:
-            self._store.put_frames(self._encoder, list({shas[j]: f for j, f in made.items()}.items()))
+        if shas and made:
+            new = {shas[j]: f for j, f in made.items() if j in shas}
+            if new:
+                self._store.put_frames(self._encoder, list(new.items()))  # type: ignore[union-attr]
 
     def _submit(self) -> None:
         if not self._batch:
