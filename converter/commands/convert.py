@@ -136,6 +136,13 @@ def convert(
         f"converted {len(converted)} layer(s), {human(old)} -> {human(new)}; "
         f"{chunked} of {len(report.layers)} layer(s) zstd:chunked"
     )
+    earlier = sum(1 for r in report.layers if r.action in ("present", "mounted"))
+    if earlier:
+        typer.echo(f"{earlier} layer(s) converted by an earlier run, not read again")
+    fr = report.frames
+    if fr and (fr["cache"] or fr["reuse"]):
+        got = [f"{fr[k]['frames']} from {what}" for k, what in (("cache", "the cache"), ("reuse", "--reuse-from")) if fr[k]]
+        typer.echo(f"frames: {', '.join(got)}, {fr['compressed']['frames']} compressed")
     for img in report.images:
         tag = img.tag if img.tag is not None else "(untagged)"
         typer.echo(printable(f"{dst} tag {tag}: {img.digest}"))
