@@ -17,6 +17,7 @@ from converter.chunked.reader import BlobAccess
 from converter.errors import BadInputError
 from converter.image.model import (
     INDEX_TYPES,
+    INDEX_ZSTD_ANNOTATION,
     MANIFEST_TYPES,
     Descriptor,
     ImageSource,
@@ -52,6 +53,48 @@ def read_node(src: ImageSource, desc: Descriptor, label: str, depth: int = 0, wh
         raise BadInputError(f"{label}: index chain deeper than {MAX_INDEX_DEPTH} levels")
     data = src.get_manifest(desc)
     return Node(desc, label, data, parse_manifest_or_index(data, desc.media_type, where or label), depth)
+
+
+#: Index entries with this annotation are attestations (buildx), not images.
+DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
+
+
+def choose_instance(src: ImageSource, desc: Descriptor, label: str, platform: str) -> tuple[Descriptor, str]:
+    """The manifest of an index (nested ones followed) for `platform` (OS/ARCH[/VARIANT]), and its label.
+
+    Ranked as containers/image's chooseInstance (and convert --platform):
+    matching platform first, then entries without one; zstd instances
+    (podman's annotation) before others; then index order. No match is a
+    BadInputError naming the platforms the index has. A manifest is returned as it is.
+    """
+    from converter.estimate import parse_platform
+
+    want = parse_platform(platform)
+    depth = 0
+    while desc.media_type in INDEX_TYPES:
+        index = read_node(src, desc, label, depth, where=f"{label} {short(desc.digest)}").doc
+        depth += 1
+        if not isinstance(index, Index):
+            return desc, label
+        ranked = []
+        for pos, m in enumerate(index.manifests):
+            if m.annotations.get(DOCKER_REFERENCE_TYPE):
+                continue
+            p = m.platform
+            if p is None:
+                prio = 1
+            elif (p.os == want.os and p.architecture == want.architecture
+                  and (want.variant is None or p.variant in (None, want.variant))):
+                prio = 0
+            else:
+                continue
+            ranked.append(((prio, m.annotations.get(INDEX_ZSTD_ANNOTATION) != "true", pos), m))
+        if not ranked:
+            have = ", ".join(str(m.platform) for m in index.manifests if m.platform) or "none"
+            raise BadInputError(f"{label}: no image for {platform} (it has: {have})")
+        desc = min(ranked, key=lambda r: r[0])[1]
+        label = f"{label} [{desc.platform}]" if desc.platform else label
+    return desc, label
 
 
 def walk(

@@ -20,6 +20,7 @@ from converter.chunked.format import MANIFEST_CHECKSUM_KEY
 from converter.errors import BadInputError, UsageError
 from converter.image.model import (
     FOREIGN_LAYER_TYPES,
+    INDEX_TYPES,
     Descriptor,
     ImageSource,
     Index,
@@ -35,7 +36,7 @@ from converter.image.registry import (
     RetryPolicy,
     parse_reference,
 )
-from converter.imageread import Node, layer_name, walk
+from converter.imageread import Node, choose_instance, layer_name, walk
 
 
 @dataclass
@@ -215,15 +216,24 @@ def push_image(
     *,
     options: TransportOptions = TransportOptions(),
     src_options: TransportOptions | None = None,
-    retry: RetryPolicy = RetryPolicy(),
-    timeout: float = 60.0,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     check_ranges: bool = True,
     jobs: int = 3,
     log: Callable[[str], None] = lambda m: None,
     warn: Callable[[str], None] = logging.getLogger("zconv").warning,
+    platform: str | None = None,
 ) -> PushReport:
-    """Copy what `src_ref` names to the registry reference `dst_ref`, blobs byte for byte."""
+    """Copy what `src_ref` names to the registry reference `dst_ref`, blobs byte for byte.
+
+    Retries and the request timeout come from `options` (and `src_options` for
+    a source on another registry), as for every other command; `retry` and
+    `timeout`, when given, override both. With `platform` (OS/ARCH[/VARIANT])
+    only that instance of a multi-platform source is pushed, as a plain
+    manifest under the tag (convert --platform's semantics); its manifest bytes
+    are kept, so the digest is the instance's digest in the source index.
+    """
     from converter.image.refs import is_valid_tag, open_source, parse_ref
 
     started = time.monotonic()
@@ -233,10 +243,13 @@ def push_image(
     if dest.tag and dest.digest:
         raise UsageError(f"{dst_ref}: a destination takes a tag or a digest, not both")
     s = parse_ref(src_ref)
+    def client_args(o: TransportOptions) -> dict[str, Any]:
+        return {"retry": retry or o.retry or RetryPolicy(), "timeout": timeout or o.timeout or 60.0}
+
     client = RegistryClient(
         dest.host, creds=options.creds, tls_verify=options.tls_verify, cert_dir=options.cert_dir,
-        plain_http=options.plain_http, retry=retry, timeout=timeout, chunk_size=chunk_size, log=log,
-        auth_file=options.auth_file,
+        plain_http=options.plain_http, chunk_size=chunk_size, log=log, auth_file=options.auth_file,
+        **client_args(options),
     )
     sink = DockerSink(dest, client=client, log=log)
     report = PushReport(source=src_ref, destination=dst_ref)
@@ -252,7 +265,7 @@ def push_image(
                 so = src_options or options
                 src = DockerSource(sref, client=RegistryClient(
                     sref.host, creds=so.creds, tls_verify=so.tls_verify, cert_dir=so.cert_dir,
-                    plain_http=so.plain_http, retry=retry, timeout=timeout, log=log, auth_file=so.auth_file))
+                    plain_http=so.plain_http, log=log, auth_file=so.auth_file, **client_args(so)))
                 src._own_client = True
         else:
             src = open_source(s, src_options or options)
@@ -262,6 +275,8 @@ def push_image(
                 tags = ", ".join(t or "(untagged)" for t, _ in targets)
                 raise UsageError(f"{src.description} holds several images ({tags}); name one, e.g. {s.raw}:TAG")
             src_tag, top = targets[0]
+            if platform and top.media_type in INDEX_TYPES:
+                top, _ = choose_instance(src, top, src.description, platform)
             if dest.digest and dest.digest != top.digest:
                 raise UsageError(f"{dst_ref}: the image's digest is {top.digest}, not the one in the destination")
             pusher = _Pusher(src, sink, log, jobs=jobs)

@@ -14,7 +14,16 @@ import typer
 
 from converter.chunked.writer import DEFAULT_LEVEL
 from converter.cli_app import app
-from converter.commands import AUTHFILE_HELP, EXIT_CODES_HELP, TIMEOUT_HELP, transport_options
+from converter.commands import (
+    AUTHFILE_HELP,
+    EXIT_CODES_HELP,
+    RETRY_DELAY_HELP,
+    RETRY_TIMES_HELP,
+    TIMEOUT_HELP,
+    check_platform_flags,
+    transport_options,
+    write_digestfile,
+)
 from converter.errors import UsageError, ZconvError
 from converter.image.model import TransportOptions
 from converter.textsafe import printable
@@ -56,6 +65,9 @@ def convert(
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help="Directory of CA certificates (*.crt) for registries."),
     authfile: Optional[str] = typer.Option(None, "--authfile", help=AUTHFILE_HELP),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
+    retry_times: Optional[int] = typer.Option(None, "--retry-times", "--retry", min=0, max=100, metavar="N",
+                                              help=RETRY_TIMES_HELP),
+    retry_delay: Optional[str] = typer.Option(None, "--retry-delay", metavar="DURATION", help=RETRY_DELAY_HELP),
     src_tls_verify: Optional[str] = typer.Option(None, "--src-tls-verify", metavar="BOOL",
                                                  help="Verify the source registry's TLS (default: --tls-verify)."),
     dest_tls_verify: Optional[str] = typer.Option(None, "--dest-tls-verify", metavar="BOOL",
@@ -92,17 +104,12 @@ def convert(
     from converter.convert import ConvertOptions, convert_refs
     from converter.progress import Progress, human
 
-    if platform and all_platforms:
-        raise UsageError("--platform and --all exclude each other")
-    if platform:
-        from converter.estimate import parse_platform
-
-        parse_platform(platform)  # a malformed value is a usage error before anything is read
+    check_platform_flags(platform, all_platforms)
     if estimate_against and not summary:
         raise UsageError("--estimate-against needs --summary FILE (it is part of the summary)")
     progress = Progress(enabled=False if (quiet or json_out) else None)
     dst_options = transport_options(dest_creds or creds, dest_tls_verify or tls_verify, cert_dir, authfile, timeout,
-                                    "--dest-tls-verify" if dest_tls_verify else "--tls-verify")
+                                    "--dest-tls-verify" if dest_tls_verify else "--tls-verify", retry_times, retry_delay)
     started = time.monotonic()
     report = convert_refs(
         src,
@@ -113,14 +120,13 @@ def convert(
                        reuse_from=tuple(reuse_from or ())),
         progress,
         src_options=transport_options(src_creds or creds, src_tls_verify or tls_verify, cert_dir, authfile, timeout,
-                                      "--src-tls-verify" if src_tls_verify else "--tls-verify"),
+                                      "--src-tls-verify" if src_tls_verify else "--tls-verify", retry_times,
+                                      retry_delay),
         dst_options=dst_options,
     )
     seconds = time.monotonic() - started
     if digestfile:
-        from converter.fsutil import write_file_atomic
-
-        write_file_atomic(digestfile, "".join(f"{img.digest}\n" for img in report.images).encode())
+        write_digestfile(digestfile, "".join(f"{img.digest}\n" for img in report.images))
     if summary:
         _write_summary(summary, report, src, dst, seconds, estimate_against, dst_options)
     if json_out:

@@ -12,8 +12,20 @@ import threading
 import typer
 
 from converter.cli_app import app
-from converter.commands import CERT_DIR_HELP, CREDS_HELP, TLS_HELP, transport_options
-from converter.image.registry import DEFAULT_CHUNK_SIZE, RetryPolicy
+from converter.commands import (
+    ALL_HELP,
+    CERT_DIR_HELP,
+    CREDS_HELP,
+    DIGESTFILE_HELP,
+    PLATFORM_HELP,
+    RETRY_DELAY_HELP,
+    RETRY_TIMES_HELP,
+    TLS_HELP,
+    check_platform_flags,
+    transport_options,
+    write_digestfile,
+)
+from converter.image.registry import DEFAULT_CHUNK_SIZE
 from converter.push import push_image
 from converter.textsafe import printable
 
@@ -27,17 +39,28 @@ def push(
     authfile: str = typer.Option(None, "--authfile", help="auth file to read credentials from (default: podman's lookup order)", metavar="PATH"),
     tls_verify: str = typer.Option("true", "--tls-verify", help=TLS_HELP, metavar="BOOL"),
     cert_dir: str = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
-    retry: int = typer.Option(3, "--retry", min=0, max=100, help="retries per request after 429/5xx/dropped connections"),
-    retry_delay: float = typer.Option(2.0, "--retry-delay", min=0.0, max=300.0, help="first retry delay in seconds (doubles each time)"),
-    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="seconds without progress before a request counts as failed"),
+    src_tls_verify: str = typer.Option(None, "--src-tls-verify", metavar="BOOL",
+                                       help="Verify a docker:// source's TLS (default: --tls-verify)."),
+    dest_tls_verify: str = typer.Option(None, "--dest-tls-verify", metavar="BOOL",
+                                        help="Verify the destination registry's TLS (default: --tls-verify)."),
+    retry_times: int = typer.Option(None, "--retry-times", "--retry", min=0, max=100, metavar="N", help=RETRY_TIMES_HELP),
+    retry_delay: str = typer.Option(None, "--retry-delay", metavar="DURATION", help=RETRY_DELAY_HELP),
+    timeout: float = typer.Option(None, "--timeout", min=0.1, help="seconds without progress before a request counts as failed (default 60)"),
     chunk_size: int = typer.Option(DEFAULT_CHUNK_SIZE // (1024 * 1024), "--chunk-size", min=1, help="MiB; larger blobs are uploaded in resumable chunks"),
     jobs: int = typer.Option(3, "--jobs", "-j", min=1, max=16, help="blobs uploaded at the same time"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON report on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress messages"),
+    digestfile: str = typer.Option(None, "--digestfile", metavar="FILE", help=DIGESTFILE_HELP + " The digest "
+                                   "the tag points to: the index, or with --platform the chosen manifest."),
+    platform: str = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]", help=PLATFORM_HELP),
+    all_platforms: bool = typer.Option(False, "--all", help=ALL_HELP),
 ) -> None:
     """Push an image (or a whole index) to a registry with its blobs untouched; the tag is written last."""
-    opts = transport_options(creds, tls_verify, cert_dir, authfile)
-    sopts = transport_options(src_creds, tls_verify, cert_dir, authfile)
+    check_platform_flags(platform, all_platforms)
+    opts = transport_options(creds, dest_tls_verify or tls_verify, cert_dir, authfile, timeout,
+                             "--dest-tls-verify" if dest_tls_verify else "--tls-verify", retry_times, retry_delay)
+    sopts = transport_options(src_creds, src_tls_verify or tls_verify, cert_dir, authfile, timeout,
+                              "--src-tls-verify" if src_tls_verify else "--tls-verify", retry_times, retry_delay)
     lock = threading.Lock()
 
     def log(m: str) -> None:
@@ -48,9 +71,10 @@ def push(
 
     report = push_image(
         source, destination, options=opts, src_options=sopts,
-        retry=RetryPolicy(retries=retry, delay=retry_delay, max_delay=max(30.0, retry_delay)),
-        timeout=timeout, chunk_size=chunk_size * 1024 * 1024, log=log, jobs=jobs,
+        chunk_size=chunk_size * 1024 * 1024, log=log, jobs=jobs, platform=platform,
     )
+    if digestfile:
+        write_digestfile(digestfile, f"{report.digest}\n")
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
     elif not quiet:

@@ -483,6 +483,8 @@ class TransportOptions:
     auth_file: str | None = None
     plain_http: bool | None = None  # None: only for localhost/127.0.0.1
     timeout: float | None = None  # seconds a registry request may go without progress (None: 60)
+    # converter.image.registry.RetryPolicy from --retry-times/--retry-delay (None: its defaults)
+    retry: Any = None
 
 
 # ------------------------------------------------------------------ interfaces

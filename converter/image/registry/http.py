@@ -93,14 +93,30 @@ class RetryPolicy:
     Each request (or each blob upload, which resumes rather than restarts)
     gets `retries` retries after its first attempt, waiting `delay`, 2*delay,
     4*delay ... (capped at `max_delay`; a Retry-After header is honoured up to
-    that cap). The whole client gets at most `total` retries, so a registry
-    that fails every other request cannot keep us busy forever.
+    that cap). One operation (a push, one image of a sync; see `operation()`)
+    gets at most `total` retries, so a registry that fails every other request
+    cannot keep us busy forever; outside an operation the budget is the client's.
     """
 
     retries: int = 3
     delay: float = 2.0
     max_delay: float = 30.0
     total: int = 50
+
+    @classmethod
+    def from_flags(cls, times: int | None, delay: float | None) -> "RetryPolicy":
+        """--retry-times / --retry-delay (skopeo's and podman's flags) over the defaults.
+
+        As in containers/common, an explicit delay is the same before every
+        retry (no doubling; a Retry-After is honoured up to it); without one
+        the default backoff stays. The per-operation budget grows to at least
+        `times`, so an explicit large --retry-times is not cut short by it.
+        """
+        base = cls()
+        retries = base.retries if times is None else times
+        if delay is None:
+            return cls(retries=retries, total=max(base.total, retries))
+        return cls(retries=retries, delay=delay, max_delay=delay, total=max(base.total, retries))
 
     def wait(self, attempt: int, retry_after: str | None = None) -> float:
         d = min(self.delay * (2**attempt), self.max_delay)
@@ -110,6 +126,24 @@ class RetryPolicy:
             except ValueError:
                 pass
         return d
+
+
+class operation:
+    """`with operation():` gives the requests this thread makes (on any Transport) a retry budget of their own.
+
+    `zconv sync` shares one client per registry across all the images of a
+    run; each image is one operation, so a flaky stretch early in a long run
+    does not leave the later images without retries. Threads other than the
+    one that entered (push's parallel blob uploads) use their client's budget.
+    """
+
+    def __enter__(self) -> "operation":
+        self._saved = getattr(_current, "budgets", None)
+        _current.budgets = {}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _current.budgets = self._saved
 
 
 @dataclass
@@ -207,7 +241,7 @@ class _Watchdog:
         self._stop = True
 
 
-_current = threading.local()  # the Deadline of the request this thread is sending
+_current = threading.local()  # the Deadline of the request this thread is sending; budgets of operation()
 
 
 class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
@@ -564,11 +598,16 @@ class Transport:
 
     def backoff(self, attempt: int, err: Transient, what: str) -> None:
         """Sleep before retry number `attempt`+1, or raise when the budget is spent."""
+        budgets = getattr(_current, "budgets", None)  # set by operation()
         with self._lock:
-            if attempt >= self.retry.retries or self._retries_left <= 0:
+            left = self._retries_left if budgets is None else budgets.get(id(self), self.retry.total)
+            if attempt >= self.retry.retries or left <= 0:
                 tries = attempt + 1
                 raise RegistryError(f"{what}: {err} (gave up after {tries} attempt{'s' if tries > 1 else ''})")
-            self._retries_left -= 1
+            if budgets is None:
+                self._retries_left -= 1
+            else:
+                budgets[id(self)] = left - 1
             self.stats.retries += 1
         wait = self.retry.wait(attempt, err.retry_after)
         self.log(f"{what}: {err}; retrying in {wait:.1f}s")
