@@ -63,6 +63,8 @@ from converter.image.registry import (
     RegistryClient,
     client_for,
 )
+from converter.image.registry.http import operation
+from converter.imageread import choose_instance
 from converter.progress import Progress
 
 SHARD_COUNT_ENV = "ZCONV_SHARDS"  # N of --shard I/N when JOB_COMPLETION_INDEX gives I
@@ -383,7 +385,8 @@ class RunState:
         self.requests = 0
 
     def client(self, host: str, options: TransportOptions) -> RegistryClient:
-        key = (host, options.creds, options.tls_verify, options.cert_dir, options.auth_file, options.plain_http)
+        key = (host, options.creds, options.tls_verify, options.cert_dir, options.auth_file, options.plain_http,
+               options.retry, options.timeout)
         with self._lock:
             c = self._clients.get(key)
             if c is None:
@@ -556,6 +559,10 @@ class Syncer:
                 # The converted image would replace its own source, and look like a new source next run.
                 raise UsageError(f"docker://{spec.host}/{spec.repository}: the destination is the source itself; "
                                  "convert in place with --dual, or next to it with --suffix")
+            if destination.in_place(probe) and options.platform:
+                # The source tag would lose its other platforms.
+                raise UsageError(f"docker://{spec.host}/{spec.repository}: --platform would replace a multi-platform "
+                                 "source tag with one platform; give a destination or use --suffix")
         self.sources = sources
         self.destination = destination
         self.options = replace(options, dual=destination.dual, record_source=True)
@@ -627,12 +634,15 @@ class Syncer:
             return _Plan(item, dest, digest, None, True, "not converted yet")
         head = src_client.head_manifest(item.repository, item.tag)
         if head is not None:
-            source_digest = head.digest
+            source_digest, media_type = head.digest, head.media_type
         else:
             got = _fetch_manifest(src_client, item.repository, item.tag)
             if got is None:
                 raise RegistryError(f"{item.ref}: tag not found (removed since the tags were listed?)")
-            source_digest = sha256_digest(got[0])
+            source_digest, media_type = sha256_digest(got[0]), got[1]
+        if self.options.platform and media_type not in MANIFEST_TYPES:
+            # --platform: the source is the chosen instance (what the destination's annotation records).
+            source_digest = self._instance(item, src_client, source_digest)
         dst_client = self.state.client(dest[0], self.dest_options)
         got = _fetch_manifest(dst_client, dest[1], dest[2])
         if got is None:
@@ -644,6 +654,13 @@ class Syncer:
         if recorded is None:
             return _Plan(item, dest, source_digest, dest_digest, True, "destination tag was not written by zconv sync")
         return _Plan(item, dest, source_digest, dest_digest, True, f"source moved (destination was converted from {recorded})")
+
+    def _instance(self, item: Item, client: RegistryClient, digest: str) -> str:
+        """The digest of the manifest --platform chooses in the index `digest` (a manifest's own digest)."""
+        src = DockerSource(Reference(item.host, item.repository, None, digest), client=client)
+        desc = src.resolve(f"@{digest}")
+        chosen, _ = choose_instance(src, desc, item.ref, self.options.platform or "")
+        return chosen.digest
 
     # -- converting
 
@@ -678,19 +695,22 @@ class Syncer:
         started = time.monotonic()
         dest_ref = self._dest_ref(self.destination.map(item))
         try:
-            p = self.plan(item)
-            if not p.convert:
-                rec = SyncRecord(item.ref, dest_ref, "skipped", p.source_digest, p.destination_digest, p.reason)
-            elif self.dry_run:
-                rec = SyncRecord(item.ref, dest_ref, "would-convert", p.source_digest, p.destination_digest, p.reason)
-            else:
-                rec = self._convert(p, progress)
+            with operation():  # each image gets its own retry budget on the shared clients
+                rec = self._one(item, progress, dest_ref)
         except ZconvError as e:
             rec = SyncRecord(item.ref, dest_ref, "failed", reason=" ".join(e.message.split()), exit_code=e.exit_code)
         except OSError as e:  # disk full, temp dir gone: the image failed, the run goes on with --keep-going
             rec = SyncRecord(item.ref, dest_ref, "failed", reason=f"{item.ref}: {e}", exit_code=1)
         rec.seconds = time.monotonic() - started
         return rec
+
+    def _one(self, item: Item, progress: Progress, dest_ref: str) -> SyncRecord:
+        p = self.plan(item)
+        if not p.convert:
+            return SyncRecord(item.ref, dest_ref, "skipped", p.source_digest, p.destination_digest, p.reason)
+        if self.dry_run:
+            return SyncRecord(item.ref, dest_ref, "would-convert", p.source_digest, p.destination_digest, p.reason)
+        return self._convert(p, progress)
 
     def _emit(self, rec: SyncRecord, summary: SyncSummary) -> None:
         with self._emit_lock:

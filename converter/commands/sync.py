@@ -11,7 +11,21 @@ import sys
 import typer
 
 from converter.cli_app import app
-from converter.commands import AUTHFILE_HELP, CERT_DIR_HELP, CREDS_HELP, TIMEOUT_HELP, TLS_HELP, transport_options
+from converter.commands import (
+    ALL_HELP,
+    AUTHFILE_HELP,
+    CERT_DIR_HELP,
+    CREDS_HELP,
+    PLATFORM_HELP,
+    RETRY_DELAY_HELP,
+    RETRY_TIMES_HELP,
+    TIMEOUT_HELP,
+    TLS_HELP,
+    check_platform_flags,
+    transport_options,
+    write_digestfile,
+)
+from converter.errors import UsageError
 from converter.textsafe import printable
 
 
@@ -55,6 +69,22 @@ def sync(
     cert_dir: str | None = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
     authfile: str | None = typer.Option(None, "--authfile", help=AUTHFILE_HELP, metavar="PATH"),
     timeout: float | None = typer.Option(None, "--timeout", min=0.1, help=TIMEOUT_HELP),
+    src_tls_verify: str | None = typer.Option(None, "--src-tls-verify", metavar="BOOL",
+                                              help="Verify the source registries' TLS (default: --tls-verify; a YAML "
+                                              "source's tls-verify wins)."),
+    dest_tls_verify: str | None = typer.Option(None, "--dest-tls-verify", metavar="BOOL",
+                                               help="Verify the destination registry's TLS (default: --tls-verify)."),
+    retry_times: int | None = typer.Option(None, "--retry-times", "--retry", min=0, max=100, metavar="N",
+                                           help=RETRY_TIMES_HELP + " Each image has its own budget."),
+    retry_delay: str | None = typer.Option(None, "--retry-delay", metavar="DURATION", help=RETRY_DELAY_HELP),
+    digestfile: str | None = typer.Option(None, "--digestfile", metavar="FILE", help="After a run without "
+                                          "failures, write one line `DIGEST docker://HOST/REPO:TAG` per destination "
+                                          "tag of this run (converted or already up to date), sorted by reference, "
+                                          "atomically."),
+    platform: str | None = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]", help=PLATFORM_HELP +
+                                        " The destination records the chosen instance's digest as its source; "
+                                        "not with an in-place sync."),
+    all_platforms: bool = typer.Option(False, "--all", help=ALL_HELP),
 ) -> None:
     """Convert every tag of repositories or a whole registry to zstd:chunked; safe to run again.
 
@@ -75,8 +105,13 @@ def sync(
         shard_from_env,
     )
 
-    src_opts = transport_options(src_creds or creds, tls_verify, cert_dir, authfile, timeout)
-    dst_opts = transport_options(dest_creds or creds, tls_verify, cert_dir, authfile, timeout)
+    check_platform_flags(platform, all_platforms)
+    if digestfile and dry_run:
+        raise UsageError("--digestfile records what a run wrote; --dry-run writes nothing")
+    src_opts = transport_options(src_creds or creds, src_tls_verify or tls_verify, cert_dir, authfile, timeout,
+                                 "--src-tls-verify" if src_tls_verify else "--tls-verify", retry_times, retry_delay)
+    dst_opts = transport_options(dest_creds or creds, dest_tls_verify or tls_verify, cert_dir, authfile, timeout,
+                                 "--dest-tls-verify" if dest_tls_verify else "--tls-verify", retry_times, retry_delay)
     dest = Destination.parse(destination, suffix, dual)
     specs = parse_source(source, src_opts, tags)
     the_shard = parse_shard(shard) if shard else shard_from_env()
@@ -100,7 +135,7 @@ def sync(
             line += f" ({rec.reason})"
         typer.echo(printable(line))
 
-    syncer = Syncer(specs, dest, ConvertOptions(level=level, threads=threads, strict=strict), dst_opts,
+    syncer = Syncer(specs, dest, ConvertOptions(level=level, threads=threads, strict=strict, platform=platform), dst_opts,
                     shard=the_shard, jobs=jobs, keep_going=keep_going, dry_run=dry_run, progress=progress,
                     on_record=on_record)
     summary = syncer.run()
@@ -112,4 +147,8 @@ def sync(
               f"{human(summary.bytes_uploaded)} uploaded, {summary.requests} registry request(s), "
               f"{summary.seconds:.1f}s", file=sys.stderr)
     raise_for_failures(summary)
+    if digestfile:
+        written = sorted((r.destination, r.destination_digest) for r in summary.records
+                         if r.action in ("converted", "skipped") and r.destination_digest)
+        write_digestfile(digestfile, "".join(f"{digest} {ref}\n" for ref, digest in written))
 
