@@ -49,7 +49,7 @@ from converter.image.model import (
     descriptor_for,
     short,
 )
-from converter.imageread import Node, config_diff_ids, config_platform, layer_name, read_node, walk
+from converter.imageread import Node, config_diff_ids, config_platform, layer_name, walk
 from converter.progress import Progress
 
 # What the decoders (gzip, zstd, tar) raise on a corrupt or truncated layer: bad input, exit 2.
@@ -256,34 +256,9 @@ class Converter:
 
     def _choose_instance(self, desc: Descriptor, label: str) -> tuple[Descriptor, str]:
         """The instance of an index for opts.platform, ranked as containers/image's chooseInstance."""
-        from converter.estimate import parse_platform
+        from converter.imageread import choose_instance
 
-        want = parse_platform(self.opts.platform)
-        depth = 0
-        while desc.media_type in INDEX_TYPES:
-            index = read_node(self.src, desc, label, depth, where=f"{label} {short(desc.digest)}").doc
-            depth += 1
-            if not isinstance(index, Index):
-                return desc, label
-            ranked = []
-            for pos, m in enumerate(index.manifests):
-                if m.annotations.get(DOCKER_REFERENCE_TYPE):
-                    continue  # attestations are not images
-                p = m.platform
-                if p is None:
-                    prio = 1
-                elif (p.os == want.os and p.architecture == want.architecture
-                      and (want.variant is None or p.variant in (None, want.variant))):
-                    prio = 0
-                else:
-                    continue
-                ranked.append(((prio, m.annotations.get(INDEX_ZSTD_ANNOTATION) != "true", pos), m))
-            if not ranked:
-                have = ", ".join(str(m.platform) for m in index.manifests if m.platform) or "none"
-                raise BadInputError(f"{label}: no image for {self.opts.platform} (it has: {have})")
-            desc = min(ranked, key=lambda r: r[0])[1]
-            label = f"{label} [{desc.platform}]" if desc.platform else label
-        return desc, label
+        return choose_instance(self.src, desc, label, self.opts.platform or "")
 
     def _convert_top(self, desc: Descriptor, label: str) -> Descriptor:
         if desc.media_type in INDEX_TYPES and self.opts.platform:

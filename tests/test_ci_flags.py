@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.faultproxy import Fault, FaultProxy
-from support.registry import RegistryServer, make_self_signed_cert
 
 from converter.commands import parse_duration, transport_options
 from converter.convert import SOURCE_DIGEST_ANNOTATION
@@ -23,6 +21,8 @@ from converter.errors import RegistryError, UsageError
 from converter.image.registry import RegistryClient, RetryPolicy, Transport
 from converter.image.registry.errors import Transient
 from converter.image.registry.http import operation
+from support.faultproxy import Fault, FaultProxy
+from support.registry import RegistryServer, make_self_signed_cert
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "testdata" / "sample"

@@ -104,7 +104,7 @@ class RetryPolicy:
     total: int = 50
 
     @classmethod
-    def from_flags(cls, times: int | None, delay: float | None) -> "RetryPolicy":
+    def from_flags(cls, times: int | None, delay: float | None) -> RetryPolicy:
         """--retry-times / --retry-delay (skopeo's and podman's flags) over the defaults.
 
         As in containers/common, an explicit delay is the same before every
@@ -137,7 +137,7 @@ class operation:
     one that entered (push's parallel blob uploads) use their client's budget.
     """
 
-    def __enter__(self) -> "operation":
+    def __enter__(self) -> operation:
         self._saved = getattr(_current, "budgets", None)
         _current.budgets = {}
         return self
