@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Iterable
 
 from converter.errors import BadInputError, UsageError, ZconvError
 from converter.fsutil import write_file_atomic
+from converter.jsonload import load_json
 from converter.image.model import (
     MAX_MANIFEST_SIZE,
     OCI_INDEX,
@@ -62,14 +63,11 @@ def blob_relpath(digest: str) -> str:
 
 
 def _parse_layout_index(data: bytes, where: str) -> list[Descriptor]:
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadInputError(f"{where}: index.json is not valid JSON ({e})") from None
+    doc = load_json(data, f"{where}: index.json", max_size=MAX_MANIFEST_SIZE)
     if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
         raise BadInputError(f"{where}: index.json has no manifests list")
     if doc.get("schemaVersion") != 2:
-        raise BadInputError(f"{where}: index.json has unsupported schemaVersion {doc.get('schemaVersion')!r}")
+        raise BadInputError(f"{where}: index.json has unsupported schemaVersion {doc.get('schemaVersion')!r:.40}")
     return [Descriptor.from_dict(m, f"{where} index.json entry {i}") for i, m in enumerate(doc["manifests"])]
 
 
