@@ -201,3 +201,198 @@ def test_config_that_is_not_json(capsys, tmp_path):
 
     replace_manifest(src2, edit2)
     convert_fails(capsys, tmp_path, src2, match="nests deeper than 64")
+
+
+# ------------------------------------------------------------------ files that are not regular files
+
+
+def run_child(*argv: str, timeout: float = 60) -> tuple[int, str]:
+    """zconv in a child process with a timeout, for inputs that could hang a reader (FIFOs, devices)."""
+    import subprocess
+
+    code = "import sys; from converter.cli import main; sys.exit(main(sys.argv[1:]))"
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=timeout,
+                       cwd=ROOT)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p.returncode, p.stderr
+
+
+def layer_digest(layout: Path) -> str:
+    m = json.loads(blob_path(layout, index_entry(layout)["digest"]).read_bytes())
+    return m["layers"][0]["digest"]
+
+
+def swap(path: Path, make) -> None:
+    path.unlink()
+    make(path)
+
+
+@pytest.mark.parametrize(
+    "which, make, kind",
+    [
+        ("layer", os.mkfifo, "is a FIFO, not a regular file"),
+        ("layer", os.mkdir, "is a directory, not a regular file"),
+        ("layer", lambda p: os.symlink("/dev/zero", p), "is a symlink to /dev/zero, which is a character device"),
+        ("layer", lambda p: (os.mkfifo(str(p) + ".fifo"), os.symlink(str(p) + ".fifo", p)), "which is a FIFO"),
+        ("manifest", os.mkfifo, "is a FIFO, not a regular file"),
+        ("index.json", os.mkfifo, "index.json: is a FIFO, not a regular file"),
+        ("index.json", lambda p: os.symlink("/dev/urandom", p), "which is a character device"),
+        ("oci-layout", os.mkfifo, "oci-layout: is a FIFO, not a regular file"),
+        ("oci-layout", os.mkdir, "oci-layout: is a directory"),
+    ],
+)
+def test_layout_files_that_are_not_regular_are_refused_before_reading(tmp_path, which, make, kind):
+    src = copy_sample(tmp_path)
+    if which == "layer":
+        target = blob_path(src, layer_digest(src))
+    elif which == "manifest":
+        target = blob_path(src, index_entry(src)["digest"])
+    else:
+        target = src / which
+    swap(target, make)
+    dst = tmp_path / "out"
+    commands = [["convert", "-q", f"oci:{src}", f"oci:{dst}"]]
+    if which != "layer":  # inspect and verify read layers only when they are zstd:chunked
+        commands += [["inspect", f"oci:{src}"], ["verify", f"oci:{src}"]]
+    for argv in commands:
+        rc, err = run_child(*argv)
+        assert rc == 2, (argv, err)
+        assert kind in one_error_line(err), err
+    assert not dst.exists()
+
+
+def test_symlink_out_of_the_layout_warns_with_its_target(tmp_path):
+    src = copy_sample(tmp_path)
+    layer = blob_path(src, layer_digest(src))
+    outside = tmp_path / "elsewhere" / "layer.bin"
+    outside.parent.mkdir()
+    shutil.move(layer, outside)
+    os.symlink(outside, layer)
+    dst = tmp_path / "out"
+    rc, err = run_child("convert", "-q", f"oci:{src}", f"oci:{dst}")
+    assert rc == 0, err
+    warnings = [ln for ln in err.splitlines() if "leaves the layout" in ln]
+    assert len(warnings) == 1 and str(outside) in warnings[0], err
+    assert (dst / "index.json").is_file()
+    # A symlink inside the layout is fine and says nothing.
+    src2 = copy_sample(tmp_path, "src2")
+    layer2 = blob_path(src2, layer_digest(src2))
+    shutil.move(layer2, src2 / "moved")
+    os.symlink("../../moved", layer2)
+    rc, err = run_child("convert", "-q", f"oci:{src2}", f"oci:{tmp_path / 'out2'}")
+    assert rc == 0 and "leaves the layout" not in err, err
+
+
+# ------------------------------------------------------------------ archives
+
+
+def archive_of(layout: Path, out: Path, edit=None) -> Path:
+    """Tar a layout; `edit(name, TarInfo) -> TarInfo | None` may replace a member (None: keep)."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
+        for p in sorted(layout.rglob("*")):
+            rel = str(p.relative_to(layout))
+            ti = tf.gettarinfo(str(p), rel)
+            new = edit(rel, ti) if edit else None
+            if new is not None:
+                tf.addfile(new)
+            elif p.is_file():
+                with open(p, "rb") as f:
+                    tf.addfile(ti, f)
+            else:
+                tf.addfile(ti)
+    return out
+
+
+def special(rel: str, kind: bytes, link: str = "") -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(rel)
+    ti.type = kind
+    ti.linkname = link
+    ti.mode = 0o644
+    return ti
+
+
+@pytest.mark.parametrize(
+    "member, kind, link, match",
+    [
+        ("layer", tarfile.SYMTYPE, "/etc/passwd", "is a link out of the archive (to '/etc/passwd')"),
+        ("layer", tarfile.SYMTYPE, "../../../../outside", "is a link out of the archive"),
+        ("layer", tarfile.LNKTYPE, "/etc/passwd", "is a link out of the archive"),
+        ("layer", tarfile.LNKTYPE, "../x", "is a link out of the archive"),
+        ("layer", tarfile.CHRTYPE, "", "is a character device, not a regular file"),
+        ("layer", tarfile.FIFOTYPE, "", "is a FIFO, not a regular file"),
+        ("layer", tarfile.DIRTYPE, "", "is a directory, not a regular file"),
+        ("index.json", tarfile.SYMTYPE, "/etc/passwd", "'index.json' is a link out of the archive"),
+        ("index.json", tarfile.SYMTYPE, "index.json", "link chain that does not end"),
+    ],
+)
+def test_oci_archive_members_must_be_regular(capsys, tmp_path, member, kind, link, match):
+    src = copy_sample(tmp_path)
+    rel = "index.json" if member == "index.json" else str(blob_path(src, layer_digest(src)).relative_to(src))
+    arc = archive_of(src, tmp_path / "a.tar", lambda name, ti: special(rel, kind, link) if name == rel else None)
+    dst = tmp_path / "out"
+    rc, err = run(capsys, "convert", "-q", f"oci-archive:{arc}", f"oci:{dst}")
+    assert rc == 2, err
+    assert match in one_error_line(err)
+    assert not dst.exists()
+
+
+def test_oci_archive_links_inside_the_archive_still_work(capsys, tmp_path):
+    src = copy_sample(tmp_path)
+    layer = blob_path(src, layer_digest(src))
+    shutil.move(layer, src / "real-layer")
+    os.symlink("../../real-layer", layer)
+    arc = archive_of(src, tmp_path / "a.tar")
+    with tarfile.open(arc) as tf:
+        assert tf.getmember(str(layer.relative_to(src))).issym()
+    rc, err = run(capsys, "convert", "-q", f"oci-archive:{arc}", f"oci:{tmp_path / 'out'}")
+    assert rc == 0, err
+    layer.unlink()
+    os.link(src / "real-layer", layer)  # tarfile stores the second name as a hard link to the first
+    arc2 = archive_of(src, tmp_path / "b.tar")
+    with tarfile.open(arc2) as tf:
+        assert tf.getmember("real-layer").islnk()
+    rc, err = run(capsys, "convert", "-q", f"oci-archive:{arc2}", f"oci:{tmp_path / 'out2'}")
+    assert rc == 0, err
+
+
+def test_archive_path_that_is_a_fifo_or_device(tmp_path):
+    fifo = tmp_path / "fifo.tar"
+    os.mkfifo(fifo)
+    for ref in (f"oci-archive:{fifo}", f"docker-archive:{fifo}", "oci-archive:/dev/zero"):
+        rc, err = run_child("convert", "-q", ref, f"oci:{tmp_path / 'out'}")
+        assert rc == 2, err
+        assert "not a regular file" in one_error_line(err), err
+    assert not (tmp_path / "out").exists()
+
+
+def docker_archive(tmp_path: Path, layer_member) -> Path:
+    """A docker-archive whose only layer member is `layer_member(name) -> TarInfo` (with no data)."""
+    import io
+
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}).encode()
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["x:1"], "Layers": ["layer.tar"]}]).encode()
+    out = tmp_path / "d.tar"
+    with tarfile.open(out, "w") as tf:
+        for name, data in (("manifest.json", manifest), ("config.json", config)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        tf.addfile(layer_member("layer.tar"))
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind, link, match",
+    [
+        (tarfile.SYMTYPE, "/dev/zero", "is a link out of the archive (to '/dev/zero')"),
+        (tarfile.LNKTYPE, "../../etc/shadow", "is a link out of the archive"),
+        (tarfile.BLKTYPE, "", "is a block device, not a regular file"),
+    ],
+)
+def test_docker_archive_members_must_be_regular(capsys, tmp_path, kind, link, match):
+    arc = docker_archive(tmp_path, lambda name: special(name, kind, link))
+    rc, err = run(capsys, "convert", "-q", f"docker-archive:{arc}", f"oci:{tmp_path / 'out'}")
+    assert rc == 2, err
+    assert match in one_error_line(err)
+    assert not (tmp_path / "out").exists()

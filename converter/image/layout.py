@@ -24,7 +24,7 @@ import tempfile
 from typing import Any, BinaryIO, Iterable
 
 from converter.errors import BadInputError, UsageError, ZconvError
-from converter.fsutil import write_file_atomic
+from converter.fsutil import check_regular, file_kind, open_regular, write_file_atomic
 from converter.jsonload import load_json
 from converter.image.model import (
     MAX_MANIFEST_SIZE,
@@ -44,6 +44,7 @@ from converter.image.model import (
 
 LAYOUT_FILE = "oci-layout"
 LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
+MAX_LAYOUT_FILE_SIZE = 64 * 1024
 INDEX_FILE = "index.json"
 
 
@@ -156,12 +157,28 @@ class LayoutSource(_LayoutReader):
     def __init__(self, path: str, tag: str | None = None, description: str | None = None) -> None:
         super().__init__(tag, description or f"oci:{path}")
         self.path = path
+        self._warned: set[str] = set()
         if not os.path.isdir(path):
             raise BadInputError(f"{self.description}: no such directory")
+        self._check_layout_file()
         self._load()
 
+    def _check_layout_file(self) -> None:
+        """oci-layout, when there, must be a small regular file holding a JSON object."""
+        try:
+            with self._open(LAYOUT_FILE) as f:
+                data = f.read(MAX_LAYOUT_FILE_SIZE + 1)
+        except FileNotFoundError:
+            return  # older tools did not always write it; index.json decides
+        doc = load_json(data, f"{self.description}: {LAYOUT_FILE}", max_size=MAX_LAYOUT_FILE_SIZE)
+        if not isinstance(doc, dict):
+            raise BadInputError(f"{self.description}: {LAYOUT_FILE} is not a JSON object")
+
     def _open(self, relpath: str) -> BinaryIO:
-        return open(os.path.join(self.path, relpath), "rb")
+        """Every file of the layout is opened here: regular files only (a FIFO or device never is)."""
+        root = None if relpath in self._warned else self.path
+        self._warned.add(relpath)
+        return open_regular(os.path.join(self.path, relpath), f"{self.description}: {relpath}", root)
 
     def read_blob_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > desc.size:
@@ -211,23 +228,27 @@ class _MemberStream:
 class TarIndex:
     """Member name -> (data offset, size) of an uncompressed tar, for random access.
 
-    Only regular files count; names are normalised (no leading "./").
-    Links, devices and names climbing out with ".." are refused: an archive
-    holding them is not something docker/podman/skopeo write.
+    Names are normalised (no leading "./"). Only regular members can be
+    opened: a link is followed only inside the archive and only to a regular
+    member (docker save links duplicate layers), and a link that points out
+    of the archive, a device, a FIFO or a directory is refused with one line
+    when it is opened. Names climbing out with ".." are refused when the
+    archive is read: docker/podman/skopeo never write them.
     """
 
     def __init__(self, path: str, description: str) -> None:
         self.path = path
         self.description = description
         self.members: dict[str, tuple[int, int]] = {}
-        self.symlinks: dict[str, str] = {}
+        self.symlinks: dict[str, str] = {}  # name -> target, relative to the member's directory
+        self.hardlinks: dict[str, str] = {}  # name -> target, relative to the archive root
+        self.others: dict[str, str] = {}  # name -> what it is ("a FIFO", ...)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, description) as f:
                 head = f.read(4)
+                size = os.fstat(f.fileno()).st_size
         except FileNotFoundError:
             raise BadInputError(f"{description}: no such file") from None
-        except IsADirectoryError:
-            raise BadInputError(f"{description}: is a directory, expected a tar archive") from None
         if head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd":
             raise BadInputError(
                 f"{description}: archive is compressed; decompress it first (gunzip / zstd -d)"
@@ -238,33 +259,66 @@ class TarIndex:
                     name = _norm_member(m.name, description)
                     if name is None:
                         continue
+                    self.members.pop(name, None)
+                    self.symlinks.pop(name, None)
+                    self.hardlinks.pop(name, None)
+                    self.others.pop(name, None)
                     if m.isreg():
                         if m.sparse:
                             raise BadInputError(f"{description}: member {m.name!r} is a sparse file")
                         self.members[name] = (m.offset_data, m.size)
-                    elif m.issym() or m.islnk():
+                    elif m.issym():
                         self.symlinks[name] = m.linkname
+                    elif m.islnk():
+                        self.hardlinks[name] = m.linkname
+                    else:
+                        self.others[name] = _MEMBER_KINDS.get(m.type, f"of tar type {m.type!r}")
         except tarfile.TarError as e:
             raise BadInputError(f"{description}: not a valid tar archive ({e})") from None
-        size = os.path.getsize(path)
         for name, (off, n) in self.members.items():
             if off + n > size:
                 raise BadInputError(f"{description}: archive is truncated (member {name!r} ends past the end)")
 
+    def _resolve(self, name: str) -> str:
+        """The regular member `name` designates, following links inside the archive."""
+        start = name
+        for _ in range(16):
+            if name in self.members:
+                return name
+            if name in self.others:
+                raise BadInputError(f"{self.description}: member {start!r} is {self.others[name]}, not a regular file")
+            if name in self.symlinks:
+                target = self.symlinks[name]
+                joined = os.path.normpath(os.path.join(os.path.dirname(name), target))
+            elif name in self.hardlinks:
+                target = self.hardlinks[name]
+                joined = os.path.normpath(target)
+            else:
+                raise FileNotFoundError(start)
+            if target.startswith("/") or joined == ".." or joined.startswith("../"):
+                raise BadInputError(f"{self.description}: member {start!r} is a link out of the archive (to {target!r})")
+            name = _norm_member(joined, self.description) or ""
+        raise BadInputError(f"{self.description}: member {start!r} is a link chain that does not end")
+
     def open(self, name: str) -> BinaryIO:  # type: ignore[return]
-        name = _norm_member(name, self.description) or ""
-        seen = 0
-        while name in self.symlinks and seen < 8:  # docker save links duplicate layers
-            target = self.symlinks[name]
-            name = _norm_member(os.path.normpath(os.path.join(os.path.dirname(name), target)), self.description) or ""
-            seen += 1
-        if name not in self.members:
-            raise FileNotFoundError(name)
+        name = self._resolve(_norm_member(name, self.description) or "")
         off, size = self.members[name]
         return _MemberStream(self.path, off, size)
 
+    def has(self, name: str) -> bool:
+        return any(name in d for d in (self.members, self.symlinks, self.hardlinks, self.others))
+
     def size(self, name: str) -> int:
-        return self.members[name][1]
+        return self.members[self._resolve(_norm_member(name, self.description) or "")][1]
+
+
+_MEMBER_KINDS = {
+    tarfile.DIRTYPE: "a directory",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.CONTTYPE: "a contiguous file",
+}
 
 
 def _norm_member(name: str, description: str) -> str | None:
@@ -284,7 +338,7 @@ class OciArchiveSource(_LayoutReader):
         super().__init__(tag, description or f"oci-archive:{path}")
         self.path = path
         self._tar = TarIndex(path, self.description)
-        if INDEX_FILE not in self._tar.members:
+        if not self._tar.has(INDEX_FILE):
             raise BadInputError(f"{self.description}: not an OCI archive (index.json is missing)")
         self._load()
 
