@@ -396,3 +396,152 @@ def test_docker_archive_members_must_be_regular(capsys, tmp_path, kind, link, ma
     assert rc == 2, err
     assert match in one_error_line(err)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ concurrent and killed runs
+
+
+def zconv_child(*argv: str, env: dict | None = None):
+    import subprocess
+
+    code = "import sys; from converter.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def tags_of(layout: Path) -> list[str]:
+    doc = json.loads((layout / "index.json").read_bytes())
+    return sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in doc["manifests"])
+
+
+def leftovers(dst: Path) -> list[str]:
+    beside = [p.name for p in dst.parent.iterdir() if p.name.startswith(f".{dst.name}.zconv-")]
+    inside = [p.name for p in dst.iterdir() if p.name.startswith(".")] if dst.is_dir() else []
+    return beside + inside
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_concurrent_converts_into_one_layout_keep_every_tag(tmp_path, existing):
+    dst = tmp_path / "out"
+    if existing:
+        shutil.copytree(SAMPLE, dst)
+    tags = [f"t{i}" for i in range(6)]
+    procs = [zconv_child("convert", "-q", f"oci:{SAMPLE}:v1", f"oci:{dst}:{t}") for t in tags]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert "Traceback" not in err
+    assert tags_of(dst) == sorted(tags + (["v1"] if existing else []))
+    assert leftovers(dst) == []
+
+
+def test_second_writer_waits_with_a_message_then_fails_when_busy_too_long(tmp_path):
+    from converter.image.layout import LayoutLock
+
+    dst = tmp_path / "out"
+    shutil.copytree(SAMPLE, dst)
+    before = (dst / "index.json").read_bytes()
+    lock = LayoutLock(str(dst), "test")
+    lock.acquire()
+    try:
+        p = zconv_child("convert", "-q", f"oci:{SAMPLE}:v1", f"oci:{dst}:late", env={"ZCONV_LOCK_TIMEOUT": "2"})
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 1, err
+        assert "waiting for it" in err
+        assert "the layout is busy" in one_error_line(err)
+        assert (dst / "index.json").read_bytes() == before
+        # Waiting works: the writer finishes once the lock is released.
+        p = zconv_child("convert", "-q", f"oci:{SAMPLE}:v1", f"oci:{dst}:late")
+        import time
+
+        deadline = time.monotonic() + 60
+        while p.poll() is None and time.monotonic() < deadline:
+            if any(x.name.startswith(".out.zconv-") for x in tmp_path.iterdir()):
+                time.sleep(1.0)  # it is staging or already waiting: let it reach the lock
+                break
+            time.sleep(0.05)
+    finally:
+        lock.release()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert tags_of(dst) == ["late", "v1"]
+    assert leftovers(dst) == []
+
+
+KILL_AFTER_STAGING = """
+import os, signal, sys
+from converter.image.layout import LayoutSink
+from converter.image.model import OCI_CONFIG, descriptor_for
+sink = LayoutSink(sys.argv[1], "killed")
+data = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+sink.put_blob_bytes(descriptor_for(OCI_CONFIG, data), data)
+print(sink.temp_dir(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+KILL_HOLDING_THE_LOCK = """
+import os, signal, sys
+from converter.image.layout import LayoutLock
+lock = LayoutLock(sys.argv[1], "killed")
+lock.acquire()
+open(os.path.join(sys.argv[1], ".tmp-index.json-killed"), "wb").write(b'{"schemaVer')
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_killed_runs_leave_nothing_the_next_run_does_not_clean(tmp_path):
+    import signal
+    import subprocess
+
+    dst = tmp_path / "out"
+    shutil.copytree(SAMPLE, dst)
+    p = subprocess.run([sys.executable, "-c", KILL_AFTER_STAGING, str(dst)], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == -signal.SIGKILL
+    stage = Path(p.stdout.strip())
+    assert stage.is_dir() and stage.name.startswith(".out.zconv-")
+    p = subprocess.run([sys.executable, "-c", KILL_HOLDING_THE_LOCK, str(dst)], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == -signal.SIGKILL
+    assert (dst / ".zconv-lock").exists() and (dst / ".tmp-index.json-killed").exists()
+    # A live run's staging directory must survive the cleaning.
+    live = zconv_child("convert", "-q", f"oci:{SAMPLE}:v1", f"oci:{tmp_path / 'other'}")
+    p = zconv_child("convert", "-q", f"oci:{SAMPLE}:v1", f"oci:{dst}:next")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert not stage.exists()
+    assert tags_of(dst) == ["next", "v1"]
+    assert leftovers(dst) == []
+    live.communicate(timeout=120)
+    assert live.returncode == 0
+    # And a real run killed at some point of its work: the next run cleans up after it too.
+    for delay in (0.2, 0.5, 0.9):
+        import time
+
+        k = zconv_child("convert", "-q", f"oci:{SAMPLE}:v1", f"oci:{dst}:k{delay}")
+        time.sleep(delay)
+        k.send_signal(signal.SIGKILL)
+        k.communicate(timeout=60)
+    p = zconv_child("convert", "-q", f"oci:{SAMPLE}:v1", f"oci:{dst}:last")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert {"last", "next", "v1"} <= set(tags_of(dst))
+    assert leftovers(dst) == []
+
+
+def test_stale_archive_work_directories_are_removed(tmp_path):
+    import signal
+    import subprocess
+
+    code = """
+import os, signal, sys
+from converter.image.layout import OciArchiveSink
+sink = OciArchiveSink(sys.argv[1], "killed")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    arc = tmp_path / "a.tar"
+    p = subprocess.run([sys.executable, "-c", code, str(arc)], cwd=ROOT)
+    assert p.returncode == -signal.SIGKILL
+    assert [x for x in tmp_path.iterdir() if x.name.startswith(".a.tar.zconv-")]
+    p = zconv_child("convert", "-q", f"oci:{SAMPLE}:v1", f"oci-archive:{arc}")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a.tar"]
