@@ -30,7 +30,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 import string
 
 import pytest
@@ -634,3 +633,32 @@ def _whole_tar(blob: bytes) -> bytes | None:
             return r.read(len(TINY_TAR) + 1)
     except zstandard.ZstdError:
         return None
+
+
+def _archives() -> dict[str, bytes]:
+    index, manifest, config = _image_docs(TINY_TAR)
+    with workdir() as root:
+        src = write_image(root, ms.dumps(index), [TINY_TAR, ms.dumps(config), ms.dumps(manifest)])
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for p in sorted(src.rglob("*")):
+                tf.add(str(p), str(p.relative_to(src)), recursive=False)
+        img = ms.make_image([TINY_TAR], docker=True, compress=False)
+        ms.write_docker_archive(str(root / "d.tar"), [(img, ["x:1"])])
+        return {"oci-archive": buf.getvalue(), "docker-archive": (root / "d.tar").read_bytes()}
+
+
+ARCHIVES = _archives()
+
+
+@pytest.mark.fuzz
+@FUZZ
+@given(st.data())
+def test_archives_through_convert(data) -> None:
+    """oci-archive and docker-archive tars with bytes damaged (member headers, names, link types, data)."""
+    _count("archives (CLI)")
+    kind = data.draw(st.sampled_from(sorted(ARCHIVES)))
+    arc = _mutate_bytes(data, ARCHIVES[kind])
+    with workdir() as root:
+        (root / "a.tar").write_bytes(arc)
+        convert_and_check(root, f"{kind}:{root / 'a.tar'}")
