@@ -6,12 +6,19 @@ live in blobs/<alg>/<hex>. An archive is read in place: its members are
 located once and each blob is streamed from its offset in the tar, so
 nothing is extracted.
 
+Reading opens every file of a layout (index.json, oci-layout, blobs) through
+fsutil.open_regular: FIFOs, devices and directories are refused before they
+are opened, and a symlink leaving the layout is reported. Archive members
+must be regular files; links are followed only inside the archive.
+
 Writing never touches the destination before commit(): blobs go into a
 staging directory next to it (same filesystem, so moving them is a rename).
-commit() moves the blobs in and writes index.json last, atomically; for a
-new directory the whole staging directory is renamed into place. An archive
-is a layout staged the same way, then tarred into a temp file renamed over
-the destination.
+commit() takes the layout's lock (LayoutLock: an flock on
+<layout>/.zconv-lock, so concurrent writers each keep their tags), removes
+what killed runs left behind, reads index.json, writes oci-layout, moves the
+blobs in and writes index.json last, atomically. An archive is a layout
+staged the same way, then tarred into a temp file renamed over the
+destination.
 """
 
 from __future__ import annotations
