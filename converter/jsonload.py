@@ -33,7 +33,10 @@ from converter.errors import BadInputError
 MAX_INT64 = 2**63 - 1
 
 # A JSON string: quote, then runs of non-special characters or escapes, quote.
-_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A string that is not closed runs to the end of the input (the document is
+# invalid anyway): every match attempt then succeeds, so the scan stays
+# linear even on input made of thousands of unclosed quotes.
+_STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 # An escape of a UTF-16 surrogate somewhere (cheap pre-check before walking the parsed tree).
 _SURROGATE_ESCAPE_RE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")

@@ -103,6 +103,9 @@ def test_loader_limits_are_one_line_errors():
         (b"\xff\xfe{}", "not UTF-8"),
         (b"1" * 5000, "too many digits"),
         (b"{nope", "not valid JSON"),
+        # Thousands of strings that never close: the depth scan must stay linear (this hung when it was not).
+        (b'\\"' * 300_000, "not valid JSON"),
+        (b'["\\' * 300_000, "not valid JSON|nests deeper"),
     ]:
         with pytest.raises(BadInputError, match=what) as ei:
             load_json(data, "here")
