@@ -548,3 +548,28 @@ os.kill(os.getpid(), signal.SIGKILL)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a.tar"]
+
+
+# ------------------------------------------------------------------ push of a layout whose blob lies
+
+
+@pytest.mark.parametrize("tamper", ["same size", "longer", "shorter"])
+def test_push_never_commits_a_blob_that_is_not_what_its_digest_says(registry, tmp_path, tamper):
+    from converter.image.registry import RegistryClient
+
+    src = copy_sample(tmp_path)
+    digest = layer_digest(src)
+    path = blob_path(src, digest)
+    data = path.read_bytes()
+    bad = {"same size": bytes(len(data)), "longer": data + b"x" * 100, "shorter": data[:-10]}[tamper]
+    path.write_bytes(bad)
+    repo = f"hostile/tampered-{tamper.replace(' ', '-')}"
+    p = zconv_child("push", "-q", f"oci:{src}:v1", f"docker://{registry.host}/{repo}:v1")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err
+    assert "Traceback" not in err
+    assert digest[7:19] in one_error_line(err)
+    with RegistryClient(registry.host) as c:
+        assert c.head_manifest(repo, "v1") is None
+        assert c.blob_size(repo, digest) is None
+        assert c.blob_size(repo, sha(bad)) is None
