@@ -86,8 +86,11 @@ class _Stage:
         try:
             os.makedirs(parent, exist_ok=True)
             self.path = tempfile.mkdtemp(dir=parent, prefix=_stage_prefix(path))
-            self._owner: int | None = os.open(os.path.join(self.path, OWNER_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+            # Locked before it gets its name: a cleaner never sees an owner file that is not locked yet.
+            tmp = os.path.join(self.path, OWNER_FILE + ".new")
+            self._owner: int | None = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._owner, fcntl.LOCK_EX)
+            os.rename(tmp, os.path.join(self.path, OWNER_FILE))
         except OSError as e:
             raise ZconvError(f"{description}: cannot create a staging directory in {parent}: {e.strerror}") from None
 
