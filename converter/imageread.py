@@ -14,7 +14,6 @@ from typing import Callable, Iterator, TypeVar
 
 from converter.chunked.reader import BlobAccess
 from converter.errors import BadInputError
-from converter.jsonload import load_json
 from converter.image.model import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -26,6 +25,7 @@ from converter.image.model import (
     parse_manifest_or_index,
     short,
 )
+from converter.jsonload import load_json
 
 # Real images nest one index (a multi-platform list, or podman's --dual
 # index); a chain of more than a few is either a mistake or an attack on the

@@ -36,6 +36,7 @@ import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
+from test_reader_builder import build_chunked, make_tar, sample_files
 
 from converter.chunked.format import (
     MANIFEST_CHECKSUM_KEY,
@@ -57,7 +58,6 @@ from converter.estimate import LayerEstimate, StoreCache, estimate_layer
 from converter.image.model import Descriptor
 from converter.verify import verify_layer
 from support.fuzzing import fuzz_settings, tried
-from test_reader_builder import build_chunked, make_tar, sample_files
 
 FUZZ = fuzz_settings()
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"

@@ -22,7 +22,6 @@ from typing import Any
 
 from converter.errors import BadInputError, UsageError
 from converter.image.layout import TarIndex
-from converter.jsonload import load_json
 from converter.image.model import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
@@ -41,6 +40,7 @@ from converter.image.model import (
     short,
     verify_bytes,
 )
+from converter.jsonload import load_json
 
 
 def _normalise_name(name: str) -> str:

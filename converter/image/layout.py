@@ -34,8 +34,7 @@ import time
 from typing import Any, BinaryIO, Iterable
 
 from converter.errors import BadInputError, UsageError, ZconvError
-from converter.fsutil import check_regular, file_kind, open_regular, write_file_atomic
-from converter.jsonload import load_json
+from converter.fsutil import open_regular, write_file_atomic
 from converter.image.model import (
     MAX_MANIFEST_SIZE,
     OCI_INDEX,
@@ -51,6 +50,7 @@ from converter.image.model import (
     split_digest,
     verify_bytes,
 )
+from converter.jsonload import load_json
 
 LAYOUT_FILE = "oci-layout"
 LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -108,7 +108,7 @@ def remove_stale_stages(path: str) -> list[str]:
     """Remove the staging directories of killed runs beside `path`; returns what was removed."""
     parent = os.path.dirname(path)
     prefix = _stage_prefix(path)
-    removed = []
+    removed: list[str] = []
     try:
         names = [n for n in os.listdir(parent) if n.startswith(prefix)]
     except OSError:
@@ -221,7 +221,7 @@ class LayoutLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "LayoutLock":
+    def __enter__(self) -> LayoutLock:
         self.acquire()
         return self
 
@@ -389,7 +389,7 @@ class _MemberStream:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "_MemberStream":
+    def __enter__(self) -> _MemberStream:
         return self
 
     def __exit__(self, *a: Any) -> None:
@@ -471,10 +471,10 @@ class TarIndex:
             name = _norm_member(joined, self.description) or ""
         raise BadInputError(f"{self.description}: member {start!r} is a link chain that does not end")
 
-    def open(self, name: str) -> BinaryIO:  # type: ignore[return]
+    def open(self, name: str) -> BinaryIO:
         name = self._resolve(_norm_member(name, self.description) or "")
         off, size = self.members[name]
-        return _MemberStream(self.path, off, size)
+        return _MemberStream(self.path, off, size)  # type: ignore[return-value]  # a file-like reader
 
     def has(self, name: str) -> bool:
         return any(name in d for d in (self.members, self.symlinks, self.hardlinks, self.others))

@@ -99,11 +99,11 @@ def split_digest(digest: str) -> tuple[str, str]:
     return algo, hexpart
 
 
-def new_hasher(digest: str) -> "hashlib._Hash":
+def new_hasher(digest: str) -> hashlib._Hash:
     return hashlib.new(split_digest(digest)[0])
 
 
-def copy_verified(stream: BinaryIO, out: BinaryIO, desc: "Descriptor", what: str) -> None:
+def copy_verified(stream: BinaryIO, out: BinaryIO, desc: Descriptor, what: str) -> None:
     """Copy a blob stream to `out`, checking it against its descriptor.
 
     Stops as soon as the stream runs past the descriptor's size (a hostile or
@@ -201,7 +201,7 @@ class Platform:
     features: tuple[str, ...] = ()
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "platform") -> "Platform":
+    def from_dict(cls, d: Any, where: str = "platform") -> Platform:
         if not isinstance(d, Mapping):
             raise BadInputError(f"{where}: platform is not a JSON object")
         return cls(
@@ -241,7 +241,7 @@ class Descriptor:
     artifact_type: str | None = None
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "descriptor") -> "Descriptor":
+    def from_dict(cls, d: Any, where: str = "descriptor") -> Descriptor:
         if not isinstance(d, Mapping):
             raise BadInputError(f"{where}: descriptor is not a JSON object")
         mt = d.get("mediaType")
@@ -273,7 +273,7 @@ class Descriptor:
             out["artifactType"] = self.artifact_type
         return out
 
-    def with_annotations(self, extra: Mapping[str, str], drop: Iterable[str] = ()) -> "Descriptor":
+    def with_annotations(self, extra: Mapping[str, str], drop: Iterable[str] = ()) -> Descriptor:
         ann = {k: v for k, v in self.annotations.items() if k not in set(drop)}
         ann.update(extra)
         return replace(self, annotations=_sorted_map(ann))
@@ -624,7 +624,7 @@ class ImageSource(ABC):
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "ImageSource":
+    def __enter__(self) -> ImageSource:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -705,7 +705,7 @@ class ImageSink(ABC):
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "ImageSink":
+    def __enter__(self) -> ImageSink:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
