@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup sysdeps test test-fast lint demo bench clean image image-wheels
+.PHONY: all setup sysdeps test test-fast lint demo bench fuzz clean image image-wheels
 
 all: test
 
@@ -34,6 +34,12 @@ lint: $(STAMP)
 
 demo: setup
 	bash testdata/demo.sh
+
+# Hypothesis fuzzers (tests marked fuzz) with fresh random inputs until FUZZ_SECONDS
+# are spent in all; prints the number of inputs tried (FUZZ_REPORT=file.json keeps it).
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/pytest -q -rs -m fuzz --timeout=$$(( $(FUZZ_SECONDS) + 600 )) tests
 
 bench: setup
 	$(BIN)/python bench/bench.py

@@ -47,6 +47,7 @@ from converter.image.model import (
     Manifest,
     VerifyingReader,
     descriptor_for,
+    parse_config,
     short,
 )
 from converter.imageread import Node, config_diff_ids, config_platform, layer_name, walk
@@ -331,6 +332,8 @@ class Converter:
         if desc.media_type in INDEX_TYPES:
             raise BadInputError(f"{where}: descriptor says index but the document is a manifest")
         config_data = self.src.read_blob(manifest.config, MAX_CONFIG_SIZE)
+        # An image config that is not JSON is an error, not something to pass on.
+        parse_config(config_data, manifest.config.media_type, f"{where} config {short(manifest.config.digest)}")
         if desc.digest in self._manifests:
             return self._manifests[desc.digest], config_data
         diff_ids = config_diff_ids(config_data)

@@ -9,7 +9,6 @@ reads (seeks in layouts and archives, HTTP Range requests on registries).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
@@ -27,6 +26,7 @@ from converter.image.model import (
     parse_manifest_or_index,
     short,
 )
+from converter.jsonload import load_json
 
 # Real images nest one index (a multi-platform list, or podman's --dual
 # index); a chain of more than a few is either a mistake or an attack on the
@@ -165,8 +165,8 @@ def layer_name(label: str, index: int, count: int, desc: Descriptor) -> str:
 def config_diff_ids(data: bytes) -> list[str] | None:
     """The config's rootfs.diff_ids, or None when the config does not have a list of strings there."""
     try:
-        ids = json.loads(data)["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError):
+        ids = load_json(data, "config")["rootfs"]["diff_ids"]
+    except (BadInputError, KeyError, TypeError):
         return None
     if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
         return ids
@@ -176,12 +176,16 @@ def config_diff_ids(data: bytes) -> list[str] | None:
 def config_platform(data: bytes) -> Platform | None:
     """The platform a config names (os, architecture, variant), or None when it names none."""
     try:
-        doc = json.loads(data)
-    except ValueError:
+        doc = load_json(data, "config")
+    except BadInputError:
         return None
-    if not isinstance(doc, dict) or not doc.get("os") or not doc.get("architecture"):
+    if not isinstance(doc, dict) or not isinstance(doc.get("os"), str) or not isinstance(doc.get("architecture"), str):
         return None
-    return Platform(os=str(doc["os"]), architecture=str(doc["architecture"]), variant=doc.get("variant") or None)
+    if not doc["os"] or not doc["architecture"]:
+        return None
+    variant = doc.get("variant")
+    return Platform(os=doc["os"], architecture=doc["architecture"],
+                    variant=variant if isinstance(variant, str) and variant else None)
 
 
 def layer_access(src: ImageSource, desc: Descriptor, name: str) -> BlobAccess:

@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support.interop import InteropError, InteropTool, build_interop_binary  # noqa: E402
 from support.registry import RegistryServer  # noqa: E402
 
+# Fuzz settings and the time-bounded `make fuzz` run (inactive unless FUZZ_SECONDS is set).
+pytest_plugins = ["support.fuzzing"]
+
 
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path_factory, monkeypatch):

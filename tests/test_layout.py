@@ -126,7 +126,7 @@ def test_index_json_not_json(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(SAMPLE, src)
     (src / "index.json").write_text("{nope")
-    with pytest.raises(BadInputError, match="index.json is not valid JSON"):
+    with pytest.raises(BadInputError, match="index.json: not valid JSON"):
         LayoutSource(str(src))
 
 

@@ -18,7 +18,6 @@ zstd:chunked annotations (which consumers need) would be lost.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 from converter.errors import BadInputError, UsageError
@@ -41,6 +40,7 @@ from converter.image.model import (
     short,
     verify_bytes,
 )
+from converter.jsonload import load_json
 
 
 def _normalise_name(name: str) -> str:
@@ -105,10 +105,7 @@ class DockerArchiveSource(ImageSource):
 
     def _load(self) -> None:
         raw = self._read_member("manifest.json", MAX_MANIFEST_SIZE, "file")
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadInputError(f"{self.description}: manifest.json is not valid JSON ({e})") from None
+        doc = load_json(raw, f"{self.description}: manifest.json", max_size=MAX_MANIFEST_SIZE)
         if not isinstance(doc, list) or not doc:
             raise BadInputError(f"{self.description}: manifest.json does not list any image")
         hashed: dict[str, tuple[str, int, bytes]] = {}
@@ -119,10 +116,11 @@ class DockerArchiveSource(ImageSource):
             config_bytes = self._read_member(item["Config"], MAX_CONFIG_SIZE, "config")
             config_desc = descriptor_for(DOCKER_CONFIG, config_bytes)
             self._blobs[config_desc.digest] = item["Config"]
-            try:
-                diff_ids = json.loads(config_bytes)["rootfs"]["diff_ids"]
-            except (ValueError, KeyError, TypeError):
-                raise BadInputError(f"{where}: config {item['Config']!r} has no rootfs.diff_ids") from None
+            config = load_json(config_bytes, f"{where}: config {item['Config']!r}", max_size=MAX_CONFIG_SIZE)
+            rootfs = config.get("rootfs") if isinstance(config, dict) else None
+            diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+            if not isinstance(diff_ids, list):
+                raise BadInputError(f"{where}: config {item['Config']!r} has no rootfs.diff_ids")
             if len(diff_ids) != len(item["Layers"]):
                 raise BadInputError(
                     f"{where}: {len(item['Layers'])} layers but the config lists {len(diff_ids)} diff_ids"
@@ -144,7 +142,10 @@ class DockerArchiveSource(ImageSource):
                 self._blobs[digest] = member
             manifest = Manifest(DOCKER_MANIFEST, config_desc, tuple(layers))
             data = manifest.to_bytes()
-            tags = [t for t in (item.get("RepoTags") or []) if isinstance(t, str)]
+            repo_tags = item.get("RepoTags")
+            if repo_tags is not None and not isinstance(repo_tags, list):
+                raise BadInputError(f"{where}: RepoTags is not a list")
+            tags = [t for t in (repo_tags or []) if isinstance(t, str)]
             self._images.append(_Image(pos, tags, descriptor_for(DOCKER_MANIFEST, data), data))
 
     # -- ImageSource

@@ -6,25 +6,35 @@ live in blobs/<alg>/<hex>. An archive is read in place: its members are
 located once and each blob is streamed from its offset in the tar, so
 nothing is extracted.
 
+Reading opens every file of a layout (index.json, oci-layout, blobs) through
+fsutil.open_regular: FIFOs, devices and directories are refused before they
+are opened, and a symlink leaving the layout is reported. Archive members
+must be regular files; links are followed only inside the archive.
+
 Writing never touches the destination before commit(): blobs go into a
 staging directory next to it (same filesystem, so moving them is a rename).
-commit() moves the blobs in and writes index.json last, atomically; for a
-new directory the whole staging directory is renamed into place. An archive
-is a layout staged the same way, then tarred into a temp file renamed over
-the destination.
+commit() takes the layout's lock (LayoutLock: an flock on
+<layout>/.zconv-lock, so concurrent writers each keep their tags), removes
+what killed runs left behind, reads index.json, writes oci-layout, moves the
+blobs in and writes index.json last, atomically. An archive is a layout
+staged the same way, then tarred into a temp file renamed over the
+destination.
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
+import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
+import time
 from typing import Any, BinaryIO, Iterable
 
 from converter.errors import BadInputError, UsageError, ZconvError
-from converter.fsutil import write_file_atomic
+from converter.fsutil import open_regular, write_file_atomic
 from converter.image.model import (
     MAX_MANIFEST_SIZE,
     OCI_INDEX,
@@ -40,20 +50,183 @@ from converter.image.model import (
     split_digest,
     verify_bytes,
 )
+from converter.jsonload import load_json
 
 LAYOUT_FILE = "oci-layout"
 LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
+MAX_LAYOUT_FILE_SIZE = 64 * 1024
 INDEX_FILE = "index.json"
 
 
-def _staging_dir(path: str, description: str) -> str:
-    """A fresh directory beside `path`, so finished files move into place by rename."""
+LOCK_FILE = ".zconv-lock"
+OWNER_FILE = ".zconv-owner"
+# How long a writer waits for another one to finish with the same layout.
+LOCK_TIMEOUT = float(os.environ.get("ZCONV_LOCK_TIMEOUT", "600"))
+# A staging directory without an owner file is a run killed right after creating it.
+_ORPHAN_AGE = 60.0
+
+log = logging.getLogger("zconv")
+
+
+def _stage_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.zconv-"
+
+
+class _Stage:
+    """A fresh directory beside `path`, so finished files move into place by rename.
+
+    The run that made it holds an exclusive flock on its owner file for as
+    long as it lives; a staging directory whose owner file can be locked by
+    someone else belongs to a run that was killed, and is removed by
+    `remove_stale_stages`.
+    """
+
+    def __init__(self, path: str, description: str) -> None:
+        parent = os.path.dirname(path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self.path = tempfile.mkdtemp(dir=parent, prefix=_stage_prefix(path))
+            # Locked before it gets its name: a cleaner never sees an owner file that is not locked yet.
+            tmp = os.path.join(self.path, OWNER_FILE + ".new")
+            self._owner: int | None = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._owner, fcntl.LOCK_EX)
+            os.rename(tmp, os.path.join(self.path, OWNER_FILE))
+        except OSError as e:
+            raise ZconvError(f"{description}: cannot create a staging directory in {parent}: {e.strerror}") from None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)
+            self._owner = None
+
+
+def remove_stale_stages(path: str) -> list[str]:
+    """Remove the staging directories of killed runs beside `path`; returns what was removed."""
     parent = os.path.dirname(path)
+    prefix = _stage_prefix(path)
+    removed: list[str] = []
     try:
-        os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.zconv-")
-    except OSError as e:
-        raise ZconvError(f"{description}: cannot create a staging directory in {parent}: {e.strerror}") from None
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except OSError:
+        return removed
+    for name in names:
+        full = os.path.join(parent, name)
+        try:
+            st = os.lstat(full)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        try:
+            fd = os.open(os.path.join(full, OWNER_FILE), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            if time.time() - st.st_mtime > _ORPHAN_AGE:
+                shutil.rmtree(full, ignore_errors=True)
+                removed.append(full)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live run
+        else:
+            shutil.rmtree(full, ignore_errors=True)
+            removed.append(full)
+        finally:
+            os.close(fd)
+    return removed
+
+
+class LayoutLock:
+    """Exclusive lock of a layout directory: an flock on `<layout>/.zconv-lock`.
+
+    Held by a writer from reading index.json to renaming the new one into
+    place, so two runs writing into the same layout both end with their tags.
+    The directory is created if needed; the lock file is removed on release
+    (a waiter that then holds a lock on the removed file notices that the
+    path no longer names it and starts over). A second writer waits, with a
+    message, up to LOCK_TIMEOUT seconds, then fails with one line.
+    """
+
+    def __init__(self, path: str, description: str, timeout: float | None = None) -> None:
+        self.path = path
+        self.description = description
+        self.timeout = LOCK_TIMEOUT if timeout is None else timeout
+        self._fd: int | None = None
+        self.created_dir = False
+
+    def acquire(self) -> None:
+        lock_path = os.path.join(self.path, LOCK_FILE)
+        deadline = time.monotonic() + self.timeout
+        told = False
+        while True:
+            try:
+                os.mkdir(self.path)
+                self.created_dir = True
+            except FileExistsError:
+                if not os.path.isdir(self.path):
+                    raise UsageError(f"{self.description}: exists and is not a directory") from None
+            except OSError as e:
+                raise ZconvError(f"{self.description}: cannot create the layout directory: {e.strerror}") from None
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+            except FileNotFoundError:
+                continue  # the directory was removed meanwhile (a failed first write): start over
+            except OSError as e:
+                raise ZconvError(f"{self.description}: cannot create the lock file {lock_path}: {e.strerror}") from None
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if not told:
+                            log.warning(f"{self.description}: another zconv run is writing this layout; waiting for it")
+                            told = True
+                        if time.monotonic() > deadline:
+                            raise ZconvError(
+                                f"{self.description}: the layout is busy (another zconv run holds {lock_path} "
+                                f"for more than {self.timeout:.0f} s)"
+                            ) from None
+                        time.sleep(0.05)
+                try:
+                    same = os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                self._fd = fd
+                return
+            os.close(fd)  # the previous holder removed the file: lock the new one
+
+    def release(self, remove_dir: bool = False) -> None:
+        if self._fd is None:
+            return
+        try:
+            if remove_dir:
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(os.path.join(self.path, LOCK_FILE))
+                except FileNotFoundError:
+                    pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> LayoutLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def blob_relpath(digest: str) -> str:
@@ -62,14 +235,11 @@ def blob_relpath(digest: str) -> str:
 
 
 def _parse_layout_index(data: bytes, where: str) -> list[Descriptor]:
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadInputError(f"{where}: index.json is not valid JSON ({e})") from None
+    doc = load_json(data, f"{where}: index.json", max_size=MAX_MANIFEST_SIZE)
     if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
         raise BadInputError(f"{where}: index.json has no manifests list")
     if doc.get("schemaVersion") != 2:
-        raise BadInputError(f"{where}: index.json has unsupported schemaVersion {doc.get('schemaVersion')!r}")
+        raise BadInputError(f"{where}: index.json has unsupported schemaVersion {doc.get('schemaVersion')!r:.40}")
     return [Descriptor.from_dict(m, f"{where} index.json entry {i}") for i, m in enumerate(doc["manifests"])]
 
 
@@ -158,12 +328,28 @@ class LayoutSource(_LayoutReader):
     def __init__(self, path: str, tag: str | None = None, description: str | None = None) -> None:
         super().__init__(tag, description or f"oci:{path}")
         self.path = path
+        self._warned: set[str] = set()
         if not os.path.isdir(path):
             raise BadInputError(f"{self.description}: no such directory")
+        self._check_layout_file()
         self._load()
 
+    def _check_layout_file(self) -> None:
+        """oci-layout, when there, must be a small regular file holding a JSON object."""
+        try:
+            with self._open(LAYOUT_FILE) as f:
+                data = f.read(MAX_LAYOUT_FILE_SIZE + 1)
+        except FileNotFoundError:
+            return  # older tools did not always write it; index.json decides
+        doc = load_json(data, f"{self.description}: {LAYOUT_FILE}", max_size=MAX_LAYOUT_FILE_SIZE)
+        if not isinstance(doc, dict):
+            raise BadInputError(f"{self.description}: {LAYOUT_FILE} is not a JSON object")
+
     def _open(self, relpath: str) -> BinaryIO:
-        return open(os.path.join(self.path, relpath), "rb")
+        """Every file of the layout is opened here: regular files only (a FIFO or device never is)."""
+        root = None if relpath in self._warned else self.path
+        self._warned.add(relpath)
+        return open_regular(os.path.join(self.path, relpath), f"{self.description}: {relpath}", root)
 
     def read_blob_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > desc.size:
@@ -203,7 +389,7 @@ class _MemberStream:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "_MemberStream":
+    def __enter__(self) -> _MemberStream:
         return self
 
     def __exit__(self, *a: Any) -> None:
@@ -213,23 +399,27 @@ class _MemberStream:
 class TarIndex:
     """Member name -> (data offset, size) of an uncompressed tar, for random access.
 
-    Only regular files count; names are normalised (no leading "./").
-    Links, devices and names climbing out with ".." are refused: an archive
-    holding them is not something docker/podman/skopeo write.
+    Names are normalised (no leading "./"). Only regular members can be
+    opened: a link is followed only inside the archive and only to a regular
+    member (docker save links duplicate layers), and a link that points out
+    of the archive, a device, a FIFO or a directory is refused with one line
+    when it is opened. Names climbing out with ".." are refused when the
+    archive is read: docker/podman/skopeo never write them.
     """
 
     def __init__(self, path: str, description: str) -> None:
         self.path = path
         self.description = description
         self.members: dict[str, tuple[int, int]] = {}
-        self.symlinks: dict[str, str] = {}
+        self.symlinks: dict[str, str] = {}  # name -> target, relative to the member's directory
+        self.hardlinks: dict[str, str] = {}  # name -> target, relative to the archive root
+        self.others: dict[str, str] = {}  # name -> what it is ("a FIFO", ...)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, description) as f:
                 head = f.read(4)
+                size = os.fstat(f.fileno()).st_size
         except FileNotFoundError:
             raise BadInputError(f"{description}: no such file") from None
-        except IsADirectoryError:
-            raise BadInputError(f"{description}: is a directory, expected a tar archive") from None
         if head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd":
             raise BadInputError(
                 f"{description}: archive is compressed; decompress it first (gunzip / zstd -d)"
@@ -240,33 +430,66 @@ class TarIndex:
                     name = _norm_member(m.name, description)
                     if name is None:
                         continue
+                    self.members.pop(name, None)
+                    self.symlinks.pop(name, None)
+                    self.hardlinks.pop(name, None)
+                    self.others.pop(name, None)
                     if m.isreg():
                         if m.sparse:
                             raise BadInputError(f"{description}: member {m.name!r} is a sparse file")
                         self.members[name] = (m.offset_data, m.size)
-                    elif m.issym() or m.islnk():
+                    elif m.issym():
                         self.symlinks[name] = m.linkname
+                    elif m.islnk():
+                        self.hardlinks[name] = m.linkname
+                    else:
+                        self.others[name] = _MEMBER_KINDS.get(m.type, f"of tar type {m.type!r}")
         except tarfile.TarError as e:
             raise BadInputError(f"{description}: not a valid tar archive ({e})") from None
-        size = os.path.getsize(path)
         for name, (off, n) in self.members.items():
             if off + n > size:
                 raise BadInputError(f"{description}: archive is truncated (member {name!r} ends past the end)")
 
-    def open(self, name: str) -> BinaryIO:  # type: ignore[return]
-        name = _norm_member(name, self.description) or ""
-        seen = 0
-        while name in self.symlinks and seen < 8:  # docker save links duplicate layers
-            target = self.symlinks[name]
-            name = _norm_member(os.path.normpath(os.path.join(os.path.dirname(name), target)), self.description) or ""
-            seen += 1
-        if name not in self.members:
-            raise FileNotFoundError(name)
+    def _resolve(self, name: str) -> str:
+        """The regular member `name` designates, following links inside the archive."""
+        start = name
+        for _ in range(16):
+            if name in self.members:
+                return name
+            if name in self.others:
+                raise BadInputError(f"{self.description}: member {start!r} is {self.others[name]}, not a regular file")
+            if name in self.symlinks:
+                target = self.symlinks[name]
+                joined = os.path.normpath(os.path.join(os.path.dirname(name), target))
+            elif name in self.hardlinks:
+                target = self.hardlinks[name]
+                joined = os.path.normpath(target)
+            else:
+                raise FileNotFoundError(start)
+            if target.startswith("/") or joined == ".." or joined.startswith("../"):
+                raise BadInputError(f"{self.description}: member {start!r} is a link out of the archive (to {target!r})")
+            name = _norm_member(joined, self.description) or ""
+        raise BadInputError(f"{self.description}: member {start!r} is a link chain that does not end")
+
+    def open(self, name: str) -> BinaryIO:
+        name = self._resolve(_norm_member(name, self.description) or "")
         off, size = self.members[name]
-        return _MemberStream(self.path, off, size)
+        return _MemberStream(self.path, off, size)  # type: ignore[return-value]  # a file-like reader
+
+    def has(self, name: str) -> bool:
+        return any(name in d for d in (self.members, self.symlinks, self.hardlinks, self.others))
 
     def size(self, name: str) -> int:
-        return self.members[name][1]
+        return self.members[self._resolve(_norm_member(name, self.description) or "")][1]
+
+
+_MEMBER_KINDS = {
+    tarfile.DIRTYPE: "a directory",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.CONTTYPE: "a contiguous file",
+}
 
 
 def _norm_member(name: str, description: str) -> str | None:
@@ -286,7 +509,7 @@ class OciArchiveSource(_LayoutReader):
         super().__init__(tag, description or f"oci-archive:{path}")
         self.path = path
         self._tar = TarIndex(path, self.description)
-        if INDEX_FILE not in self._tar.members:
+        if not self._tar.has(INDEX_FILE):
             raise BadInputError(f"{self.description}: not an OCI archive (index.json is missing)")
         self._load()
 
@@ -324,10 +547,11 @@ class LayoutSink(ImageSink):
         if os.path.exists(self.path):
             if not os.path.isdir(self.path):
                 raise UsageError(f"{self.description}: exists and is not a directory")
-            names = set(os.listdir(self.path))
+            names = set(os.listdir(self.path)) - {LOCK_FILE}
             if names and INDEX_FILE not in names and LAYOUT_FILE not in names:
                 raise UsageError(f"{self.description}: directory exists, is not empty and is not an OCI layout")
-        self._stage = _staging_dir(self.path, self.description)
+        self._stage_dir = _Stage(self.path, self.description)
+        self._stage = self._stage_dir.path
         self._tags: list[tuple[str | None, Descriptor]] = []
         self._staged: set[str] = set()
         self._done = False
@@ -345,9 +569,10 @@ class LayoutSink(ImageSink):
         if desc.digest in self._staged:
             return True
         try:
-            return os.path.getsize(self._final(desc.digest)) == desc.size
+            st = os.stat(self._final(desc.digest))
         except OSError:
             return False
+        return stat.S_ISREG(st.st_mode) and st.st_size == desc.size
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
         if self.has_blob(desc):
@@ -413,49 +638,67 @@ class LayoutSink(ImageSink):
         ]
         return kept + new
 
-    def _write_layout(self, root: str, existing: list[Descriptor]) -> None:
-        """Move staged blobs under `root` (if it is not the stage) and write index.json last."""
-        if root != self._stage:
-            for digest in sorted(self._staged):
-                dst = os.path.join(root, blob_relpath(digest))
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                os.replace(self._staged_path(digest), dst)
-            for algo in {split_digest(d)[0] for d in self._staged}:
-                _fsync_dir(os.path.join(root, "blobs", algo))
+    def _read_index(self) -> list[Descriptor]:
+        index_path = os.path.join(self.path, INDEX_FILE)
+        try:
+            with open_regular(index_path, f"{self.description}: {INDEX_FILE}") as f:
+                data = f.read(MAX_MANIFEST_SIZE + 1)
+        except FileNotFoundError:
+            return []
+        return _parse_layout_index(data, self.description)
+
+    def _write_layout(self, existing: list[Descriptor]) -> None:
+        """oci-layout first (the directory is a layout from then on), the blobs, index.json last."""
+        root = self.path
         if not os.path.exists(os.path.join(root, LAYOUT_FILE)):
             write_file_atomic(os.path.join(root, LAYOUT_FILE), LAYOUT_CONTENT)
+        for digest in sorted(self._staged):
+            dst = os.path.join(root, blob_relpath(digest))
+            try:
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.replace(self._staged_path(digest), dst)
+            except OSError as e:
+                raise ZconvError(f"{self.description}: cannot move blob {short(digest)} into place: {e.strerror}") from None
+        for algo in {split_digest(d)[0] for d in self._staged}:
+            _fsync_dir(os.path.join(root, "blobs", algo))
         write_file_atomic(os.path.join(root, INDEX_FILE), layout_index_bytes(self._entries(existing)))
+        _fsync_dir(root)
+
+    def _remove_leftovers(self) -> None:
+        """Under the lock: staging directories of killed runs, and their half-written index files."""
+        for stale in remove_stale_stages(self.path):
+            log.debug("removed %s, left by a killed run", stale)
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith((f".tmp-{INDEX_FILE}-", f".tmp-{LAYOUT_FILE}-")):
+                try:
+                    os.unlink(os.path.join(self.path, name))
+                except OSError:
+                    pass
 
     def commit(self) -> None:
         if self._done:
             return
-        if not os.path.exists(self.path) or not os.listdir(self.path):
-            self._write_layout(self._stage, [])
-            for name in os.listdir(self._stage):
-                if name.startswith("."):  # temp files of failed or abandoned writes
-                    full = os.path.join(self._stage, name)
-                    if os.path.isdir(full):
-                        shutil.rmtree(full)
-                    else:
-                        os.unlink(full)
-            os.chmod(self._stage, 0o755)
-            if os.path.isdir(self.path):
-                os.rmdir(self.path)  # empty
-            os.replace(self._stage, self.path)
-            _fsync_dir(os.path.dirname(self.path))
-        else:
-            existing: list[Descriptor] = []
-            index_path = os.path.join(self.path, INDEX_FILE)
-            if os.path.exists(index_path):
-                with open(index_path, "rb") as f:
-                    existing = _parse_layout_index(f.read(), self.description)
-            self._write_layout(self.path, existing)
-            shutil.rmtree(self._stage, ignore_errors=True)
+        lock = LayoutLock(self.path, self.description)
+        lock.acquire()
+        written = False
+        try:
+            self._remove_leftovers()
+            existing = self._read_index()
+            self._write_layout(existing)
+            written = True
+        finally:
+            # A layout this run created and could not finish is removed again (nothing else was in it).
+            lock.release(remove_dir=lock.created_dir and not written)
+        self._stage_dir.remove()
         self._done = True
 
     def abort(self) -> None:
         if not self._done:
-            shutil.rmtree(self._stage, ignore_errors=True)
+            self._stage_dir.remove()
             self._done = True
 
     def close(self) -> None:
@@ -499,7 +742,8 @@ class OciArchiveSink(ImageSink):
         self.reference_tag = tag
         if os.path.isdir(self.path):
             raise UsageError(f"{self.description}: is a directory (use oci:{path} for a layout directory)")
-        self._work = _staging_dir(self.path, self.description)
+        self._work_dir = _Stage(self.path, self.description)
+        self._work = self._work_dir.path
         self._layout = LayoutSink(os.path.join(self._work, "layout"), tag, self.description)
         self._done = False
 
@@ -524,8 +768,9 @@ class OciArchiveSink(ImageSink):
     def commit(self) -> None:
         if self._done:
             return
+        remove_stale_stages(self.path)  # work directories of killed runs (each holds its temp archive)
         self._layout.commit()
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=f".{os.path.basename(self.path)}.tmp-")
+        fd, tmp = tempfile.mkstemp(dir=self._work, prefix=".archive-")
         try:
             with os.fdopen(fd, "wb") as f:
                 _tar_layout(os.path.join(self._work, "layout"), f)
@@ -538,13 +783,13 @@ class OciArchiveSink(ImageSink):
                 os.unlink(tmp)
             raise
         finally:
-            shutil.rmtree(self._work, ignore_errors=True)
+            self._work_dir.remove()
         self._done = True
 
     def abort(self) -> None:
         if not self._done:
             self._layout.abort()
-            shutil.rmtree(self._work, ignore_errors=True)
+            self._work_dir.remove()
             self._done = True
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Iterable, Mapping
 
 from converter.errors import BadInputError, UsageError
+from converter.jsonload import MAX_INT64, load_json
 
 # ---------------------------------------------------------------- media types
 
@@ -98,11 +99,11 @@ def split_digest(digest: str) -> tuple[str, str]:
     return algo, hexpart
 
 
-def new_hasher(digest: str) -> "hashlib._Hash":
+def new_hasher(digest: str) -> hashlib._Hash:
     return hashlib.new(split_digest(digest)[0])
 
 
-def copy_verified(stream: BinaryIO, out: BinaryIO, desc: "Descriptor", what: str) -> None:
+def copy_verified(stream: BinaryIO, out: BinaryIO, desc: Descriptor, what: str) -> None:
     """Copy a blob stream to `out`, checking it against its descriptor.
 
     Stops as soon as the stream runs past the descriptor's size (a hostile or
@@ -150,6 +151,43 @@ def _sorted_map(m: Mapping[str, str] | None) -> dict[str, str]:
     return {k: m[k] for k in sorted(m)} if m else {}
 
 
+# ------------------------------------------------------- typed JSON fields
+# Every field we use is checked where it is parsed: a hostile document gets
+# one BadInputError line naming the field, never a TypeError later on.
+
+
+def _brief(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def _opt_str(d: Mapping[str, Any], key: str, where: str) -> str | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise BadInputError(f"{where}: field {key!r} must be a string, not {_brief(v)}")
+    return v
+
+
+def _str_list(d: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    v = d.get(key)
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise BadInputError(f"{where}: field {key!r} must be a list of strings, not {_brief(v)}")
+    return tuple(v)
+
+
+def _annotations(d: Mapping[str, Any], where: str) -> dict[str, str]:
+    ann = d.get("annotations")
+    if ann is None:
+        return {}
+    if not isinstance(ann, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ann.items()):
+        raise BadInputError(f"{where}: annotations must map strings to strings")
+    return _sorted_map(ann)
+
+
 # ---------------------------------------------------------------- descriptors
 
 
@@ -163,14 +201,16 @@ class Platform:
     features: tuple[str, ...] = ()
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Platform":
+    def from_dict(cls, d: Any, where: str = "platform") -> Platform:
+        if not isinstance(d, Mapping):
+            raise BadInputError(f"{where}: platform is not a JSON object")
         return cls(
-            os=str(d.get("os", "")),
-            architecture=str(d.get("architecture", "")),
-            variant=d.get("variant"),
-            os_version=d.get("os.version"),
-            os_features=tuple(d.get("os.features") or ()),
-            features=tuple(d.get("features") or ()),
+            os=_opt_str(d, "os", where) or "",
+            architecture=_opt_str(d, "architecture", where) or "",
+            variant=_opt_str(d, "variant", where),
+            os_version=_opt_str(d, "os.version", where),
+            os_features=_str_list(d, "os.features", where),
+            features=_str_list(d, "features", where),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,29 +241,24 @@ class Descriptor:
     artifact_type: str | None = None
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "descriptor") -> "Descriptor":
+    def from_dict(cls, d: Any, where: str = "descriptor") -> Descriptor:
         if not isinstance(d, Mapping):
             raise BadInputError(f"{where}: descriptor is not a JSON object")
         mt = d.get("mediaType")
         size = d.get("size")
         if not isinstance(mt, str) or not mt:
             raise BadInputError(f"{where}: descriptor without mediaType")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BadInputError(f"{where}: descriptor with invalid size {size!r}")
-        ann = d.get("annotations") or {}
-        if not isinstance(ann, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in ann.items()
-        ):
-            raise BadInputError(f"{where}: annotations must map strings to strings")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_INT64:
+            raise BadInputError(f"{where}: descriptor with invalid size {_brief(size)}")
         plat = d.get("platform")
         return cls(
             media_type=mt,
             digest=check_digest(d.get("digest"), where),
             size=size,
-            annotations=_sorted_map(ann),
-            platform=Platform.from_dict(plat) if isinstance(plat, Mapping) else None,
-            urls=tuple(d.get("urls") or ()),
-            artifact_type=d.get("artifactType"),
+            annotations=_annotations(d, where),
+            platform=Platform.from_dict(plat, f"{where} platform") if plat is not None else None,
+            urls=_str_list(d, "urls", where),
+            artifact_type=_opt_str(d, "artifactType", where),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,7 +273,7 @@ class Descriptor:
             out["artifactType"] = self.artifact_type
         return out
 
-    def with_annotations(self, extra: Mapping[str, str], drop: Iterable[str] = ()) -> "Descriptor":
+    def with_annotations(self, extra: Mapping[str, str], drop: Iterable[str] = ()) -> Descriptor:
         ann = {k: v for k, v in self.annotations.items() if k not in set(drop)}
         ann.update(extra)
         return replace(self, annotations=_sorted_map(ann))
@@ -307,14 +342,22 @@ def descriptor_for(media_type: str, data: bytes, **kw: Any) -> Descriptor:
     return Descriptor(media_type=media_type, digest=sha256_digest(data), size=len(data), **kw)
 
 
-def _load_json(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadInputError(f"{where}: not valid JSON ({e})") from None
+def _load_json(data: bytes, where: str, max_size: int | None = MAX_MANIFEST_SIZE) -> dict[str, Any]:
+    doc = load_json(data, where, max_size=max_size)
     if not isinstance(doc, dict):
         raise BadInputError(f"{where}: JSON document is not an object")
     return doc
+
+
+def parse_config(data: bytes, media_type: str, where: str) -> dict[str, Any] | None:
+    """The config as a JSON object, for image configs and other JSON media types; None for the rest.
+
+    An image config that is not a JSON object is an error (exit 2): consumers
+    parse it, so a conversion must not pass it on as if it were fine.
+    """
+    if media_type in (OCI_CONFIG, DOCKER_CONFIG) or media_type.endswith(("+json", "/json")):
+        return _load_json(data, where, max_size=MAX_CONFIG_SIZE)
+    return None
 
 
 def detect_media_type(doc: Mapping[str, Any], hint: str | None = None) -> str:
@@ -338,9 +381,10 @@ def parse_manifest_or_index(data: bytes, hint: str | None = None, where: str = "
     if mt in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
         raise BadInputError(f"{where}: Docker schema 1 manifests are not supported (re-push the image with a current tool)")
     if doc.get("schemaVersion") != 2:
-        raise BadInputError(f"{where}: unsupported schemaVersion {doc.get('schemaVersion')!r}")
-    ann = doc.get("annotations") or {}
-    subject = Descriptor.from_dict(doc["subject"], f"{where} subject") if doc.get("subject") else None
+        raise BadInputError(f"{where}: unsupported schemaVersion {_brief(doc.get('schemaVersion'))}")
+    ann = _annotations(doc, where)
+    subject = Descriptor.from_dict(doc["subject"], f"{where} subject") if doc.get("subject") is not None else None
+    artifact_type = _opt_str(doc, "artifactType", where)
     if mt in INDEX_TYPES:
         entries = doc.get("manifests")
         if not isinstance(entries, list):
@@ -348,9 +392,9 @@ def parse_manifest_or_index(data: bytes, hint: str | None = None, where: str = "
         return Index(
             media_type=mt,
             manifests=tuple(Descriptor.from_dict(m, f"{where} entry {i}") for i, m in enumerate(entries)),
-            annotations=_sorted_map(ann),
+            annotations=ann,
             subject=subject,
-            artifact_type=doc.get("artifactType"),
+            artifact_type=artifact_type,
         )
     if mt in MANIFEST_TYPES:
         layers = doc.get("layers")
@@ -360,9 +404,9 @@ def parse_manifest_or_index(data: bytes, hint: str | None = None, where: str = "
             media_type=mt,
             config=Descriptor.from_dict(doc.get("config"), f"{where} config"),
             layers=tuple(Descriptor.from_dict(d, f"{where} layer {i}") for i, d in enumerate(layers)),
-            annotations=_sorted_map(ann),
+            annotations=ann,
             subject=subject,
-            artifact_type=doc.get("artifactType"),
+            artifact_type=artifact_type,
         )
     raise BadInputError(f"{where}: unknown manifest media type {mt!r}")
 
@@ -582,7 +626,7 @@ class ImageSource(ABC):
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "ImageSource":
+    def __enter__(self) -> ImageSource:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -663,7 +707,7 @@ class ImageSink(ABC):
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "ImageSink":
+    def __enter__(self) -> ImageSink:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
