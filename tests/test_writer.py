@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -14,6 +16,7 @@ import zstandard
 from converter.chunked import writer as writer_mod
 from converter.chunked.writer import convert_layer
 from converter.errors import BadInputError, IncompatibleLayerError
+from support import synth
 from support.chunked_util import check_against_tar, parse_blob
 from support.tarcases import all_cases, unrepresentable_cases
 
@@ -182,3 +185,29 @@ def test_hostile_entry_is_refused_even_after_a_fallback_reason(tmp_path):
         tf.addfile(tarfile.TarInfo("../escape"), io.BytesIO(b""))
     with pytest.raises(BadInputError, match="climbs out"):
         run(buf.getvalue(), tmp_path)
+
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "writer_golden.json").read_text())
+
+
+def _golden_inputs() -> dict[str, bytes]:
+    cases = {k: v for k, v in CASES.items() if k in GOLDEN["cases"]}
+    cases["node-modules-3000"] = synth.node_modules_bytes(3000)
+    cases["mixed"] = synth.mixed_tar()
+    return cases
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_output_bytes_are_pinned(threads, tmp_path):
+    """The writer's bytes are those of the writer before the speed work (same digests, any --threads)."""
+    if GOLDEN["zstd"] != ".".join(map(str, zstandard.ZSTD_VERSION)):
+        pytest.skip(f"digests pinned with libzstd {GOLDEN['zstd']}, this is {zstandard.ZSTD_VERSION}")
+    inputs = _golden_inputs()
+    assert set(inputs) == set(GOLDEN["cases"])
+    for name, tar in sorted(inputs.items()):
+        want = GOLDEN["cases"][name]
+        if "sha256:" + hashlib.sha256(tar).hexdigest() != want["input"]:
+            pytest.skip(f"{name}: this Python's tarfile writes other bytes than the pinned input")
+        res, blob, _ = run(tar, tmp_path, threads=threads)
+        assert res.digest == want["output"], name
+        assert res.diff_id == want["input"]
