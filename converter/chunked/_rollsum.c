@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define WINDOW 64
@@ -38,19 +39,62 @@ typedef struct {
     unsigned long long pos;
     unsigned long long pending[THRESHOLD];
     Py_ssize_t npending;
-    PyObject *cuts;
+    /* Cuts found, kept in C memory so the scan can run without the GIL. */
+    unsigned long long *cut_end;
+    unsigned char *cut_zeros;
+    Py_ssize_t ncuts, cap;
     int failed;
 } state_t;
 
 static void emit(state_t *st, unsigned long long end, int zeros) {
     if (st->failed) return;
-    PyObject *t = Py_BuildValue("(KO)", end, zeros ? Py_True : Py_False);
-    if (!t || PyList_Append(st->cuts, t) < 0) st->failed = 1;
-    Py_XDECREF(t);
+    if (st->ncuts == st->cap) {
+        Py_ssize_t cap = st->cap ? st->cap * 2 : 64;
+        unsigned long long *e = realloc(st->cut_end, cap * sizeof *e);
+        if (e) st->cut_end = e;
+        unsigned char *z = realloc(st->cut_zeros, cap);
+        if (z) st->cut_zeros = z;
+        if (!e || !z) {
+            st->failed = 1;
+            return;
+        }
+        st->cap = cap;
+    }
+    st->cut_end[st->ncuts] = end;
+    st->cut_zeros[st->ncuts++] = (unsigned char)zeros;
 }
 
 static void flush_pending(state_t *st) {
     for (Py_ssize_t k = 0; k < st->npending; k++) emit(st, st->pending[k], 0);
+    st->npending = 0;
+}
+
+static state_t *state_new(void) {
+    state_t *st = PyMem_Malloc(sizeof(state_t));
+    if (!st) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    st->cut_end = NULL;
+    st->cut_zeros = NULL;
+    st->ncuts = st->cap = 0;
+    st->failed = 0;
+    return st;
+}
+
+static void state_free(state_t *st) {
+    free(st->cut_end);
+    free(st->cut_zeros);
+    PyMem_Free(st);
+}
+
+static void state_init(state_t *st) {
+    st->s1 = WINDOW * CHAR_OFFSET;
+    st->s2 = WINDOW * (WINDOW - 1) * CHAR_OFFSET;
+    st->wofs = 0;
+    memset(st->window, 0, WINDOW);
+    st->zero_run = 0;
+    st->pos = 0;
     st->npending = 0;
 }
 
@@ -72,13 +116,27 @@ static int parse_state(PyObject *o, state_t *st) {
         st->pending[k] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(pend, k));
         if (PyErr_Occurred()) return -1;
     }
-    st->failed = 0;
     return 0;
 }
 
+static PyObject *cuts_list(state_t *st) {
+    if (st->failed) return PyErr_NoMemory();
+    PyObject *cuts = PyList_New(st->ncuts);
+    if (!cuts) return NULL;
+    for (Py_ssize_t k = 0; k < st->ncuts; k++) {
+        PyObject *t = Py_BuildValue("(KO)", st->cut_end[k], st->cut_zeros[k] ? Py_True : Py_False);
+        if (!t) {
+            Py_DECREF(cuts);
+            return NULL;
+        }
+        PyList_SET_ITEM(cuts, k, t);
+    }
+    return cuts;
+}
+
 static PyObject *build_result(state_t *st) {
-    PyObject *pend = NULL, *state = NULL, *res = NULL;
-    if (st->failed) goto out;
+    PyObject *pend = NULL, *state = NULL, *res = NULL, *cuts = cuts_list(st);
+    if (!cuts) goto out;
     pend = PyTuple_New(st->npending);
     if (!pend) goto out;
     for (Py_ssize_t k = 0; k < st->npending; k++) {
@@ -89,99 +147,179 @@ static PyObject *build_result(state_t *st) {
     state = Py_BuildValue("(IIIy#KKO)", st->s1, st->s2, st->wofs, (const char *)st->window, (Py_ssize_t)WINDOW,
                           st->zero_run, st->pos, pend);
     if (!state) goto out;
-    res = PyTuple_Pack(2, st->cuts, state);
+    res = PyTuple_Pack(2, cuts, state);
 out:
+    Py_XDECREF(cuts);
     Py_XDECREF(pend);
     Py_XDECREF(state);
-    Py_DECREF(st->cuts);
     return res;
 }
+
+/* Roll one byte in; returns nonzero when something may have to be reported. */
+#define ROLL(c, drop)                                                                              \
+    do {                                                                                           \
+        s1 += (uint32_t)(c) - (drop);                                                              \
+        s2 += s1 - (uint32_t)WINDOW * ((uint32_t)(drop) + CHAR_OFFSET);                            \
+    } while (0)
+
+/* The scan proper: touches no Python object, so it runs without the GIL. */
+static void scan_core(state_t *st, const uint8_t *p, const Py_ssize_t n) {
+    const unsigned long long base = st->pos;
+    uint32_t s1 = st->s1, s2 = st->s2;
+    unsigned long long z = st->zero_run;
+    uint8_t *win = st->window;
+    const unsigned wofs0 = st->wofs;
+    /* The byte leaving the window: from the saved window for the first 64
+     * bytes of the block, from the block itself after that (two loops, so
+     * the hot one has no test for it). */
+#define STEP(DROP)                                                                                          \
+    {                                                                                                       \
+        const uint8_t c = p[i];                                                                             \
+        const uint8_t drop = (DROP);                                                                        \
+        ROLL(c, drop);                                                                                      \
+        const unsigned long long zprev = z;                                                                 \
+        z = c ? 0 : z + 1;                                                                                  \
+        const int split = (s2 & MASK) == MASK;                                                              \
+        if (__builtin_expect(split | (z >= THRESHOLD) | ((c != 0) & ((zprev >= THRESHOLD) | (st->npending != 0))), 0)) { \
+            const unsigned long long q = base + (unsigned long long)i;                                      \
+            if (c) {                                                                                        \
+                if (zprev >= THRESHOLD) emit(st, q, 1); /* the hole ends here */                            \
+                else flush_pending(st);                  /* a short run: its splits stand */                \
+                if (split) emit(st, q + 1, 0);                                                              \
+            } else if (z == THRESHOLD) {                                                                    \
+                st->npending = 0;                        /* the run is a hole after all */                  \
+                emit(st, q + 1 - THRESHOLD, 0);          /* the data chunk ends where it starts */          \
+            } else if (z < THRESHOLD) {                                                                     \
+                st->pending[st->npending++] = q + 1;     /* decided when the run ends */                    \
+            }                                                                                               \
+            if (z >= THRESHOLD) {                                                                           \
+                /* Deep in a hole the last 64 bytes (the window) are zeros, so s1 and                       \
+                 * s2 stay put: skip the rest of the run. */                                                \
+                Py_ssize_t j = i + 1;                                                                       \
+                while (j < n && p[j] == 0) j++;                                                             \
+                z += (unsigned long long)(j - i - 1);                                                       \
+                i = j - 1;                                                                                  \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+    Py_ssize_t i = 0;
+    const Py_ssize_t head = n < WINDOW ? n : WINDOW;
+    for (; i < head; i++) STEP(win[(wofs0 + (unsigned)i) & (WINDOW - 1)])
+    for (; i < n; i++) STEP(p[i - WINDOW])
+#undef STEP
+    /* The new window: the last 64 bytes rolled in, oldest first at wofs. */
+    uint8_t nw[WINDOW];
+    for (unsigned k = 0; k < WINDOW; k++) {
+        /* byte that entered at relative position n - WINDOW + k */
+        const Py_ssize_t r = n - WINDOW + (Py_ssize_t)k;
+        nw[(wofs0 + (unsigned)n + k) & (WINDOW - 1)] = r >= 0 ? p[r] : win[(wofs0 + (unsigned)(n + WINDOW) + k) & (WINDOW - 1)];
+    }
+    memcpy(win, nw, WINDOW);
+    st->s1 = s1;
+    st->s2 = s2;
+    st->wofs = (unsigned)((wofs0 + (unsigned long long)n) & (WINDOW - 1));
+    st->zero_run = z;
+    st->pos = base + (unsigned long long)n;
+}
+
+static void finish_core(state_t *st) {
+    if (st->zero_run >= THRESHOLD) emit(st, st->pos, 1);
+    else flush_pending(st);
+    st->zero_run = 0;
+}
+
+/* Blocks at least this long are scanned with the GIL released. */
+#define NOGIL_MIN 8192
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
     PyObject *stobj;
-    state_t *st = PyMem_Malloc(sizeof(state_t));
-    if (!st) return PyErr_NoMemory();
-    if (!PyArg_ParseTuple(args, "y*O", &buf, &stobj)) {
-        PyMem_Free(st);
-        return NULL;
-    }
-    if (parse_state(stobj, st) < 0 || !(st->cuts = PyList_New(0))) {
+    if (!PyArg_ParseTuple(args, "y*O", &buf, &stobj)) return NULL;
+    state_t *st = state_new();
+    if (!st || parse_state(stobj, st) < 0) {
         PyBuffer_Release(&buf);
-        PyMem_Free(st);
+        if (st) state_free(st);
         return NULL;
     }
-    const uint8_t *p = (const uint8_t *)buf.buf;
-    const Py_ssize_t n = buf.len;
-    const unsigned long long base = st->pos;
-    uint32_t s1 = st->s1, s2 = st->s2;
-    unsigned wofs = st->wofs;
-    unsigned long long z = st->zero_run;
-    uint8_t *win = st->window;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const uint8_t c = p[i];
-        const uint8_t drop = win[wofs];
-        s1 += (uint32_t)c - drop;
-        s2 += s1 - (uint32_t)WINDOW * ((uint32_t)drop + CHAR_OFFSET);
-        win[wofs] = c;
-        wofs = (wofs + 1) & (WINDOW - 1);
-        const unsigned long long zprev = z;
-        z = c ? 0 : z + 1;
-        const int split = (s2 & MASK) == MASK;
-        if (__builtin_expect(split | (z >= THRESHOLD) | ((c != 0) & ((zprev >= THRESHOLD) | (st->npending != 0))), 0)) {
-            const unsigned long long q = base + (unsigned long long)i;
-            if (c) {
-                if (zprev >= THRESHOLD) emit(st, q, 1); /* the hole ends here */
-                else flush_pending(st);                  /* a short run: its splits stand */
-                if (split) emit(st, q + 1, 0);
-            } else if (z == THRESHOLD) {
-                st->npending = 0;                        /* the run is a hole after all */
-                emit(st, q + 1 - THRESHOLD, 0);          /* the data chunk ends where it starts */
-            } else if (z < THRESHOLD) {
-                st->pending[st->npending++] = q + 1;     /* decided when the run ends */
-            }
-            if (z >= THRESHOLD) {
-                /* Deep in a hole the window holds only zeros, so s1 and s2 stay
-                 * put: skip the rest of the run, moving only the window offset. */
-                Py_ssize_t j = i + 1;
-                while (j < n && p[j] == 0) j++;
-                const Py_ssize_t k = j - i - 1;
-                wofs = (unsigned)((wofs + (unsigned long long)k) & (WINDOW - 1));
-                z += (unsigned long long)k;
-                i = j - 1;
-            }
-        }
+    if (buf.len >= NOGIL_MIN) {
+        Py_BEGIN_ALLOW_THREADS
+        scan_core(st, (const uint8_t *)buf.buf, buf.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        scan_core(st, (const uint8_t *)buf.buf, buf.len);
     }
-    st->s1 = s1;
-    st->s2 = s2;
-    st->wofs = wofs;
-    st->zero_run = z;
-    st->pos = base + (unsigned long long)n;
     PyBuffer_Release(&buf);
     PyObject *res = build_result(st);
-    PyMem_Free(st);
+    state_free(st);
     return res;
 }
 
 static PyObject *finish(PyObject *self, PyObject *args) {
     PyObject *stobj;
-    state_t *st = PyMem_Malloc(sizeof(state_t));
-    if (!st) return PyErr_NoMemory();
-    if (!PyArg_ParseTuple(args, "O", &stobj) || parse_state(stobj, st) < 0 || !(st->cuts = PyList_New(0))) {
-        PyMem_Free(st);
+    if (!PyArg_ParseTuple(args, "O", &stobj)) return NULL;
+    state_t *st = state_new();
+    if (!st || parse_state(stobj, st) < 0) {
+        if (st) state_free(st);
         return NULL;
     }
-    if (st->zero_run >= THRESHOLD) emit(st, st->pos, 1);
-    else flush_pending(st);
-    st->zero_run = 0;
+    finish_core(st);
     PyObject *res = build_result(st);
-    PyMem_Free(st);
+    state_free(st);
     return res;
+}
+
+/* chunks(data) -> [(offset, size, is_zeros)]: every chunk of one whole
+ * payload (a fresh scan, then finish), empty chunks dropped; the same as
+ * chunker.chunk_boundaries for a payload that is at hand in one piece. */
+static PyObject *chunks(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "y*", &buf)) return NULL;
+    state_t *st = state_new();
+    if (!st) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    state_init(st);
+    if (buf.len >= NOGIL_MIN) {
+        Py_BEGIN_ALLOW_THREADS
+        scan_core(st, (const uint8_t *)buf.buf, buf.len);
+        finish_core(st);
+        Py_END_ALLOW_THREADS
+    } else {
+        scan_core(st, (const uint8_t *)buf.buf, buf.len);
+        finish_core(st);
+    }
+    emit(st, (unsigned long long)buf.len, 0);
+    PyBuffer_Release(&buf);
+    PyObject *out = NULL;
+    if (st->failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    out = PyList_New(0);
+    if (!out) goto done;
+    unsigned long long start = 0;
+    for (Py_ssize_t k = 0; k < st->ncuts; k++) {
+        const unsigned long long end = st->cut_end[k];
+        if (end <= start) continue;
+        PyObject *t = Py_BuildValue("(KKO)", start, end - start, st->cut_zeros[k] ? Py_True : Py_False);
+        if (!t || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(t);
+        start = end;
+    }
+done:
+    state_free(st);
+    return out;
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Scan a block of a payload; returns (cuts, state)."},
     {"finish", finish, METH_VARARGS, "Settle a pending zero run; returns (cuts, state)."},
+    {"chunks", chunks, METH_VARARGS, "All chunks of one whole payload as (offset, size, is_zeros)."},
     {NULL, NULL, 0, NULL},
 };
 

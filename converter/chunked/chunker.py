@@ -76,6 +76,13 @@ def chunk_boundaries(data: bytes, block: int = 1 << 22, impl=None) -> list[tuple
     return normalize(ends)
 
 
+def payload_chunks(data) -> list[tuple[int, int, str]]:
+    """chunk_boundaries() of a payload at hand in one piece: one call into the native scanner."""
+    if _rollsum is None:
+        return chunk_boundaries(data)
+    return [(off, n, ZEROS if z else DATA) for off, n, z in _rollsum.chunks(data)]
+
+
 def normalize(ends: list[tuple[int, str]]) -> list[tuple[int, int, str]]:
     """Turn a sorted list of chunk ends into chunks, dropping empty ones.
 

@@ -258,7 +258,15 @@ def merge_pax(h: TarHeader, pax: dict[bytes, bytes]) -> None:
 
 
 class CountingReader:
-    """Reads a stream exactly, hashing and counting every byte (the DiffID)."""
+    """Reads a stream exactly, hashing and counting every byte (the DiffID).
+
+    Buffered: the source is read in blocks of BUF bytes (hashed as they come
+    in), and the many small reads of tar headers and small files are served
+    as slices of the block. Large reads go to the source directly.
+    `offset` counts the bytes handed out.
+    """
+
+    BUF = 1 << 20
 
     def __init__(self, f: BinaryIO, what: str) -> None:
         self._f = f
@@ -266,33 +274,63 @@ class CountingReader:
         self.offset = 0
         self.sha256 = hashlib.sha256()
         self.tap = None  # optional callable(bytes) that sees every byte read
+        self._in = 0  # bytes taken from the source
+        self._buf = b""
+        self._p = 0
+
+    def _fill(self, want: int) -> bytes:
+        """Up to `want` bytes from the source (b"" at its end), hashed."""
+        try:
+            b = self._f.read(want)
+        except EOFError as e:
+            raise BadInputError(f"{self.what}: truncated compressed stream ({e})") from None
+        except OSError as e:  # gzip/isal and zstd report corruption as OSError subclasses
+            raise BadInputError(f"{self.what}: corrupt compressed stream at tar offset {self._in}: {e}") from None
+        except Exception as e:  # zstandard.ZstdError is not an OSError
+            if type(e).__name__ == "ZstdError":
+                raise BadInputError(f"{self.what}: corrupt zstd stream at tar offset {self._in}: {e}") from None
+            raise
+        if b:
+            self.sha256.update(b)
+            self._in += len(b)
+        return b
 
     def read(self, n: int) -> bytes:
         """Up to n bytes; fewer only at end of stream."""
-        parts = []
-        want = n
-        while want > 0:
-            try:
-                b = self._f.read(want)
-            except EOFError as e:
-                raise BadInputError(f"{self.what}: truncated compressed stream ({e})") from None
-            except OSError as e:  # gzip/isal and zstd report corruption as OSError subclasses
-                raise BadInputError(
-                    f"{self.what}: corrupt compressed stream at tar offset {self.offset + n - want}: {e}"
-                ) from None
-            except Exception as e:  # zstandard.ZstdError is not an OSError
-                if type(e).__name__ == "ZstdError":
-                    raise BadInputError(
-                        f"{self.what}: corrupt zstd stream at tar offset {self.offset + n - want}: {e}"
-                    ) from None
-                raise
-            if not b:
-                break
-            parts.append(b)
-            want -= len(b)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        p = self._p
+        end = p + n
+        if end <= len(self._buf):  # the common case: a slice of the block
+            data = self._buf[p:end]
+            self._p = end
+        else:
+            parts = [self._buf[p:]] if p < len(self._buf) else []
+            want = end - len(self._buf)
+            self._buf, self._p = b"", 0
+            while want > 0:
+                b = self._fill(want if want >= self.BUF else self.BUF)
+                if not b:
+                    break
+                if len(b) > want:
+                    self._buf, self._p = b, want
+                    b = b[:want]
+                parts.append(b)
+                want -= len(b)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
         if data:
-            self.sha256.update(data)
+            self.offset += len(data)
+            if self.tap is not None:
+                self.tap(data)
+        return data
+
+    def read_some(self, n: int) -> bytes:
+        """Between 1 and n bytes (b"" only at end of stream), with as few copies as may be."""
+        avail = len(self._buf) - self._p
+        if avail > 0:
+            return self.read(min(n, avail))  # what the block still holds
+        if n < self.BUF:
+            return self.read(n)
+        data = self._fill(n)  # large: straight from the source
+        if data:
             self.offset += len(data)
             if self.tap is not None:
                 self.tap(data)
@@ -430,6 +468,17 @@ class TarStream:
         if len(b) != n:
             raise BadInputError(f"{self._where()}: unexpected end of tar inside file data (truncated layer?)")
         self._remaining -= n
+        return b
+
+    def read_payload_some(self, n: int) -> bytes:
+        """Between 1 and n payload bytes (fewer than read_payload would give when that saves a copy)."""
+        n = min(n, self._remaining)
+        if n <= 0:
+            return b""
+        b = self.src.read_some(n)
+        if not b:
+            raise BadInputError(f"{self._where()}: unexpected end of tar inside file data (truncated layer?)")
+        self._remaining -= len(b)
         return b
 
     def read_trailing(self, piece: int = 1 << 20):

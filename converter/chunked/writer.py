@@ -36,7 +36,7 @@ import zstandard
 from fastcrc import crc64
 
 from converter.chunked import toc as tocmod
-from converter.chunked.chunker import ZEROS, Chunker
+from converter.chunked.chunker import ZEROS, Chunker, payload_chunks
 from converter.chunked.compression import detect_compression, open_tar_stream
 from converter.chunked.format import (
     LAYER_MEDIA_TYPE_ZSTD,
@@ -266,7 +266,7 @@ class _PayloadWriter:
 
 
 def _write_payload(tar: TarStream, sink: FrameSink, size: int):
-    """Read `size` payload bytes; returns (chunks, sha256 hex, crc64)."""
+    """Read `size` payload bytes in blocks; returns (chunks, sha256 hex, crc64)."""
     sha = hashlib.sha256()
     crc = None
     chunker = Chunker()
@@ -274,7 +274,7 @@ def _write_payload(tar: TarStream, sink: FrameSink, size: int):
     left = size
     block = memoryview(b"")
     while left:
-        data = tar.read_payload(min(left, READ_BLOCK))
+        data = tar.read_payload_some(min(left, READ_BLOCK))
         left -= len(data)
         sha.update(data)
         crc = crc64.go_iso(data, crc) if crc is not None else crc64.go_iso(data)
@@ -292,8 +292,25 @@ def _write_payload(tar: TarStream, sink: FrameSink, size: int):
     return pw.chunks, sha.hexdigest(), crc
 
 
+def _write_small_payload(tar: TarStream, sink: FrameSink, size: int):
+    """The same for a payload read in one piece (at most READ_BLOCK bytes)."""
+    data = tar.read_payload(size)
+    crc = crc64.go_iso(data)
+    digest = hashlib.sha256(data).hexdigest()
+    parts = payload_chunks(data)
+    if len(parts) == 1:  # the common case: one chunk, whose digest is the file's
+        return [(0, size, parts[0][2], sink.add(data), None)], digest, crc
+    mv = memoryview(data)
+    chunks = []
+    for off, n, typ in parts:
+        zeros = typ == ZEROS
+        frame = sink.add(bytes(mv[off : off + n]), want_digest=not zeros)
+        chunks.append((off, n, typ, frame, _zeros_digest(n) if zeros else None))
+    return chunks, digest, crc
+
+
 def _check_hostile(h, what: str) -> None:
-    if tocmod.climbs_out(h.name):
+    if b".." in h.name and tocmod.climbs_out(h.name):
         raise BadInputError(
             f"{what}: tar entry {h.name.decode('utf-8', 'replace')!r} at offset {h.offset} "
             "climbs out of the layer root with '..'"
@@ -305,15 +322,72 @@ def _check_hostile(h, what: str) -> None:
         )
 
 
+class _TocWriter:
+    """TOC entries encoded to their final JSON bytes as soon as their frames are written.
+
+    An entry waits (as a small tuple) only until the sink has written its
+    last frame, which fixes its offsets and chunk digests; then it is
+    appended to one bytearray, so the TOC costs its JSON size in memory and
+    no Python object per entry.
+    """
+
+    def __init__(self, sink: FrameSink) -> None:
+        self.sink = sink
+        self.raw = bytearray(tocmod.TOC_HEAD)
+        self.count = 0
+        self._pending: deque = deque()  # (last frame or -1, head, name json, digest, chunks)
+
+    def add(self, head: bytes, name: bytes, digest: str | None = None, chunks=None) -> None:
+        self._pending.append((chunks[-1][3] if chunks else -1, head, name, digest, chunks))
+        self.count += 1 + (len(chunks) - 1 if chunks else 0)
+
+    def flush(self) -> None:
+        """Encode the entries whose frames are all written."""
+        q = self._pending
+        done = len(self.sink.ends)
+        while q and q[0][0] < done:
+            self._encode(*q.popleft())
+
+    def _encode(self, last: int, head: bytes, name: bytes, digest: str | None, chunks) -> None:
+        out = self.raw
+        if len(out) > len(tocmod.TOC_HEAD):
+            out += b","
+        out += head
+        if chunks is None:
+            out += b"}"
+            return
+        ends, start_of, digests = self.sink.ends, self.sink.start_of, self.sink.digests
+        out += b',"digest":"sha256:%s","offset":%d,"endOffset":%d' % (
+            digest.encode(), start_of(chunks[0][3]), ends[last])
+        if len(chunks) > 1:
+            for i, (off, size, typ, frame, cdigest) in enumerate(chunks):
+                if i:
+                    out += b'},{"type":"chunk","name":%s,"offset":%d' % (name, start_of(frame))
+                out += b',"chunkSize":%d' % size
+                if off:
+                    out += b',"chunkOffset":%d' % off
+                out += b',"chunkDigest":"%s"' % (cdigest or digests[frame]).encode()
+                if typ == ZEROS:
+                    out += b',"chunkType":"zeros"'
+        out += b"}"
+
+    def finish(self, tarsplit_digest: str) -> bytearray:
+        self.flush()
+        assert not self._pending, "TOC entries left without their frames"
+        if not self.count:
+            return bytearray(tocmod.toc_json([], tarsplit_digest))
+        self.raw += tocmod.toc_tail(tarsplit_digest)
+        return self.raw
+
+
 def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str) -> tuple[dict, int]:
     """The whole chunked encoding; raises NotRepresentable to ask for plain zstd."""
     sink = FrameSink(out, level, threads)
     cctx = zstandard.ZstdCompressor(level=level)
     tsw = TarSplitWriter(cctx)
-    entries: list[dict] = []
-    # Values known only once frames are written: (entry, key, frame, start|end|digest)
-    fixups: list[tuple[dict, str, int, str]] = []
+    toc = _TocWriter(sink)
     header = bytearray()
+    nentries = 0
     try:
         while True:
             h = tar.next()
@@ -323,40 +397,26 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
             if h is None:
                 break
             _check_hostile(h, what)
-            e = tocmod.entry_for(h)
+            head, name = tocmod.encode_head(h)
             n = tar.payload_remaining
+            nentries += 1
+            if nentries & 63 == 0:
+                toc.flush()
             if n == 0:
                 tsw.file(h.name, h.size, 0 if h.size > 0 else None)
-                entries.append(e)
+                toc.add(head, name)
                 if len(header) > HEADER_FRAME_MAX:
                     sink.add(bytes(header))
                     header.clear()
                 continue
             sink.add(bytes(header))
             header.clear()
-            chunks, digest, crc = _write_payload(tar, sink, n)
+            if n <= READ_BLOCK:
+                chunks, digest, crc = _write_small_payload(tar, sink, n)
+            else:
+                chunks, digest, crc = _write_payload(tar, sink, n)
             tsw.file(h.name, h.size, crc)
-            e["digest"] = "sha256:" + digest
-            fixups.append((e, "offset", chunks[0][3], "start"))
-            fixups.append((e, "endOffset", chunks[-1][3], "end"))
-            entries.append(e)
-            if len(chunks) > 1:
-                name = e["name"]
-                for i, (off, size, typ, frame, cdigest) in enumerate(chunks):
-                    ce = e if i == 0 else {"type": tocmod.TYPE_CHUNK, "name": name}
-                    if off:
-                        ce["chunkOffset"] = off
-                    ce["chunkSize"] = size
-                    if cdigest:
-                        ce["chunkDigest"] = cdigest
-                    else:  # hashed by the sink's thread with the frame
-                        ce["chunkDigest"] = None
-                        fixups.append((ce, "chunkDigest", frame, "digest"))
-                    if typ == ZEROS:
-                        ce["chunkType"] = ZEROS
-                    if i:
-                        fixups.append((ce, "offset", frame, "start"))
-                        entries.append(ce)
+            toc.add(head, name, digest, chunks)
         for piece in tar.read_trailing():
             header += piece
             tsw.segment(piece)
@@ -371,11 +431,8 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
         raise
     finally:
         sink.close()
-    resolve = {"start": sink.start_of, "end": sink.ends.__getitem__, "digest": sink.digests.__getitem__}
-    for e, key, frame, kind in fixups:
-        e[key] = resolve[kind](frame)
     tarsplit, tarsplit_digest = tsw.finish()
-    toc_raw = tocmod.toc_json(entries, tarsplit_digest)
+    toc_raw = toc.finish(tarsplit_digest)
     # The consumer's only size limit (maxTocSize in containers/storage
     # pkg/chunked/compression_linux.go), on the TOC compressed and uncompressed.
     if len(toc_raw) > MAX_TOC_SIZE:
@@ -383,14 +440,16 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
     toc_z = cctx.compress(toc_raw)
     if len(toc_z) > MAX_TOC_SIZE:
         raise tocmod.NotRepresentable(f"compressed TOC of {len(toc_z)} bytes exceeds the consumer's 150 MiB limit")
+    toc_len = len(toc_raw)
+    del toc_raw
     toc_off = out.offset + SKIPPABLE_HEADER_SIZE
     out.write(skippable_frame(toc_z))
     ts_off = out.offset + SKIPPABLE_HEADER_SIZE
     out.write(skippable_frame(tarsplit))
-    footer = Footer(toc_off, len(toc_z), len(toc_raw), ts_off, len(tarsplit), tsw.uncompressed_size)
+    footer = Footer(toc_off, len(toc_z), toc_len, ts_off, len(tarsplit), tsw.uncompressed_size)
     out.write(skippable_frame(footer.pack()))
     annotations = footer.annotations("sha256:" + hashlib.sha256(toc_z).hexdigest())
-    return annotations, len(entries)
+    return annotations, toc.count
 
 
 def _write_plain(tar: TarStream, out: _HashingWriter, level: int) -> None:
