@@ -316,9 +316,100 @@ done:
     return out;
 }
 
+/* ---- tar headers ----------------------------------------------------
+ * parse_header(block) -> tuple | None: the fields of one 512-byte USTAR or
+ * GNU header block, parsed as converter/chunked/tarstream.py's
+ * parse_header_block does, for the common case only: a valid checksum,
+ * octal numbers, USTAR (not star) or GNU without atime/ctime, and not an
+ * old GNU sparse entry. Anything else returns None and the caller takes
+ * the Python road, which also says what is wrong.
+ * Tuple: (typeflag, name, linkname, size, mode, uid, gid, mtime seconds,
+ *         devmajor, devminor)
+ */
+
+/* Go's parseOctal after trimming spaces and NULs; -1 when not the plain case. */
+static long long octal_field(const uint8_t *b, int n) {
+    int lo = 0, hi = n;
+    while (lo < hi && (b[lo] == ' ' || b[lo] == 0)) lo++;
+    while (hi > lo && (b[hi - 1] == ' ' || b[hi - 1] == 0)) hi--;
+    for (int k = lo; k < hi; k++)
+        if (b[k] == 0) {
+            hi = k;
+            break;
+        }
+    unsigned long long v = 0;
+    for (int k = lo; k < hi; k++) {
+        if (b[k] < '0' || b[k] > '7') return -1;
+        if (v >> 58) return -1; /* large: let Python decide */
+        v = (v << 3) | (unsigned)(b[k] - '0');
+    }
+    return (long long)v;
+}
+
+static long long numeric_field(const uint8_t *b, int n) {
+    if (b[0] & 0x80) return -1; /* base-256 */
+    return octal_field(b, n);
+}
+
+static Py_ssize_t cstr_len(const uint8_t *b, Py_ssize_t n) {
+    const uint8_t *z = memchr(b, 0, (size_t)n);
+    return z ? z - b : n;
+}
+
+static PyObject *parse_header(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "y*", &buf)) return NULL;
+    PyObject *res = NULL;
+    const uint8_t *b = (const uint8_t *)buf.buf;
+    if (buf.len != 512) goto fallback;
+    long long stored = octal_field(b + 148, 8);
+    if (stored < 0) goto fallback;
+    long long usum = 0, ssum = 0;
+    for (int k = 0; k < 512; k++) {
+        const uint8_t c = (k >= 148 && k < 156) ? ' ' : b[k];
+        usum += c;
+        ssum += (int8_t)c;
+    }
+    if (stored != usum && stored != ssum) goto fallback;
+    const int ustar = memcmp(b + 257, "ustar\0", 6) == 0;
+    const int gnu = memcmp(b + 257, "ustar ", 6) == 0 && memcmp(b + 263, " \0", 2) == 0;
+    if (ustar && memcmp(b + 508, "tar\0", 4) == 0) goto fallback; /* star */
+    if (!ustar && !gnu) goto fallback;                          /* v7 */
+    if (gnu && (b[345] != 0 || b[357] != 0 || b[156] == 'S')) goto fallback;
+    long long size = numeric_field(b + 124, 12), mode = numeric_field(b + 100, 8);
+    long long uid = numeric_field(b + 108, 8), gid = numeric_field(b + 116, 8);
+    long long mtime = numeric_field(b + 136, 12);
+    long long dmaj = numeric_field(b + 329, 8), dmin = numeric_field(b + 337, 8);
+    if ((size | mode | uid | gid | mtime | dmaj | dmin) < 0) goto fallback;
+    const Py_ssize_t nlen = cstr_len(b, 100), llen = cstr_len(b + 157, 100);
+    const Py_ssize_t plen = ustar ? cstr_len(b + 345, 155) : 0;
+    PyObject *name;
+    if (plen) {
+        name = PyBytes_FromStringAndSize(NULL, plen + 1 + nlen);
+        if (name) {
+            char *d = PyBytes_AS_STRING(name);
+            memcpy(d, b + 345, (size_t)plen);
+            d[plen] = '/';
+            memcpy(d + plen + 1, b, (size_t)nlen);
+        }
+    } else {
+        name = PyBytes_FromStringAndSize((const char *)b, nlen);
+    }
+    if (!name) goto out;
+    res = Py_BuildValue("(y#Ny#LLLLLLL)", (const char *)b + 156, (Py_ssize_t)1, name, (const char *)b + 157, llen,
+                        size, mode, uid, gid, mtime, dmaj, dmin);
+    goto out;
+fallback:
+    res = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&buf);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Scan a block of a payload; returns (cuts, state)."},
     {"finish", finish, METH_VARARGS, "Settle a pending zero run; returns (cuts, state)."},
+    {"parse_header", parse_header, METH_VARARGS, "Fields of a plain USTAR/GNU header block, or None."},
     {"chunks", chunks, METH_VARARGS, "All chunks of one whole payload as (offset, size, is_zeros)."},
     {NULL, NULL, 0, NULL},
 };

@@ -36,6 +36,11 @@ MAGIC_USTAR, VERSION_USTAR = b"ustar\x00", b"00"
 MAGIC_GNU, VERSION_GNU = b"ustar ", b" \x00"
 TRAILER_STAR = b"tar\x00"
 
+try:  # the common headers parsed natively (same result; None sends the rest to parse_header_block)
+    from converter.chunked._rollsum import parse_header as _fast_header
+except ImportError:
+    _fast_header = None
+
 _INT_RE = re.compile(rb"[+-]?[0-9]+\Z")
 
 
@@ -396,10 +401,14 @@ class TarStream:
                     raise BadInputError(f"{self._where()}: zero block followed by a non-zero block")
                 return self._finish(blk + blk2)
             self._raw.append(blk)
-            try:
-                h = parse_header_block(blk)
-            except TarFormatError as e:
-                raise BadInputError(f"{self.src.what}: tar header at offset {start}: {e}") from None
+            f = _fast_header(blk) if _fast_header is not None else None
+            if f is not None:
+                h = TarHeader(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7] * 1_000_000_000, None, None, f[8], f[9])
+            else:
+                try:
+                    h = parse_header_block(blk)
+                except TarFormatError as e:
+                    raise BadInputError(f"{self.src.what}: tar header at offset {start}: {e}") from None
             h.offset = start
             if h.size < 0:
                 raise BadInputError(f"{self.src.what}: tar header at offset {start}: negative size")

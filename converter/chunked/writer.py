@@ -30,6 +30,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import BinaryIO, Callable
 
 import zstandard
@@ -140,9 +141,11 @@ class FrameSink:
         result = cctx.multi_compress_to_buffer(frames, threads=self._threads)
         for i in want:
             self.digests[i] = "sha256:" + hashlib.sha256(frames[i - first]).hexdigest()
-        for seg in result:
-            self._out.write(seg.tobytes())
-            self.ends.append(self._out.offset)
+        # One write (and one hash update) per batch, not per frame.
+        ends = accumulate(map(len, result), initial=self._out.offset)
+        next(ends)  # the batch's start
+        self._out.write(b"".join(result))
+        self.ends.extend(ends)
 
     def _submit(self) -> None:
         if not self._batch:
