@@ -24,6 +24,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <string.h>
 
 #define WINDOW 64
@@ -205,7 +208,44 @@ static void scan_core(state_t *st, const uint8_t *p, const Py_ssize_t n) {
     Py_ssize_t i = 0;
     const Py_ssize_t head = n < WINDOW ? n : WINDOW;
     for (; i < head; i++) STEP(win[(wofs0 + (unsigned)i) & (WINDOW - 1)])
+#ifdef __SSE2__
+    /* Eight bytes at a time while nothing can happen but rolling: only the
+     * low 16 bits of s1 and s2 decide a split, so they are computed for
+     * eight positions at once in 16-bit lanes (two prefix sums); when no
+     * lane splits, no zero run can reach the hole threshold and nothing is
+     * pending, the group only moves s1, s2 and the zero-run length. Any
+     * other group goes through STEP byte by byte. */
+    const __m128i zero = _mm_setzero_si128(), ones = _mm_set1_epi16(-1), k31 = _mm_set1_epi16(CHAR_OFFSET);
+    while (i < n) {
+        if (i + 8 <= n && z < THRESHOLD - 8 && st->npending == 0) {
+            const __m128i c8 = _mm_loadl_epi64((const __m128i *)(p + i));
+            const __m128i c = _mm_unpacklo_epi8(c8, zero);
+            const __m128i d = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(p + i - WINDOW)), zero);
+            __m128i e = _mm_sub_epi16(c, d);
+            e = _mm_add_epi16(e, _mm_slli_si128(e, 2));
+            e = _mm_add_epi16(e, _mm_slli_si128(e, 4));
+            e = _mm_add_epi16(e, _mm_slli_si128(e, 8));
+            const __m128i v1 = _mm_add_epi16(e, _mm_set1_epi16((short)s1));
+            __m128i t = _mm_sub_epi16(v1, _mm_slli_epi16(_mm_add_epi16(d, k31), 6));
+            t = _mm_add_epi16(t, _mm_slli_si128(t, 2));
+            t = _mm_add_epi16(t, _mm_slli_si128(t, 4));
+            t = _mm_add_epi16(t, _mm_slli_si128(t, 8));
+            const __m128i v2 = _mm_add_epi16(t, _mm_set1_epi16((short)s2));
+            if (!_mm_movemask_epi8(_mm_cmpeq_epi16(v2, ones))) {
+                const unsigned zm = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(c8, zero)) & 0xFFu;
+                s1 = (uint32_t)_mm_extract_epi16(v1, 7);
+                s2 = (uint32_t)_mm_extract_epi16(v2, 7);
+                z = zm == 0xFFu ? z + 8 : (unsigned long long)(__builtin_clz(~zm & 0xFFu) - 24);
+                i += 8;
+                continue;
+            }
+        }
+        STEP(p[i - WINDOW])
+        i++;
+    }
+#else
     for (; i < n; i++) STEP(p[i - WINDOW])
+#endif
 #undef STEP
     /* The new window: the last 64 bytes rolled in, oldest first at wofs. */
     uint8_t nw[WINDOW];
