@@ -211,3 +211,15 @@ def test_output_bytes_are_pinned(threads, tmp_path):
         res, blob, _ = run(tar, tmp_path, threads=threads)
         assert res.digest == want["output"], name
         assert res.diff_id == want["input"]
+
+
+def test_toc_spilled_to_a_temporary_file_is_the_same(tmp_path, monkeypatch):
+    """A TOC kept on disk during the conversion (many small files) gives the same bytes."""
+    monkeypatch.setattr(writer_mod._TocWriter, "SPILL", 5000)
+    if GOLDEN["zstd"] != ".".join(map(str, zstandard.ZSTD_VERSION)):
+        pytest.skip(f"digests pinned with libzstd {GOLDEN['zstd']}, this is {zstandard.ZSTD_VERSION}")
+    tar = synth.node_modules_bytes(3000)
+    assert "sha256:" + hashlib.sha256(tar).hexdigest() == GOLDEN["cases"]["node-modules-3000"]["input"]
+    res, blob, _ = run(tar, tmp_path, threads=2)
+    assert res.digest == GOLDEN["cases"]["node-modules-3000"]["output"]
+    check_against_tar(tar, blob, res.annotations)

@@ -463,7 +463,7 @@ class TarStream:
     @property
     def raw(self) -> bytes:
         """Raw bytes consumed by the last next() before the payload."""
-        return b"".join(self._raw)
+        return self._raw[0] if len(self._raw) == 1 else b"".join(self._raw)
 
     @property
     def payload_remaining(self) -> int:

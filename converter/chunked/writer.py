@@ -27,7 +27,9 @@ import functools
 import hashlib
 import logging
 import os
+import tempfile
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -115,7 +117,7 @@ class FrameSink:
         self._batch_bytes = 0
         self._pool = cf.ThreadPoolExecutor(1) if threads > 1 else None
         self._inflight: deque = deque()
-        self.ends: list[int] = []  # end offset of every frame, by index
+        self.ends = array("q")  # end offset of every frame, by index (8 bytes each)
         self.digests: dict[int, str] = {}
         self._count = 0
         self._stream = None
@@ -334,11 +336,16 @@ class _TocWriter:
     no Python object per entry.
     """
 
+    SPILL = 4 << 20  # encoded entries beyond this go to a temporary file until the end
+
     def __init__(self, sink: FrameSink) -> None:
         self.sink = sink
         self.raw = bytearray(tocmod.TOC_HEAD)
         self.count = 0
         self._pending: deque = deque()  # (last frame or -1, head, name json, digest, chunks)
+        self._spill = None
+        self._spilled = 0
+        self._started = False
 
     def add(self, head: bytes, name: bytes, digest: str | None = None, chunks=None) -> None:
         self._pending.append((chunks[-1][3] if chunks else -1, head, name, digest, chunks))
@@ -350,11 +357,20 @@ class _TocWriter:
         done = len(self.sink.ends)
         while q and q[0][0] < done:
             self._encode(*q.popleft())
+        if len(self.raw) > self.SPILL:
+            # Many small files make a large TOC: keep it on disk while the
+            # layer is converted, so the peak is not TOC + working set.
+            if self._spill is None:
+                self._spill = tempfile.TemporaryFile(prefix="zconv-toc-")
+            self._spill.write(self.raw)
+            self._spilled += len(self.raw)
+            self.raw = bytearray()
 
     def _encode(self, last: int, head: bytes, name: bytes, digest: str | None, chunks) -> None:
         out = self.raw
-        if len(out) > len(tocmod.TOC_HEAD):
+        if self._started:
             out += b","
+        self._started = True
         out += head
         if chunks is None:
             out += b"}"
@@ -380,7 +396,21 @@ class _TocWriter:
         if not self.count:
             return bytearray(tocmod.toc_json([], tarsplit_digest))
         self.raw += tocmod.toc_tail(tarsplit_digest)
-        return self.raw
+        if self._spill is None:
+            return self.raw
+        # One buffer for the one-shot compression (a streamed frame would differ).
+        toc = bytearray(self._spilled + len(self.raw))
+        self._spill.seek(0)
+        if self._spill.readinto(toc) != self._spilled:
+            raise OSError("temporary TOC file came back short")
+        self._spill.close()
+        toc[self._spilled :] = self.raw
+        self.raw = bytearray()
+        return toc
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
 
 
 def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str) -> tuple[dict, int]:
@@ -394,11 +424,11 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
     try:
         while True:
             h = tar.next()
-            raw = tar.raw if h is not None else tar.trailer
-            header += raw
-            tsw.segment(raw)
             if h is None:
+                header += tar.trailer
+                tsw.segment(tar.trailer)
                 break
+            raw = tar.raw
             _check_hostile(h, what)
             head, name = tocmod.encode_head(h)
             n = tar.payload_remaining
@@ -406,19 +436,24 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
             if nentries & 63 == 0:
                 toc.flush()
             if n == 0:
-                tsw.file(h.name, h.size, 0 if h.size > 0 else None)
+                header += raw
+                tsw.entry(raw, h.name, h.size, 0 if h.size > 0 else None)
                 toc.add(head, name)
                 if len(header) > HEADER_FRAME_MAX:
                     sink.add(bytes(header))
                     header.clear()
                 continue
-            sink.add(bytes(header))
-            header.clear()
+            if header:
+                header += raw
+                sink.add(bytes(header))
+                header.clear()
+            else:
+                sink.add(raw)
             if n <= READ_BLOCK:
                 chunks, digest, crc = _write_small_payload(tar, sink, n)
             else:
                 chunks, digest, crc = _write_payload(tar, sink, n)
-            tsw.file(h.name, h.size, crc)
+            tsw.entry(raw, h.name, h.size, crc)
             toc.add(head, name, digest, chunks)
         for piece in tar.read_trailing():
             header += piece
@@ -431,6 +466,7 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
         sink.drain()
     except BaseException:
         tsw.close()  # abandoned half way: stop its worker (finish() does it otherwise)
+        toc.close()
         raise
     finally:
         sink.close()
