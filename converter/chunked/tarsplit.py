@@ -146,6 +146,7 @@ class TarSplitWriter:
     def finish(self) -> tuple[bytes, str]:
         """The compressed tar-split and its sha256 digest."""
         self._flush()
+        self._seen = set()  # the names are checked: free them before the TOC is compressed
         for job in self._jobs:
             job.result()
         self.close()
