@@ -127,17 +127,25 @@ def print_report(title: str, rep: dict) -> None:
     z, p, ref = rep["zconv"], rep["pipeline_gzip_zstd"], rep["reference_go_writer"]
     tar_mb = rep["layer"]["tar_mb"]
     print()
-    print(f"layer: {title}: {tar_mb:.1f} MB tar, {rep['layer']['gzip_mb']} MB gzip; zstd level {rep['level']}; "
-          f"best of {rep['rounds']}; {rep['cpus']} CPUs, load average {rep['load_average_at_rounds']}")
+    print(
+        f"layer: {title}: {tar_mb:.1f} MB tar, {rep['layer']['gzip_mb']} MB gzip; zstd level {rep['level']}; "
+        f"best of {rep['rounds']}; {rep['cpus']} CPUs, load average {rep['load_average_at_rounds']}"
+    )
     print(f"{'':24}{'seconds':>9}{'CPU s':>8}{'MB/s tar':>10}{'output MB':>11}{'peak RSS MiB':>14}")
     for name, m in (("zconv (gzip in)", z), ("gzip -dc | zstd -T0", p), ("reference Go writer", ref)):
         rss = f"{m['rss_mib']:.0f}" if "rss_mib" in m else "-"
-        print(f"{name:24}{m['seconds']:9.2f}{m['cpu']:8.2f}{tar_mb / m['seconds']:10.1f}{m['size'] / 1e6:11.2f}{rss:>14}")
+        print(
+            f"{name:24}{m['seconds']:9.2f}{m['cpu']:8.2f}{tar_mb / m['seconds']:10.1f}{m['size'] / 1e6:11.2f}{rss:>14}"
+        )
     rt = rep["ratios"]
-    print(f"zconv time / pipeline time:   {rt['zconv_time_over_pipeline']:.2f}x  (target <= 1.15)"
-          f"   [CPU time: {rt['zconv_cpu_over_pipeline']:.2f}x]")
-    print(f"reference time / zconv time:  {rt['reference_time_over_zconv']:.2f}x  (target >= 5)"
-          f"   [CPU time: {rt['reference_cpu_over_zconv']:.2f}x]")
+    print(
+        f"zconv time / pipeline time:   {rt['zconv_time_over_pipeline']:.2f}x  (target <= 1.15)"
+        f"   [CPU time: {rt['zconv_cpu_over_pipeline']:.2f}x]"
+    )
+    print(
+        f"reference time / zconv time:  {rt['reference_time_over_zconv']:.2f}x  (target >= 5)"
+        f"   [CPU time: {rt['reference_cpu_over_zconv']:.2f}x]"
+    )
     print(f"zconv size / reference size:  {rt['zconv_size_over_reference']:.4f}  (target <= 1)")
     print(f"zconv size / pipeline size:   {rt['zconv_size_over_pipeline']:.4f}  (the price of per-file frames)")
     print(f"zconv peak RSS:               {z['rss_mib']:.0f} MiB (target < 200)")
@@ -153,8 +161,11 @@ def main() -> int:
     a = ap.parse_args()
     from converter.chunked.writer import DEFAULT_LEVEL
 
-    interop = subprocess.run(["bash", str(ROOT / "tests/interop/build.sh")], check=True,
-                             capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    interop = (
+        subprocess.run(["bash", str(ROOT / "tests/interop/build.sh")], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     reports = {}
     for layer in a.layers.split(","):
         if layer == "debian":
@@ -162,8 +173,10 @@ def main() -> int:
             tar = corpus.debian_rootfs_tar(BENCH_PACKAGES)
             title = f"Debian bookworm minbase+{','.join(BENCH_PACKAGES)}"
         elif layer == "small-files":
-            print(f"bench: preparing the small-files layer ({SMALL_FILES} files, generated once, then cached) ...",
-                  flush=True)
+            print(
+                f"bench: preparing the small-files layer ({SMALL_FILES} files, generated once, then cached) ...",
+                flush=True,
+            )
             tar = synth.node_modules_tar(SMALL_FILES)
             title = f"node_modules-like, {SMALL_FILES} files of ~2 KB"
         else:

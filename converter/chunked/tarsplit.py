@@ -16,6 +16,7 @@ import base64
 import binascii
 import concurrent.futures as cf
 import hashlib
+
 import zstandard
 
 from converter.chunked.toc import _PLAIN, NotRepresentable, go_clean, go_json
@@ -114,7 +115,9 @@ class TarSplitWriter:
                 % (
                     name,
                     b'"size":%d,' % size if size else b"",
-                    b"null" if crc64 is None else b'"%s"' % binascii.b2a_base64(crc64.to_bytes(8, "big"), newline=False),
+                    b"null"
+                    if crc64 is None
+                    else b'"%s"' % binascii.b2a_base64(crc64.to_bytes(8, "big"), newline=False),
                     self._pos,
                 )
             )

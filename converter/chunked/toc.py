@@ -185,7 +185,7 @@ def go_json(obj) -> bytes:
 
 
 # Bytes that JSON-encode as themselves under go_json: printable ASCII except " \\ < > &.
-_PLAIN = re.compile(rb'[ !#-%\'-;=?-\[\]-~]*\Z')
+_PLAIN = re.compile(rb"[ !#-%\'-;=?-\[\]-~]*\Z")
 _TYPE_JSON = {k: go_json(v) for k, v in TYPE_NAMES.items()}
 
 

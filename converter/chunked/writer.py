@@ -33,7 +33,7 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 import zstandard
 from fastcrc import crc64
@@ -140,7 +140,7 @@ class FrameSink:
     def _process(self, first: int, frames: list[bytes], want: list[int]) -> None:
         # A context per call: multi_compress_to_buffer runs its own threads.
         cctx = zstandard.ZstdCompressor(level=self._level)
-        result = cctx.multi_compress_to_buffer(frames, threads=self._threads)
+        result: Any = cctx.multi_compress_to_buffer(frames, threads=self._threads)  # BufferSegments: sized buffers
         for i in want:
             self.digests[i] = "sha256:" + hashlib.sha256(frames[i - first]).hexdigest()
         # One write (and one hash update) per batch, not per frame.
@@ -343,7 +343,7 @@ class _TocWriter:
         self.raw = bytearray(tocmod.TOC_HEAD)
         self.count = 0
         self._pending: deque = deque()  # (last frame or -1, head, name json, digest, chunks)
-        self._spill = None
+        self._spill: Any = None  # a temporary file once the TOC outgrows SPILL
         self._spilled = 0
         self._started = False
 
@@ -375,9 +375,13 @@ class _TocWriter:
         if chunks is None:
             out += b"}"
             return
+        assert digest is not None  # every entry with frames has its file digest
         ends, start_of, digests = self.sink.ends, self.sink.start_of, self.sink.digests
         out += b',"digest":"sha256:%s","offset":%d,"endOffset":%d' % (
-            digest.encode(), start_of(chunks[0][3]), ends[last])
+            digest.encode(),
+            start_of(chunks[0][3]),
+            ends[last],
+        )
         if len(chunks) > 1:
             for i, (off, size, typ, frame, cdigest) in enumerate(chunks):
                 if i:
