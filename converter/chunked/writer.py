@@ -39,7 +39,7 @@ import zstandard
 from fastcrc import crc64
 
 from converter.chunked import toc as tocmod
-from converter.chunked.chunker import ZEROS, Chunker, payload_chunks
+from converter.chunked.chunker import ZEROS, Chunker, _rollsum, payload_chunks
 from converter.chunked.compression import detect_compression, open_tar_stream
 from converter.chunked.format import (
     LAYER_MEDIA_TYPE_ZSTD,
@@ -61,11 +61,12 @@ log = logging.getLogger("zconv")
 # our frames are 0.33% smaller at level 7 and 0.19% larger at level 6.
 DEFAULT_LEVEL = 7
 READ_BLOCK = 4 << 20  # payload bytes handed to the chunker at a time
-BATCH_BYTES = 4 << 20  # frames compressed together (two batches in flight at most)
+BATCH_BYTES = 4 << 20  # frames compressed together (MAX_BATCHES_IN_FLIGHT in flight at most)
 BATCH_FRAMES = 2048
-MAX_BATCHES_IN_FLIGHT = 2
+MAX_BATCHES_IN_FLIGHT = 4  # slack for a machine shared with other work (measured: see git log)
 STREAM_FRAME = 16 << 20  # chunks larger than this are compressed as a stream
 HEADER_FRAME_MAX = 8 << 20  # split very long runs of header-only entries
+SMALL_INLINE = 64 << 10  # payloads up to this are hashed and chunked inline in the entry loop
 
 
 @dataclass(frozen=True)
@@ -305,13 +306,18 @@ def _write_small_payload(tar: TarStream, sink: FrameSink, size: int):
     parts = payload_chunks(data)
     if len(parts) == 1:  # the common case: one chunk, whose digest is the file's
         return [(0, size, parts[0][2], sink.add(data), None)], digest, crc
+    return _small_chunks(data, sink, parts), digest, crc
+
+
+def _small_chunks(data: bytes, sink: FrameSink, parts=None) -> list:
+    """Queue a frame per chunk of a payload at hand (more than one chunk); returns the chunk list."""
     mv = memoryview(data)
     chunks = []
-    for off, n, typ in parts:
+    for off, n, typ in parts or payload_chunks(data):
         zeros = typ == ZEROS
         frame = sink.add(bytes(mv[off : off + n]), want_digest=not zeros)
         chunks.append((off, n, typ, frame, _zeros_digest(n) if zeros else None))
-    return chunks, digest, crc
+    return chunks
 
 
 def _check_hostile(h, what: str) -> None:
@@ -425,40 +431,54 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
     toc = _TocWriter(sink)
     header = bytearray()
     nentries = 0
+    # The loop runs once per tar entry: names bound locally, the one-chunk
+    # small file (the common entry of a many-files layer) handled inline.
+    tar_next, sink_add, toc_add, tsw_entry = tar.next, sink.add, toc.add, tsw.entry
+    read_payload, encode_head, sha256, go_iso = tar.read_payload, tocmod.encode_head, hashlib.sha256, crc64.go_iso
+    scan = _rollsum.chunks if _rollsum is not None else None
     try:
         while True:
-            h = tar.next()
+            h = tar_next()
             if h is None:
                 header += tar.trailer
                 tsw.segment(tar.trailer)
                 break
             raw = tar.raw
-            _check_hostile(h, what)
-            head, name = tocmod.encode_head(h)
+            if b".." in h.name or h.typeflag == LINK:
+                _check_hostile(h, what)
+            head, name = encode_head(h)
             n = tar.payload_remaining
             nentries += 1
             if nentries & 63 == 0:
                 toc.flush()
             if n == 0:
                 header += raw
-                tsw.entry(raw, h.name, h.size, 0 if h.size > 0 else None)
-                toc.add(head, name)
+                tsw_entry(raw, h.name, h.size, 0 if h.size > 0 else None)
+                toc_add(head, name)
                 if len(header) > HEADER_FRAME_MAX:
-                    sink.add(bytes(header))
+                    sink_add(bytes(header))
                     header.clear()
                 continue
             if header:
                 header += raw
-                sink.add(bytes(header))
+                sink_add(bytes(header))
                 header.clear()
             else:
-                sink.add(raw)
-            if n <= READ_BLOCK:
+                sink_add(raw)
+            if n <= SMALL_INLINE and scan is not None:
+                data = read_payload(n)
+                crc = go_iso(data)
+                digest = sha256(data).hexdigest()
+                if len(scan(data)) == 1:  # one chunk: its digest is the file's
+                    chunks = [(0, n, "", sink_add(data), None)]
+                else:
+                    chunks = _small_chunks(data, sink)
+            elif n <= READ_BLOCK:
                 chunks, digest, crc = _write_small_payload(tar, sink, n)
             else:
                 chunks, digest, crc = _write_payload(tar, sink, n)
-            tsw.entry(raw, h.name, h.size, crc)
-            toc.add(head, name, digest, chunks)
+            tsw_entry(raw, h.name, h.size, crc)
+            toc_add(head, name, digest, chunks)
         for piece in tar.read_trailing():
             header += piece
             tsw.segment(piece)
