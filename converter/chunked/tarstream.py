@@ -12,6 +12,10 @@ describe each entry exactly as the consumer's reader will see it.
 
 Strings stay `bytes` throughout (Go strings are byte strings); decoding to
 text is the TOC's business.
+
+Plain USTAR/GNU header blocks are parsed by the native module when it is
+built (_rollsum.parse_header, same fields); it hands anything else, and
+every malformed block, back to parse_header_block, which says what is wrong.
 """
 
 from __future__ import annotations

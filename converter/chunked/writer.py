@@ -18,6 +18,16 @@ Frames are compressed in batches by zstd's own thread pool
 parses, hashes and chunks the next batch. Each frame is compressed on its
 own with the same parameters, so the output bytes do not depend on the
 thread count.
+
+The main thread's cost is per tar entry on layers of many small files, so
+its loop keeps Python work per entry small: plain headers are parsed by
+the native module (_rollsum.parse_header), a small payload is hashed,
+CRC'd and chunked in one piece (_rollsum.chunks, which like the block
+scanner runs without the GIL on larger inputs), and each TOC entry is
+encoded to its final Go-JSON bytes as soon as its frames are written
+(_TocWriter), never kept as a dict; past a few MiB the encoded TOC waits
+in a temporary file until the end, where it is compressed in one shot
+(a streamed frame would differ from the one-shot frame the format pins).
 """
 
 from __future__ import annotations
