@@ -223,3 +223,25 @@ def test_toc_spilled_to_a_temporary_file_is_the_same(tmp_path, monkeypatch):
     res, blob, _ = run(tar, tmp_path, threads=2)
     assert res.digest == GOLDEN["cases"]["node-modules-3000"]["output"]
     check_against_tar(tar, blob, res.annotations)
+
+
+def test_native_header_path_reads_entries_as_the_general_parser(monkeypatch):
+    """TarStream's native fast path (plain headers) sees every entry, raw byte and offset as parse_header_block does."""
+    import dataclasses
+
+    from converter.chunked import tarstream
+
+    if tarstream._fast_header is None:
+        pytest.fail("the native module was not built (is a C compiler installed?)")
+
+    def entries(data: bytes) -> list:
+        t = tarstream.TarStream(tarstream.CountingReader(io.BytesIO(data), "x"))
+        out = []
+        while (h := t.next()) is not None:
+            out.append((dataclasses.astuple(h), t.raw, t.read_payload(t.payload_remaining), t.src.offset))
+        return [out, t.trailer, t.src.offset]
+
+    tars = [*CASES.values(), synth.node_modules_bytes(500)]
+    fast = [entries(d) for d in tars]
+    monkeypatch.setattr(tarstream, "_fast_header", None)
+    assert [entries(d) for d in tars] == fast

@@ -45,6 +45,9 @@ try:  # the common headers parsed natively (same result; None sends the rest to 
 except ImportError:
     _fast_header = None
 
+# Entries whose single header block says everything (no extension headers, no REGA quirk, not sparse).
+_PLAIN_TYPES = frozenset((REG, LINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO))
+
 _INT_RE = re.compile(rb"[+-]?[0-9]+\Z")
 
 
@@ -331,6 +334,13 @@ class CountingReader:
                 self.tap(data)
         return data
 
+    def peek(self, n: int) -> memoryview | None:
+        """The next n bytes without consuming them, if the current block holds them all."""
+        p = self._p
+        if p + n > len(self._buf):
+            return None
+        return memoryview(self._buf)[p : p + n]
+
     def read_some(self, n: int) -> bytes:
         """Between 1 and n bytes (b"" only at end of stream), with as few copies as may be."""
         avail = len(self._buf) - self._p
@@ -386,6 +396,10 @@ class TarStream:
             return None
         if self._remaining:
             raise RuntimeError("payload not fully read before next()")
+        if _fast_header is not None:
+            h = self._next_plain()
+            if h is not None:
+                return h
         self._raw = []
         if self._pad:
             self._raw.append(self._read_exact(self._pad, "padding"))
@@ -451,6 +465,26 @@ class TarStream:
                     if not ext[504]:
                         break
             return self._entry(h, h.data_size)
+
+    def _next_plain(self) -> TarHeader | None:
+        """The common entry, padding and one plain header block already in the reader's block; else None.
+
+        The same result as the general loop below for such an entry; anything
+        else (extension headers, end of archive, bad blocks, a header across
+        two blocks of the reader) is left unread for that loop.
+        """
+        pad = self._pad
+        view = self.src.peek(pad + BLOCK)
+        if view is None:
+            return None
+        f = _fast_header(view[pad:])
+        if f is None or f[0] not in _PLAIN_TYPES:
+            return None
+        self._raw = [self.src.read(pad + BLOCK)]
+        self._pad = 0
+        h = TarHeader(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7] * 1_000_000_000, None, None, f[8], f[9])
+        h.offset = self.src.offset - BLOCK
+        return self._entry(h, h.data_size)
 
     def _entry(self, h: TarHeader, data_size: int) -> TarHeader:
         self._remaining = data_size
