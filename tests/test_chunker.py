@@ -94,3 +94,31 @@ def test_native_and_numpy_agree_on_large_random_payload():
         pytest.fail("the native scanner was not built")
     data = os.urandom(24 << 20)
     assert chunker.chunk_boundaries(data, impl=NativeChunker) == chunker.chunk_boundaries(data, impl=NumpyChunker)
+
+
+@pytest.mark.parametrize("name", sorted(PAYLOADS))
+def test_one_piece_scan_matches_plain_model(name):
+    """payload_chunks (one native call, as the writer uses for small files) gives the model's chunks."""
+    assert chunker.payload_chunks(PAYLOADS[name]) == plain_chunks(PAYLOADS[name])
+
+
+def test_vector_path_matches_byte_by_byte_path():
+    """Fed in 64-byte blocks the native scanner never takes its 8-byte vector path; fed whole it does.
+
+    Low-entropy data with zero runs of every length around the 8-byte
+    groups and the hole threshold, and enough splits to matter.
+    """
+    if chunker._rollsum is None:
+        pytest.fail("the native scanner was not built")
+    rnd = random.Random(7)
+    parts = []
+    for _ in range(3000):
+        parts.append(bytes(rnd.choice(b"\x00\x01\x02ab") for _ in range(rnd.randint(1, 300))))
+        parts.append(bytes(rnd.choice((1, 7, 8, 9, 15, 16, 17, 1015, 1016, 1017, 1023, 1024, 1025))))
+        parts.append(rnd.randbytes(rnd.randint(0, 2000)))
+    data = b"".join(parts)
+    whole = chunker.chunk_boundaries(data, impl=NativeChunker)
+    assert sum(1 for c in whole if c[2] == "zeros") > 100 and len(whole) > 200
+    assert chunker.chunk_boundaries(data, block=64, impl=NativeChunker) == whole
+    assert chunker.payload_chunks(data) == whole
+    assert plain_chunks(data[:400_000]) == chunker.payload_chunks(data[:400_000])

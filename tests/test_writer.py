@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 import zstandard
@@ -14,6 +16,7 @@ import zstandard
 from converter.chunked import writer as writer_mod
 from converter.chunked.writer import convert_layer
 from converter.errors import BadInputError, IncompatibleLayerError
+from support import synth
 from support.chunked_util import check_against_tar, parse_blob
 from support.tarcases import all_cases, unrepresentable_cases
 
@@ -182,3 +185,63 @@ def test_hostile_entry_is_refused_even_after_a_fallback_reason(tmp_path):
         tf.addfile(tarfile.TarInfo("../escape"), io.BytesIO(b""))
     with pytest.raises(BadInputError, match="climbs out"):
         run(buf.getvalue(), tmp_path)
+
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "writer_golden.json").read_text())
+
+
+def _golden_inputs() -> dict[str, bytes]:
+    cases = {k: v for k, v in CASES.items() if k in GOLDEN["cases"]}
+    cases["node-modules-3000"] = synth.node_modules_bytes(3000)
+    cases["mixed"] = synth.mixed_tar()
+    return cases
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_output_bytes_are_pinned(threads, tmp_path):
+    """The writer's bytes are those of the writer before the speed work (same digests, any --threads)."""
+    if GOLDEN["zstd"] != ".".join(map(str, zstandard.ZSTD_VERSION)):
+        pytest.skip(f"digests pinned with libzstd {GOLDEN['zstd']}, this is {zstandard.ZSTD_VERSION}")
+    inputs = _golden_inputs()
+    assert set(inputs) == set(GOLDEN["cases"])
+    for name, tar in sorted(inputs.items()):
+        want = GOLDEN["cases"][name]
+        if "sha256:" + hashlib.sha256(tar).hexdigest() != want["input"]:
+            pytest.skip(f"{name}: this Python's tarfile writes other bytes than the pinned input")
+        res, blob, _ = run(tar, tmp_path, threads=threads)
+        assert res.digest == want["output"], name
+        assert res.diff_id == want["input"]
+
+
+def test_toc_spilled_to_a_temporary_file_is_the_same(tmp_path, monkeypatch):
+    """A TOC kept on disk during the conversion (many small files) gives the same bytes."""
+    monkeypatch.setattr(writer_mod._TocWriter, "SPILL", 5000)
+    if GOLDEN["zstd"] != ".".join(map(str, zstandard.ZSTD_VERSION)):
+        pytest.skip(f"digests pinned with libzstd {GOLDEN['zstd']}, this is {zstandard.ZSTD_VERSION}")
+    tar = synth.node_modules_bytes(3000)
+    assert "sha256:" + hashlib.sha256(tar).hexdigest() == GOLDEN["cases"]["node-modules-3000"]["input"]
+    res, blob, _ = run(tar, tmp_path, threads=2)
+    assert res.digest == GOLDEN["cases"]["node-modules-3000"]["output"]
+    check_against_tar(tar, blob, res.annotations)
+
+
+def test_native_header_path_reads_entries_as_the_general_parser(monkeypatch):
+    """TarStream's native fast path (plain headers) sees every entry, raw byte and offset as parse_header_block does."""
+    import dataclasses
+
+    from converter.chunked import tarstream
+
+    if tarstream._fast_header is None:
+        pytest.fail("the native module was not built (is a C compiler installed?)")
+
+    def entries(data: bytes) -> list:
+        t = tarstream.TarStream(tarstream.CountingReader(io.BytesIO(data), "x"))
+        out = []
+        while (h := t.next()) is not None:
+            out.append((dataclasses.astuple(h), t.raw, t.read_payload(t.payload_remaining), t.src.offset))
+        return [out, t.trailer, t.src.offset]
+
+    tars = [*CASES.values(), synth.node_modules_bytes(500)]
+    fast = [entries(d) for d in tars]
+    monkeypatch.setattr(tarstream, "_fast_header", None)
+    assert [entries(d) for d in tars] == fast

@@ -14,7 +14,11 @@ available. Both feed a file's payload in blocks: `feed()` returns the chunk
 ends now decided, as (end_offset, type), and the offset up to which bytes
 are final (a zero run at the end of a block may go on in the next one, so
 it is held back); `finish()` returns the remaining ends, the last one at
-the file size.
+the file size. `payload_chunks()` chunks a payload at hand in one call.
+
+The native scanner releases the GIL on blocks of 8 KiB or more and rolls
+eight bytes at a time (SSE2) where no split, hole or pending decision can
+occur, byte by byte elsewhere.
 """
 
 from __future__ import annotations
@@ -74,6 +78,13 @@ def chunk_boundaries(data: bytes, block: int = 1 << 22, impl=None) -> list[tuple
         ends.extend(ch.feed(mv[i : i + block])[0])
     ends.extend(ch.finish())
     return normalize(ends)
+
+
+def payload_chunks(data) -> list[tuple[int, int, str]]:
+    """chunk_boundaries() of a payload at hand in one piece: one call into the native scanner."""
+    if _rollsum is None:
+        return chunk_boundaries(data)
+    return [(off, n, ZEROS if z else DATA) for off, n, z in _rollsum.chunks(data)]
 
 
 def normalize(ends: list[tuple[int, str]]) -> list[tuple[int, int, str]]:

@@ -13,11 +13,13 @@ payload; the payload checksum is Go's CRC-64 (ISO table), big-endian.
 from __future__ import annotations
 
 import base64
+import binascii
 import concurrent.futures as cf
 import hashlib
+
 import zstandard
 
-from converter.chunked.toc import NotRepresentable, go_clean, go_json
+from converter.chunked.toc import _PLAIN, NotRepresentable, go_clean, go_json
 
 SEGMENT = 2
 FILE = 1
@@ -64,10 +66,63 @@ class TarSplitWriter:
         if not raw:
             return
         # Base64 needs no JSON escaping: format the line directly (hot path).
-        self._emit(b'{"type":2,"payload":"%s","position":%d}\n' % (base64.b64encode(raw), self._pos))
+        self._emit(b'{"type":2,"payload":"%s","position":%d}\n' % (binascii.b2a_base64(raw, newline=False), self._pos))
         self._pos += 1
 
+    def entry(self, raw: bytes, name: bytes, size: int, crc64: int | None) -> None:
+        """segment(raw) then file(name, size, crc64): one tar entry's two lines, formatted at once when plain."""
+        if not (raw and name and _PLAIN.match(name)):
+            self.segment(raw)
+            self.file(name, size, crc64)
+            return
+        text = name.decode("ascii")
+        # Clean already unless it has empty, "." or ".." parts or a leading/trailing slash.
+        if "//" in text or "/." in text or text[0] in "./" or text[-1] == "/":
+            clean = go_clean(text)
+        else:
+            clean = text
+        if clean in self._seen:
+            raise NotRepresentable(f"path {text!r} appears twice in the layer")
+        self._seen.add(clean)
+        pos = self._pos
+        self._pos = pos + 2
+        line = b'{"type":2,"payload":"%s","position":%d}\n{"type":1,"name":"%s",%s"payload":%s,"position":%d}\n' % (
+            binascii.b2a_base64(raw, newline=False),
+            pos,
+            name,
+            b'"size":%d,' % size if size else b"",
+            b"null" if crc64 is None else b'"%s"' % binascii.b2a_base64(crc64.to_bytes(8, "big"), newline=False),
+            pos + 1,
+        )
+        self._pending.append(line)
+        self._pending_size += len(line)
+        if self._pending_size >= self.FLUSH:
+            self._flush()
+
     def file(self, name: bytes, size: int, crc64: int | None) -> None:
+        if name and _PLAIN.match(name):  # the common case, formatted directly
+            text = name.decode("ascii")
+            # Clean already unless it has empty, "." or ".." parts or a leading/trailing slash.
+            if "//" in text or "/." in text or text[0] in "./" or text[-1] == "/":
+                clean = go_clean(text)
+            else:
+                clean = text
+            if clean in self._seen:
+                raise NotRepresentable(f"path {text!r} appears twice in the layer")
+            self._seen.add(clean)
+            self._emit(
+                b'{"type":1,"name":"%s",%s"payload":%s,"position":%d}\n'
+                % (
+                    name,
+                    b'"size":%d,' % size if size else b"",
+                    b"null"
+                    if crc64 is None
+                    else b'"%s"' % binascii.b2a_base64(crc64.to_bytes(8, "big"), newline=False),
+                    self._pos,
+                )
+            )
+            self._pos += 1
+            return
         try:
             text = name.decode("utf-8")
             key = text
@@ -94,6 +149,7 @@ class TarSplitWriter:
     def finish(self) -> tuple[bytes, str]:
         """The compressed tar-split and its sha256 digest."""
         self._flush()
+        self._seen = set()  # the names are checked: free them before the TOC is compressed
         for job in self._jobs:
             job.result()
         self.close()

@@ -12,6 +12,10 @@ describe each entry exactly as the consumer's reader will see it.
 
 Strings stay `bytes` throughout (Go strings are byte strings); decoding to
 text is the TOC's business.
+
+Plain USTAR/GNU header blocks are parsed by the native module when it is
+built (_rollsum.parse_header, same fields); it hands anything else, and
+every malformed block, back to parse_header_block, which says what is wrong.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ HEADER_ONLY_TYPES = frozenset((LINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO))
 MAGIC_USTAR, VERSION_USTAR = b"ustar\x00", b"00"
 MAGIC_GNU, VERSION_GNU = b"ustar ", b" \x00"
 TRAILER_STAR = b"tar\x00"
+
+try:  # the common headers parsed natively (same result; None sends the rest to parse_header_block)
+    from converter.chunked._rollsum import parse_header as _fast_header
+except ImportError:
+    _fast_header = None
+
+# Entries whose single header block says everything (no extension headers, no REGA quirk, not sparse).
+_PLAIN_TYPES = frozenset((REG, LINK, SYMLINK, CHAR, BLOCKDEV, DIR, FIFO))
 
 _INT_RE = re.compile(rb"[+-]?[0-9]+\Z")
 
@@ -258,7 +270,15 @@ def merge_pax(h: TarHeader, pax: dict[bytes, bytes]) -> None:
 
 
 class CountingReader:
-    """Reads a stream exactly, hashing and counting every byte (the DiffID)."""
+    """Reads a stream exactly, hashing and counting every byte (the DiffID).
+
+    Buffered: the source is read in blocks of BUF bytes (hashed as they come
+    in), and the many small reads of tar headers and small files are served
+    as slices of the block. Large reads go to the source directly.
+    `offset` counts the bytes handed out.
+    """
+
+    BUF = 1 << 20
 
     def __init__(self, f: BinaryIO, what: str) -> None:
         self._f = f
@@ -266,33 +286,70 @@ class CountingReader:
         self.offset = 0
         self.sha256 = hashlib.sha256()
         self.tap = None  # optional callable(bytes) that sees every byte read
+        self._in = 0  # bytes taken from the source
+        self._buf = b""
+        self._p = 0
+
+    def _fill(self, want: int) -> bytes:
+        """Up to `want` bytes from the source (b"" at its end), hashed."""
+        try:
+            b = self._f.read(want)
+        except EOFError as e:
+            raise BadInputError(f"{self.what}: truncated compressed stream ({e})") from None
+        except OSError as e:  # gzip/isal and zstd report corruption as OSError subclasses
+            raise BadInputError(f"{self.what}: corrupt compressed stream at tar offset {self._in}: {e}") from None
+        except Exception as e:  # zstandard.ZstdError is not an OSError
+            if type(e).__name__ == "ZstdError":
+                raise BadInputError(f"{self.what}: corrupt zstd stream at tar offset {self._in}: {e}") from None
+            raise
+        if b:
+            self.sha256.update(b)
+            self._in += len(b)
+        return b
 
     def read(self, n: int) -> bytes:
         """Up to n bytes; fewer only at end of stream."""
-        parts = []
-        want = n
-        while want > 0:
-            try:
-                b = self._f.read(want)
-            except EOFError as e:
-                raise BadInputError(f"{self.what}: truncated compressed stream ({e})") from None
-            except OSError as e:  # gzip/isal and zstd report corruption as OSError subclasses
-                raise BadInputError(
-                    f"{self.what}: corrupt compressed stream at tar offset {self.offset + n - want}: {e}"
-                ) from None
-            except Exception as e:  # zstandard.ZstdError is not an OSError
-                if type(e).__name__ == "ZstdError":
-                    raise BadInputError(
-                        f"{self.what}: corrupt zstd stream at tar offset {self.offset + n - want}: {e}"
-                    ) from None
-                raise
-            if not b:
-                break
-            parts.append(b)
-            want -= len(b)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        p = self._p
+        end = p + n
+        if end <= len(self._buf):  # the common case: a slice of the block
+            data = self._buf[p:end]
+            self._p = end
+        else:
+            parts = [self._buf[p:]] if p < len(self._buf) else []
+            want = end - len(self._buf)
+            self._buf, self._p = b"", 0
+            while want > 0:
+                b = self._fill(want if want >= self.BUF else self.BUF)
+                if not b:
+                    break
+                if len(b) > want:
+                    self._buf, self._p = b, want
+                    b = b[:want]
+                parts.append(b)
+                want -= len(b)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
         if data:
-            self.sha256.update(data)
+            self.offset += len(data)
+            if self.tap is not None:
+                self.tap(data)
+        return data
+
+    def peek(self, n: int) -> memoryview | None:
+        """The next n bytes without consuming them, if the current block holds them all."""
+        p = self._p
+        if p + n > len(self._buf):
+            return None
+        return memoryview(self._buf)[p : p + n]
+
+    def read_some(self, n: int) -> bytes:
+        """Between 1 and n bytes (b"" only at end of stream), with as few copies as may be."""
+        avail = len(self._buf) - self._p
+        if avail > 0:
+            return self.read(min(n, avail))  # what the block still holds
+        if n < self.BUF:
+            return self.read(n)
+        data = self._fill(n)  # large: straight from the source
+        if data:
             self.offset += len(data)
             if self.tap is not None:
                 self.tap(data)
@@ -339,6 +396,10 @@ class TarStream:
             return None
         if self._remaining:
             raise RuntimeError("payload not fully read before next()")
+        if _fast_header is not None:
+            h = self._next_plain()
+            if h is not None:
+                return h
         self._raw = []
         if self._pad:
             self._raw.append(self._read_exact(self._pad, "padding"))
@@ -358,10 +419,14 @@ class TarStream:
                     raise BadInputError(f"{self._where()}: zero block followed by a non-zero block")
                 return self._finish(blk + blk2)
             self._raw.append(blk)
-            try:
-                h = parse_header_block(blk)
-            except TarFormatError as e:
-                raise BadInputError(f"{self.src.what}: tar header at offset {start}: {e}") from None
+            f = _fast_header(blk) if _fast_header is not None else None
+            if f is not None:
+                h = TarHeader(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7] * 1_000_000_000, None, None, f[8], f[9])
+            else:
+                try:
+                    h = parse_header_block(blk)
+                except TarFormatError as e:
+                    raise BadInputError(f"{self.src.what}: tar header at offset {start}: {e}") from None
             h.offset = start
             if h.size < 0:
                 raise BadInputError(f"{self.src.what}: tar header at offset {start}: negative size")
@@ -401,6 +466,26 @@ class TarStream:
                         break
             return self._entry(h, h.data_size)
 
+    def _next_plain(self) -> TarHeader | None:
+        """The common entry, padding and one plain header block already in the reader's block; else None.
+
+        The same result as the general loop below for such an entry; anything
+        else (extension headers, end of archive, bad blocks, a header across
+        two blocks of the reader) is left unread for that loop.
+        """
+        pad = self._pad
+        view = self.src.peek(pad + BLOCK)
+        if view is None:
+            return None
+        f = _fast_header(view[pad:])
+        if f is None or f[0] not in _PLAIN_TYPES:
+            return None
+        self._raw = [self.src.read(pad + BLOCK)]
+        self._pad = 0
+        h = TarHeader(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7] * 1_000_000_000, None, None, f[8], f[9])
+        h.offset = self.src.offset - BLOCK
+        return self._entry(h, h.data_size)
+
     def _entry(self, h: TarHeader, data_size: int) -> TarHeader:
         self._remaining = data_size
         self._pad = -data_size % BLOCK
@@ -416,7 +501,7 @@ class TarStream:
     @property
     def raw(self) -> bytes:
         """Raw bytes consumed by the last next() before the payload."""
-        return b"".join(self._raw)
+        return self._raw[0] if len(self._raw) == 1 else b"".join(self._raw)
 
     @property
     def payload_remaining(self) -> int:
@@ -430,6 +515,17 @@ class TarStream:
         if len(b) != n:
             raise BadInputError(f"{self._where()}: unexpected end of tar inside file data (truncated layer?)")
         self._remaining -= n
+        return b
+
+    def read_payload_some(self, n: int) -> bytes:
+        """Between 1 and n payload bytes (fewer than read_payload would give when that saves a copy)."""
+        n = min(n, self._remaining)
+        if n <= 0:
+            return b""
+        b = self.src.read_some(n)
+        if not b:
+            raise BadInputError(f"{self._where()}: unexpected end of tar inside file data (truncated layer?)")
+        self._remaining -= len(b)
         return b
 
     def read_trailing(self, piece: int = 1 << 20):

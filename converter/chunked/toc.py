@@ -11,6 +11,7 @@ import base64
 import datetime as _dt
 import functools
 import json
+import re
 
 from converter.chunked.tarstream import (
     BLOCKDEV,
@@ -181,6 +182,60 @@ def go_json(obj) -> bytes:
         .replace("\u2029", "\\u2029")
     )
     return s.encode("utf-8")
+
+
+# Bytes that JSON-encode as themselves under go_json: printable ASCII except " \\ < > &.
+_PLAIN = re.compile(rb"[ !#-%\'-;=?-\[\]-~]*\Z")
+_TYPE_JSON = {k: go_json(v) for k, v in TYPE_NAMES.items()}
+
+
+def json_str(b: bytes, what: str, name: bytes) -> bytes:
+    """A tar string field as a Go JSON string (NotRepresentable unless UTF-8)."""
+    if _PLAIN.match(b):
+        return b'"' + b + b'"'
+    return go_json(_text(b, what, name))
+
+
+def encode_head(h: TarHeader) -> tuple[bytes, bytes]:
+    """The TOC entry of a header as Go JSON up to its last header field (no closing brace), and its name as JSON.
+
+    Byte for byte `go_json(entry_for(h))[:-1]`; entries with PAX records take
+    that road, the common ones are formatted directly.
+    """
+    typ = _TYPE_JSON.get(h.typeflag)
+    if typ is None or h.pax:
+        e = entry_for(h)
+        return go_json(e)[:-1], go_json(e["name"])
+    name = json_str(h.name, "file name", h.name)
+    parts = [b'{"type":', typ, b',"name":', name]
+    if h.linkname:
+        parts.append(b',"linkName":' + json_str(h.linkname, "link target", h.name))
+    if h.mode:
+        parts.append(b',"mode":%d' % h.mode)
+    if h.size:
+        parts.append(b',"size":%d' % h.size)
+    if h.uid:
+        parts.append(b',"uid":%d' % h.uid)
+    if h.gid:
+        parts.append(b',"gid":%d' % h.gid)
+    parts.append(b',"modtime":"%s"' % rfc3339(h.mtime).encode())
+    if h.atime is not None:
+        parts.append(b',"accesstime":"%s"' % rfc3339(h.atime).encode())
+    if h.ctime is not None:
+        parts.append(b',"changetime":"%s"' % rfc3339(h.ctime).encode())
+    if h.devmajor:
+        parts.append(b',"devMajor":%d' % h.devmajor)
+    if h.devminor:
+        parts.append(b',"devMinor":%d' % h.devminor)
+    return b"".join(parts), name
+
+
+TOC_HEAD = b'{"version":1,"entries":['
+
+
+def toc_tail(tarsplit_digest: str) -> bytes:
+    """What closes a TOC whose (one or more) entries were written after TOC_HEAD."""
+    return b'],"tarSplitDigest":' + go_json(tarsplit_digest) + b"}"
 
 
 def toc_json(entries: list[dict], tarsplit_digest: str) -> bytes:

@@ -20,6 +20,16 @@ own with the same parameters, so the output bytes do not depend on the
 thread count, and a frame's bytes depend only on its content and the
 encoder: a FrameStore (a cache, an earlier image) may supply any frame of a
 batch instead, which writes the same bytes with less work.
+
+The main thread's cost is per tar entry on layers of many small files, so
+its loop keeps Python work per entry small: plain headers are parsed by
+the native module (_rollsum.parse_header), a small payload is hashed,
+CRC'd and chunked in one piece (_rollsum.chunks, which like the block
+scanner runs without the GIL on larger inputs), and each TOC entry is
+encoded to its final Go-JSON bytes as soon as its frames are written
+(_TocWriter), never kept as a dict; past a few MiB the encoded TOC waits
+in a temporary file until the end, where it is compressed in one shot
+(a streamed frame would differ from the one-shot frame the format pins).
 """
 
 from __future__ import annotations
@@ -29,16 +39,19 @@ import functools
 import hashlib
 import logging
 import os
+import tempfile
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Protocol
+from itertools import accumulate
+from typing import Any, BinaryIO, Callable, Protocol
 
 import zstandard
 from fastcrc import crc64
 
 from converter.chunked import toc as tocmod
-from converter.chunked.chunker import ZEROS, Chunker
+from converter.chunked.chunker import ZEROS, Chunker, _rollsum, payload_chunks
 from converter.chunked.compression import detect_compression, open_tar_stream
 from converter.chunked.format import (
     LAYER_MEDIA_TYPE_ZSTD,
@@ -60,11 +73,12 @@ log = logging.getLogger("zconv")
 # our frames are 0.33% smaller at level 7 and 0.19% larger at level 6.
 DEFAULT_LEVEL = 7
 READ_BLOCK = 4 << 20  # payload bytes handed to the chunker at a time
-BATCH_BYTES = 4 << 20  # frames compressed together (two batches in flight at most)
+BATCH_BYTES = 4 << 20  # frames compressed together (MAX_BATCHES_IN_FLIGHT in flight at most)
 BATCH_FRAMES = 2048
-MAX_BATCHES_IN_FLIGHT = 2
+MAX_BATCHES_IN_FLIGHT = 4  # slack for a machine shared with other work (measured: see git log)
 STREAM_FRAME = 16 << 20  # chunks larger than this are compressed as a stream
 HEADER_FRAME_MAX = 8 << 20  # split very long runs of header-only entries
+SMALL_INLINE = 64 << 10  # payloads up to this are hashed and chunked inline in the entry loop
 
 
 def encoder_identity(level: int) -> str:
@@ -147,7 +161,7 @@ class FrameSink:
         self._batch_bytes = 0
         self._pool = cf.ThreadPoolExecutor(1) if threads > 1 else None
         self._inflight: deque = deque()
-        self.ends: list[int] = []  # end offset of every frame, by index
+        self.ends = array("q")  # end offset of every frame, by index (8 bytes each)
         self.digests: dict[int, str] = {}
         self._count = 0
         self._stream = None
@@ -188,21 +202,27 @@ class FrameSink:
         for i in want:
             sha = shas.get(i - first) or hashlib.sha256(frames[i - first]).digest()
             self.digests[i] = "sha256:" + sha.hex()
-        todo = [j for j in range(len(frames)) if j not in found]
-        made: dict[int, bytes] = {}
-        if todo:
-            # A context per call: multi_compress_to_buffer runs its own threads.
-            cctx = zstandard.ZstdCompressor(level=self._level)
-            result = cctx.multi_compress_to_buffer([frames[j] for j in todo], threads=self._threads)
-            for k, j in enumerate(todo):
-                made[j] = result[k].tobytes()
-        for j in range(len(frames)):
-            self._out.write(found[j] if j in found else made[j])
-            self.ends.append(self._out.offset)
-        if shas and made:
-            new = {shas[j]: f for j, f in made.items() if j in shas}
-            if new:
-                self._store.put_frames(self._encoder, list(new.items()))  # type: ignore[union-attr]
+        # A context per call: multi_compress_to_buffer runs its own threads.
+        cctx = zstandard.ZstdCompressor(level=self._level)
+        out: Any  # the batch's frames in order: BufferSegments (sized buffers) or a list of bytes
+        if not found:
+            out = cctx.multi_compress_to_buffer(frames, threads=self._threads)
+            made = {j: out[j].tobytes() for j in shas}
+        else:
+            todo = [j for j in range(len(frames)) if j not in found]
+            made = {}
+            if todo:
+                result: Any = cctx.multi_compress_to_buffer([frames[j] for j in todo], threads=self._threads)
+                made = {j: result[k].tobytes() for k, j in enumerate(todo)}
+            out = [found[j] if j in found else made[j] for j in range(len(frames))]
+        # One write (and one hash update) per batch, not per frame.
+        ends = accumulate(map(len, out), initial=self._out.offset)
+        next(ends)  # the batch's start
+        self._out.write(b"".join(out))
+        self.ends.extend(ends)
+        new = [(shas[j], f) for j, f in made.items() if j in shas]
+        if new:
+            self._store.put_frames(self._encoder, new)  # type: ignore[union-attr]
 
     def _submit(self) -> None:
         if not self._batch:
@@ -328,7 +348,7 @@ class _PayloadWriter:
 
 
 def _write_payload(tar: TarStream, sink: FrameSink, size: int):
-    """Read `size` payload bytes; returns (chunks, sha256 hex, crc64)."""
+    """Read `size` payload bytes in blocks; returns (chunks, sha256 hex, crc64)."""
     sha = hashlib.sha256()
     crc = None
     chunker = Chunker()
@@ -336,7 +356,7 @@ def _write_payload(tar: TarStream, sink: FrameSink, size: int):
     left = size
     block = memoryview(b"")
     while left:
-        data = tar.read_payload(min(left, READ_BLOCK))
+        data = tar.read_payload_some(min(left, READ_BLOCK))
         left -= len(data)
         sha.update(data)
         crc = crc64.go_iso(data, crc) if crc is not None else crc64.go_iso(data)
@@ -354,8 +374,31 @@ def _write_payload(tar: TarStream, sink: FrameSink, size: int):
     return pw.chunks, sha.hexdigest(), crc
 
 
+def _write_small_payload(tar: TarStream, sink: FrameSink, size: int):
+    """The same for a payload read in one piece (at most READ_BLOCK bytes)."""
+    data = tar.read_payload(size)
+    crc = crc64.go_iso(data)
+    file_sha = hashlib.sha256(data)
+    digest = file_sha.hexdigest()
+    parts = payload_chunks(data)
+    if len(parts) == 1:  # the common case: one chunk, whose digest is the file's
+        return [(0, size, parts[0][2], sink.add(data, sha=file_sha.digest()), None)], digest, crc
+    return _small_chunks(data, sink, parts), digest, crc
+
+
+def _small_chunks(data: bytes, sink: FrameSink, parts=None) -> list:
+    """Queue a frame per chunk of a payload at hand (more than one chunk); returns the chunk list."""
+    mv = memoryview(data)
+    chunks = []
+    for off, n, typ in parts or payload_chunks(data):
+        zeros = typ == ZEROS
+        frame = sink.add(bytes(mv[off : off + n]), want_digest=not zeros)
+        chunks.append((off, n, typ, frame, _zeros_digest(n) if zeros else None))
+    return chunks
+
+
 def _check_hostile(h, what: str) -> None:
-    if tocmod.climbs_out(h.name):
+    if b".." in h.name and tocmod.climbs_out(h.name):
         raise BadInputError(
             f"{what}: tar entry {h.name.decode('utf-8', 'replace')!r} at offset {h.offset} "
             "climbs out of the layer root with '..'"
@@ -367,59 +410,154 @@ def _check_hostile(h, what: str) -> None:
         )
 
 
+class _TocWriter:
+    """TOC entries encoded to their final JSON bytes as soon as their frames are written.
+
+    An entry waits (as a small tuple) only until the sink has written its
+    last frame, which fixes its offsets and chunk digests; then it is
+    appended to one bytearray, so the TOC costs its JSON size in memory and
+    no Python object per entry.
+    """
+
+    SPILL = 4 << 20  # encoded entries beyond this go to a temporary file until the end
+
+    def __init__(self, sink: FrameSink) -> None:
+        self.sink = sink
+        self.raw = bytearray(tocmod.TOC_HEAD)
+        self.count = 0
+        self._pending: deque = deque()  # (last frame or -1, head, name json, digest, chunks)
+        self._spill: Any = None  # a temporary file once the TOC outgrows SPILL
+        self._spilled = 0
+        self._started = False
+
+    def add(self, head: bytes, name: bytes, digest: str | None = None, chunks=None) -> None:
+        self._pending.append((chunks[-1][3] if chunks else -1, head, name, digest, chunks))
+        self.count += 1 + (len(chunks) - 1 if chunks else 0)
+
+    def flush(self) -> None:
+        """Encode the entries whose frames are all written."""
+        q = self._pending
+        done = len(self.sink.ends)
+        while q and q[0][0] < done:
+            self._encode(*q.popleft())
+        if len(self.raw) > self.SPILL:
+            # Many small files make a large TOC: keep it on disk while the
+            # layer is converted, so the peak is not TOC + working set.
+            if self._spill is None:
+                self._spill = tempfile.TemporaryFile(prefix="zconv-toc-")
+            self._spill.write(self.raw)
+            self._spilled += len(self.raw)
+            self.raw = bytearray()
+
+    def _encode(self, last: int, head: bytes, name: bytes, digest: str | None, chunks) -> None:
+        out = self.raw
+        if self._started:
+            out += b","
+        self._started = True
+        out += head
+        if chunks is None:
+            out += b"}"
+            return
+        assert digest is not None  # every entry with frames has its file digest
+        ends, start_of, digests = self.sink.ends, self.sink.start_of, self.sink.digests
+        out += b',"digest":"sha256:%s","offset":%d,"endOffset":%d' % (
+            digest.encode(),
+            start_of(chunks[0][3]),
+            ends[last],
+        )
+        if len(chunks) > 1:
+            for i, (off, size, typ, frame, cdigest) in enumerate(chunks):
+                if i:
+                    out += b'},{"type":"chunk","name":%s,"offset":%d' % (name, start_of(frame))
+                out += b',"chunkSize":%d' % size
+                if off:
+                    out += b',"chunkOffset":%d' % off
+                out += b',"chunkDigest":"%s"' % (cdigest or digests[frame]).encode()
+                if typ == ZEROS:
+                    out += b',"chunkType":"zeros"'
+        out += b"}"
+
+    def finish(self, tarsplit_digest: str) -> bytearray:
+        self.flush()
+        assert not self._pending, "TOC entries left without their frames"
+        if not self.count:
+            return bytearray(tocmod.toc_json([], tarsplit_digest))
+        self.raw += tocmod.toc_tail(tarsplit_digest)
+        if self._spill is None:
+            return self.raw
+        # One buffer for the one-shot compression (a streamed frame would differ).
+        toc = bytearray(self._spilled + len(self.raw))
+        self._spill.seek(0)
+        if self._spill.readinto(toc) != self._spilled:
+            raise OSError("temporary TOC file came back short")
+        self._spill.close()
+        toc[self._spilled :] = self.raw
+        self.raw = bytearray()
+        return toc
+
+    def close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+
+
 def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str,
                    store: FrameStore | None = None) -> tuple[dict, int]:
     """The whole chunked encoding; raises NotRepresentable to ask for plain zstd."""
     sink = FrameSink(out, level, threads, store)
     cctx = zstandard.ZstdCompressor(level=level)
     tsw = TarSplitWriter(cctx)
-    entries: list[dict] = []
-    # Values known only once frames are written: (entry, key, frame, start|end|digest)
-    fixups: list[tuple[dict, str, int, str]] = []
+    toc = _TocWriter(sink)
     header = bytearray()
+    nentries = 0
+    # The loop runs once per tar entry: names bound locally, the one-chunk
+    # small file (the common entry of a many-files layer) handled inline.
+    tar_next, sink_add, toc_add, tsw_entry = tar.next, sink.add, toc.add, tsw.entry
+    read_payload, encode_head, sha256, go_iso = tar.read_payload, tocmod.encode_head, hashlib.sha256, crc64.go_iso
+    scan = _rollsum.chunks if _rollsum is not None else None
     try:
         while True:
-            h = tar.next()
-            raw = tar.raw if h is not None else tar.trailer
-            header += raw
-            tsw.segment(raw)
+            h = tar_next()
             if h is None:
+                header += tar.trailer
+                tsw.segment(tar.trailer)
                 break
-            _check_hostile(h, what)
-            e = tocmod.entry_for(h)
+            raw = tar.raw
+            if b".." in h.name or h.typeflag == LINK:
+                _check_hostile(h, what)
+            head, name = encode_head(h)
             n = tar.payload_remaining
+            nentries += 1
+            if nentries & 63 == 0:
+                toc.flush()
             if n == 0:
-                tsw.file(h.name, h.size, 0 if h.size > 0 else None)
-                entries.append(e)
+                header += raw
+                tsw_entry(raw, h.name, h.size, 0 if h.size > 0 else None)
+                toc_add(head, name)
                 if len(header) > HEADER_FRAME_MAX:
-                    sink.add(bytes(header))
+                    sink_add(bytes(header))
                     header.clear()
                 continue
-            sink.add(bytes(header))
-            header.clear()
-            chunks, digest, crc = _write_payload(tar, sink, n)
-            tsw.file(h.name, h.size, crc)
-            e["digest"] = "sha256:" + digest
-            fixups.append((e, "offset", chunks[0][3], "start"))
-            fixups.append((e, "endOffset", chunks[-1][3], "end"))
-            entries.append(e)
-            if len(chunks) > 1:
-                name = e["name"]
-                for i, (off, size, typ, frame, cdigest) in enumerate(chunks):
-                    ce = e if i == 0 else {"type": tocmod.TYPE_CHUNK, "name": name}
-                    if off:
-                        ce["chunkOffset"] = off
-                    ce["chunkSize"] = size
-                    if cdigest:
-                        ce["chunkDigest"] = cdigest
-                    else:  # hashed by the sink's thread with the frame
-                        ce["chunkDigest"] = None
-                        fixups.append((ce, "chunkDigest", frame, "digest"))
-                    if typ == ZEROS:
-                        ce["chunkType"] = ZEROS
-                    if i:
-                        fixups.append((ce, "offset", frame, "start"))
-                        entries.append(ce)
+            if header:
+                header += raw
+                sink_add(bytes(header))
+                header.clear()
+            else:
+                sink_add(raw)
+            if n <= SMALL_INLINE and scan is not None:
+                data = read_payload(n)
+                crc = go_iso(data)
+                file_sha = sha256(data)
+                digest = file_sha.hexdigest()
+                if len(scan(data)) == 1:  # one chunk: its digest is the file's
+                    chunks = [(0, n, "", sink_add(data, False, file_sha.digest()), None)]
+                else:
+                    chunks = _small_chunks(data, sink)
+            elif n <= READ_BLOCK:
+                chunks, digest, crc = _write_small_payload(tar, sink, n)
+            else:
+                chunks, digest, crc = _write_payload(tar, sink, n)
+            tsw_entry(raw, h.name, h.size, crc)
+            toc_add(head, name, digest, chunks)
         for piece in tar.read_trailing():
             header += piece
             tsw.segment(piece)
@@ -431,14 +569,12 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
         sink.drain()
     except BaseException:
         tsw.close()  # abandoned half way: stop its worker (finish() does it otherwise)
+        toc.close()
         raise
     finally:
         sink.close()
-    resolve = {"start": sink.start_of, "end": sink.ends.__getitem__, "digest": sink.digests.__getitem__}
-    for e, key, frame, kind in fixups:
-        e[key] = resolve[kind](frame)
     tarsplit, tarsplit_digest = tsw.finish()
-    toc_raw = tocmod.toc_json(entries, tarsplit_digest)
+    toc_raw = toc.finish(tarsplit_digest)
     # The consumer's only size limit (maxTocSize in containers/storage
     # pkg/chunked/compression_linux.go), on the TOC compressed and uncompressed.
     if len(toc_raw) > MAX_TOC_SIZE:
@@ -446,14 +582,16 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
     toc_z = cctx.compress(toc_raw)
     if len(toc_z) > MAX_TOC_SIZE:
         raise tocmod.NotRepresentable(f"compressed TOC of {len(toc_z)} bytes exceeds the consumer's 150 MiB limit")
+    toc_len = len(toc_raw)
+    del toc_raw
     toc_off = out.offset + SKIPPABLE_HEADER_SIZE
     out.write(skippable_frame(toc_z))
     ts_off = out.offset + SKIPPABLE_HEADER_SIZE
     out.write(skippable_frame(tarsplit))
-    footer = Footer(toc_off, len(toc_z), len(toc_raw), ts_off, len(tarsplit), tsw.uncompressed_size)
+    footer = Footer(toc_off, len(toc_z), toc_len, ts_off, len(tarsplit), tsw.uncompressed_size)
     out.write(skippable_frame(footer.pack()))
     annotations = footer.annotations("sha256:" + hashlib.sha256(toc_z).hexdigest())
-    return annotations, len(entries)
+    return annotations, toc.count
 
 
 def _write_plain(tar: TarStream, out: _HashingWriter, level: int) -> None:
