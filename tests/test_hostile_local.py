@@ -578,10 +578,6 @@ def test_push_never_commits_a_blob_that_is_not_what_its_digest_says(registry, tm
 # ------------------------------------------------------------------ found by make fuzz, not fixed here
 
 
-@pytest.mark.xfail(strict=True, reason="writer (converter/chunked/writer.py, not this branch's): a tar whose EOF "
-                   "marker is followed by non-zero bytes is written as zstd:chunked, but the consumer's "
-                   "asm.IterateHeaders (mirrored by verify) parses those bytes as a header and refuses the layer; "
-                   "the writer should fall back to plain zstd (exit 3 under --strict)")
 def test_trailing_garbage_after_the_end_of_archive_is_not_written_as_chunked(capsys, tmp_path):
     sys.path.insert(0, str(ROOT / "testdata"))
     import make_sample as ms
@@ -596,5 +592,9 @@ def test_trailing_garbage_after_the_end_of_archive_is_not_written_as_chunked(cap
     dst = tmp_path / "out"
     rc, err = run(capsys, "convert", "-q", f"oci:{src}", f"oci:{dst}")
     assert rc == 0, err
+    assert "written as plain zstd" in err and "not zero blocks" in err, err
     rc, err = run(capsys, "verify", f"oci:{dst}")
     assert rc == 0, err  # what convert wrote must be consumable (plain zstd is; a broken chunked layer is not)
+    rc, err = run(capsys, "convert", "-q", "--strict", f"oci:{src}", f"oci:{tmp_path / 'strict'}")
+    assert rc == 3, err
+    assert not (tmp_path / "strict").exists()

@@ -245,3 +245,24 @@ def test_native_header_path_reads_entries_as_the_general_parser(monkeypatch):
     fast = [entries(d) for d in tars]
     monkeypatch.setattr(tarstream, "_fast_header", None)
     assert [entries(d) for d in tars] == fast
+
+
+@pytest.mark.parametrize(
+    ("trailing", "refused"),
+    [
+        (b"", False),
+        (bytes(512), False),  # one zero block, then the end: Reader.Next says io.EOF
+        (bytes(1024), False),
+        (bytes(1024) + b"anything at all", False),  # two zero blocks: whatever follows is never read
+        (bytes(4096) + b"garbage\n", False),  # tarcases' gnutar-trailing-bytes, pulled by the consumer
+        (bytes(100), True),  # short block: io.ErrUnexpectedEOF
+        (bytes(700), True),
+        (b"x" + bytes(1023), True),  # not a zero block where a header would be
+        (bytes(512) + b"x" + bytes(511), True),  # zero block then a non-zero one: ErrHeader
+    ],
+)
+def test_trailing_segment_as_the_consumer_reads_it(trailing, refused):
+    """Mirrors tar-split asm.IterateHeaders -> archive/tar Reader.Next on the last tar-split segment."""
+    from converter.chunked.tarsplit import trailing_segment_problem
+
+    assert (trailing_segment_problem(trailing[:1024], len(trailing)) is not None) == refused

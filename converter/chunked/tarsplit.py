@@ -161,3 +161,32 @@ class TarSplitWriter:
     def close(self) -> None:
         """Stop the worker (also when the layer is abandoned half way)."""
         self._worker.shutdown(wait=True, cancel_futures=True)
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def trailing_segment_problem(head: bytes, total: int) -> str | None:
+    """Why the consumer would refuse the bytes after the end-of-archive blocks, or None.
+
+    tar-split keeps those bytes as the last segment, and containers/storage
+    reads every segment with tar-split's asm.IterateHeaders, which parses it
+    with archive/tar's Reader.Next (readHeader): nothing, one whole zero
+    block, or two zero blocks (whatever follows them) read as the end of the
+    archive; anything else is an error there: a short block, a zero block
+    then a non-zero one, or a block where a header would be. `head` holds the
+    first 1024 of the `total` bytes.
+    """
+    if total == 0:
+        return None
+    if total < 512:
+        return f"{total} byte(s) after the end-of-archive blocks, less than a tar block"
+    if head[:512] != _ZERO_BLOCK:
+        return "bytes after the end-of-archive blocks that are not zero blocks"
+    if total == 512:
+        return None
+    if total < 1024:
+        return f"{total} bytes after the end-of-archive blocks, not a whole number of tar blocks"
+    if head[512:1024] != _ZERO_BLOCK:
+        return "a zero block then other bytes after the end-of-archive blocks"
+    return None

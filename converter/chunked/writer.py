@@ -60,7 +60,7 @@ from converter.chunked.format import (
     Footer,
     skippable_frame,
 )
-from converter.chunked.tarsplit import TarSplitWriter
+from converter.chunked.tarsplit import TarSplitWriter, trailing_segment_problem
 from converter.chunked.tarstream import LINK, CountingReader, TarStream
 from converter.errors import BadInputError, IncompatibleLayerError
 
@@ -558,12 +558,20 @@ def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int
                 chunks, digest, crc = _write_payload(tar, sink, n)
             tsw_entry(raw, h.name, h.size, crc)
             toc_add(head, name, digest, chunks)
+        trail_head = bytearray()  # the first 1024 bytes after the end-of-archive blocks
+        trail_len = 0
         for piece in tar.read_trailing():
+            if len(trail_head) < 1024:
+                trail_head += piece[: 1024 - len(trail_head)]
+            trail_len += len(piece)
             header += piece
             tsw.segment(piece)
             if len(header) > HEADER_FRAME_MAX:
                 sink.add(bytes(header))
                 header.clear()
+        problem = trailing_segment_problem(bytes(trail_head), trail_len)
+        if problem is not None:
+            raise tocmod.NotRepresentable(problem)
         if header:
             sink.add(bytes(header))
         sink.drain()
