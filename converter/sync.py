@@ -17,9 +17,11 @@ digest; deciding that costs a manifest HEAD of the source and a GET of the
 destination (one GET in place), never a blob request.
 
 Shared across the images of one run: one registry client per registry and
-credentials (tokens, connections), and the converted layers: an input layer
-met again (another tag, another repository) is not converted again, and its
-output blob is mounted from the repository it went to.
+credentials (tokens, connections), and the frame cache and layer memo of
+`zconv convert` (converter/cache): an input layer met again (another tag,
+another repository, or a run killed midway and started again) is not
+converted again, and its output blob is found in the destination repository
+or mounted from the repository the memo says it went to.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +43,7 @@ from converter.convert import (
     SOURCE_DIGEST_ANNOTATION,
     Converter,
     ConvertOptions,
-    LayerReport,
+    open_frame_sources,
 )
 from converter.errors import (
     AuthError,
@@ -340,6 +344,7 @@ class SyncSummary:
     seconds: float = 0.0
     total_items: int = 0  # before sharding
     stopped: bool = False  # a failure stopped the run (no --keep-going)
+    frames: dict[str, Any] | None = None  # frame cache statistics of the run (FrameSources.stats), None with --no-cache
 
     def count(self, action: str) -> int:
         return sum(1 for r in self.records if r.action == action)
@@ -364,25 +369,37 @@ class SyncFailed(ZconvError):
 # ---------------------------------------------------------------- run state
 
 
-@dataclass
-class _LayerDone:
-    new: Descriptor
-    report: LayerReport
-    host: str
-    repository: str
-
-
 class RunState:
-    """What the images of one run share: clients, converted layers, counters."""
+    """What the images of one run share: clients, the frame cache and layer memo, counters.
+
+    The layer memo (converter/cache/memo.py) is what makes a layer shared by
+    several tags or repositories be converted once: the first image converts
+    it and records the result and the repository it went to; the others find
+    it in the memo and the blob in their repository, or mount it from that
+    one. Being persistent, the same memo makes a run killed midway skip, when
+    started again, the layers it had already converted and uploaded. With
+    --no-cache (or an unusable cache directory) the memo lives in a temporary
+    directory for the run alone, so shared layers are still converted once.
+    """
 
     def __init__(self, options: ConvertOptions) -> None:
         self.options = options
         self._lock = threading.Lock()
         self._clients: dict[tuple[Any, ...], RegistryClient] = {}
-        self._layers: dict[str, _LayerDone] = {}  # input layer digest -> its conversion
         self._layer_locks: dict[str, threading.Lock] = {}
         self._range_checked: set[str] = set()
         self.requests = 0
+        self.frames: Any = None  # converter.cache.sources.FrameSources, or None with --no-cache
+        self.memo: Any = None  # converter.cache.memo.LayerMemo
+        self._memo_dir: str | None = None
+
+    def open_cache(self) -> None:
+        self.frames, self.memo = open_frame_sources(self.options)
+        if self.memo is None:
+            from converter.cache.memo import LayerMemo
+
+            self._memo_dir = tempfile.mkdtemp(prefix="zconv-sync-memo-")
+            self.memo = LayerMemo(self._memo_dir)
 
     def client(self, host: str, options: TransportOptions) -> RegistryClient:
         key = (host, options.creds, options.tls_verify, options.cert_dir, options.auth_file, options.plain_http,
@@ -407,21 +424,25 @@ class RunState:
             return True
 
     def layer_lock(self, digest: str) -> threading.Lock:
+        """One lock per input layer: the memo records a layer once it is converted, so a second
+        job wanting the same layer waits for the first and then finds it there."""
         with self._lock:
             return self._layer_locks.setdefault(digest, threading.Lock())
 
-    def layer_done(self, digest: str) -> _LayerDone | None:
-        with self._lock:
-            return self._layers.get(digest)
-
-    def remember_layer(self, digest: str, done: _LayerDone) -> None:
-        with self._lock:
-            self._layers.setdefault(digest, done)
+    def frame_stats(self) -> dict[str, Any] | None:
+        return self.frames.stats() if self.frames is not None else None
 
     def close(self) -> None:
         for c in self._clients.values():
             c.close()
         self._clients.clear()
+        if self.frames is not None:
+            self.frames.close()  # prunes the cache to its bound
+        if self.memo is not None:
+            self.memo.close()
+        if self._memo_dir is not None:
+            shutil.rmtree(self._memo_dir, ignore_errors=True)
+        self.frames = self.memo = self._memo_dir = None
 
 
 class _SyncSink(DockerSink):
@@ -444,30 +465,22 @@ class _SyncSink(DockerSink):
 
 
 class _SyncConverter(Converter):
-    """The conversion of `zconv convert`, with the run's converted layers shared across images.
+    """The conversion of `zconv convert` (frame cache and layer memo included), one image of the run.
 
-    A layer some earlier image of the run converted is not converted again:
-    its output blob is already in this repository, or is mounted from the one
-    it went to (same registry). Only when neither works is it converted again.
+    Only adds what a run of many images at once needs: a layer two jobs want
+    at the same time is converted by one while the other waits (then finds
+    it in the memo), and the range check is made once per registry.
     """
 
     def __init__(self, state: RunState, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
+        super().__init__(*a, frames=state.frames, memo=state.memo, **kw)
         self.state = state
 
     def _convert_layer(self, layer: Descriptor, name: str, index: int, diff_id: str | None) -> Descriptor:
         if layer.digest in self._layers:
             return super()._convert_layer(layer, name, index, diff_id)
-        dst: DockerSink = self.dst  # type: ignore[assignment]
-        with self.state.layer_lock(layer.digest):  # a second job wanting this layer waits for the first
-            done = self.state.layer_done(layer.digest)
-            if done is not None and done.host == dst.host and self._place(done):
-                self._layers[layer.digest] = (done.new, done.report)
-                self.report.layers.append(replace(done.report, image=name, index=index, seconds=0.0, action="reused"))
-                return done.new
-            new = super()._convert_layer(layer, name, index, diff_id)
-            self.state.remember_layer(layer.digest, _LayerDone(new, self._layers[layer.digest][1], dst.host, dst.repository))
-            return new
+        with self.state.layer_lock(layer.digest):
+            return super()._convert_layer(layer, name, index, diff_id)
 
     def _check_ranges(self) -> None:
         # Whether a registry answers Range requests does not change from one image to the
@@ -475,17 +488,6 @@ class _SyncConverter(Converter):
         host = self.dst.host  # type: ignore[attr-defined]
         if self.state.first_range_check(host):
             super()._check_ranges()
-
-    def _place(self, done: _LayerDone) -> bool:
-        dst: DockerSink = self.dst  # type: ignore[assignment]
-        if dst.has_blob(done.new):
-            return True
-        saved = dst.mount_sources
-        dst.mount_sources = [done.repository]
-        try:
-            return dst.try_mount(done.new)
-        finally:
-            dst.mount_sources = saved
 
 
 # ---------------------------------------------------------------- the run
@@ -688,7 +690,8 @@ class Syncer:
             blobs_uploaded=uploaded,
             blobs_mounted=sum(1 for how in sink.results.values() if how == "mounted"),
             layers_converted=sum(1 for r in report.layers if r.action == "converted"),
-            layers_reused=sum(1 for r in report.layers if r.action == "reused"),
+            # converted earlier (by this image, another image of the run, or an earlier run): not read again
+            layers_reused=sum(1 for r in report.layers if r.action in ("reused", "present", "mounted")),
         )
 
     def one(self, item: Item, progress: Progress) -> SyncRecord:
@@ -724,6 +727,8 @@ class Syncer:
             items, summary.total_items = self.items(
                 (lambda rec: self._emit(rec, summary)) if self.keep_going else None)
             self.planned = len(items)
+            if not self.dry_run and items:
+                self.state.open_cache()
             # Layer-level progress only makes sense for one image at a time.
             per_image = self.progress if self.jobs == 1 else Progress(enabled=False)
             pending: Iterator[Item] = iter(items)
@@ -745,6 +750,7 @@ class Syncer:
                             summary.stopped = True
         finally:
             summary.requests = self.state.requests
+            summary.frames = self.state.frame_stats()
             summary.seconds = time.monotonic() - started
             self.state.close()
         return summary

@@ -85,6 +85,14 @@ def sync(
                                         " The destination records the chosen instance's digest as its source; "
                                         "not with an in-place sync."),
     all_platforms: bool = typer.Option(False, "--all", help=ALL_HELP),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", metavar="DIR", help="Frame cache and layer memo "
+                                         "directory, as for convert (default $ZCONV_CACHE_DIR, else "
+                                         "$XDG_CACHE_HOME/zconv, else ~/.cache/zconv). Persist it between runs "
+                                         "(and share it between shards) so a run started again redoes nothing."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor fill the cache (layers shared "
+                                  "within the run are still converted once)."),
+    cache_max_size: str | None = typer.Option(None, "--cache-max-size", metavar="SIZE",
+                                              help="Prune the cache to SIZE (e.g. 500M, 2G; default 2G) at the end."),
 ) -> None:
     """Convert every tag of repositories or a whole registry to zstd:chunked; safe to run again.
 
@@ -94,6 +102,7 @@ def sync(
     again the tags that moved.
     """
 
+    from converter.commands.cache import parse_size
     from converter.convert import ConvertOptions
     from converter.progress import Progress, human
     from converter.sync import (
@@ -135,7 +144,9 @@ def sync(
             line += f" ({rec.reason})"
         typer.echo(printable(line))
 
-    syncer = Syncer(specs, dest, ConvertOptions(level=level, threads=threads, strict=strict, platform=platform), dst_opts,
+    options = ConvertOptions(level=level, threads=threads, strict=strict, platform=platform, cache=not no_cache,
+                             cache_dir=cache_dir, cache_max_size=parse_size(cache_max_size) if cache_max_size else None)
+    syncer = Syncer(specs, dest, options, dst_opts,
                     shard=the_shard, jobs=jobs, keep_going=keep_going, dry_run=dry_run, progress=progress,
                     on_record=on_record)
     summary = syncer.run()
@@ -146,6 +157,10 @@ def sync(
         print(f"zconv sync: {len(summary.records)} tag(s){shard_text}: {counts}; "
               f"{human(summary.bytes_uploaded)} uploaded, {summary.requests} registry request(s), "
               f"{summary.seconds:.1f}s", file=sys.stderr)
+        fr = summary.frames
+        if fr and fr["cache"]:
+            print(f"zconv sync: frames: {fr['cache']['frames']} from the cache, {fr['compressed']['frames']} compressed",
+                  file=sys.stderr)
     raise_for_failures(summary)
     if digestfile:
         written = sorted((r.destination, r.destination_digest) for r in summary.records
