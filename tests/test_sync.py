@@ -12,10 +12,12 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import tarfile
+import time
 import zlib
 from pathlib import Path
 
@@ -205,6 +207,8 @@ def test_first_sync_converts_rerun_skips_moved_tag_reconverted(reg, tmp_path):
                                 "skipped": {f"docker://{host}/app:1.0", f"docker://{host}/app:2.0"}}
     moved = next(r for r in recs3 if r["action"] == "converted")
     assert "source moved" in moved["reason"]
+    # only its new top layer is converted: base and app layer are in the layer memo and in zstd/app
+    assert (moved["layers_converted"], moved["layers_reused"]) == (1, 2), moved
     _, new_src = manifest_of(host, "app", "1.1")
     doc, _ = manifest_of(host, "zstd/app", "1.1")
     assert doc["annotations"][SOURCE_DIGEST_ANNOTATION] == new_src == moved["source_digest"]
@@ -217,6 +221,8 @@ def test_suffix_in_place_never_takes_outputs_as_sources(reg, tmp_path):
     assert p.returncode == 0, p.stderr
     assert {(r["source"], r["destination"], r["action"]) for r in records(p)} == {
         (f"docker://{host}/svc:{t}", f"docker://{host}/svc:{t}-zstd", "converted") for t in ("1.2", "1.3")}
+    # both images at once, sharing two layers: each distinct layer converted once (one job waits for the other)
+    assert sum(r["layers_converted"] for r in records(p)) == 2 + 2, p.stdout
     with RegistryClient(host) as c:
         assert c.list_tags("svc") == ["1.2", "1.2-zstd", "1.3", "1.3-zstd"]
     again = zconv("sync", f"docker://{host}/svc", "--suffix", "-zstd", "--json")
@@ -293,37 +299,64 @@ def test_keep_going_past_a_broken_image(reg, tmp_path):
 
 
 def test_killed_run_resumes_without_redoing_anything(reg, tmp_path):
-    host = reg.host
-    tags = [f"t{i}" for i in range(6)]
-    publish(tmp_path, host, "big", tags)
-    cmd = [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())",
-           "sync", f"docker://{host}/big", f"docker://{host}/out", "--json", "--jobs", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    first: list[dict] = []
-    try:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            first.append(json.loads(line))
-            if len(first) == 2:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-    finally:
-        proc.kill()
-        proc.wait()
-    assert [r["action"] for r in first] == ["converted", "converted"]
-    blobs_before = registry_blobs(reg)
+    """SIGKILL in the middle of an image: the rerun skips the finished tags, and of the image it was
+    converting, neither recompresses nor uploads the layers that were already converted and uploaded
+    (the layer memo in the cache directory remembers them; the registry confirms it holds the blobs)."""
+    from support.faultproxy import Fault, FaultProxy
 
-    p = zconv("sync", f"docker://{host}/big", f"docker://{host}/out", "--json")
-    assert p.returncode == 0, p.stderr
-    recs = records(p)
-    done_first = {r["source"] for r in first}
-    assert {r["source"] for r in recs if r["action"] == "skipped"} == done_first
-    assert {r["source"] for r in recs if r["action"] == "converted"} == {f"docker://{host}/big:{t}" for t in tags} - done_first
-    reuploaded = {d for r in recs for d in r["blobs_uploaded"]} & blobs_before
-    assert not reuploaded, f"uploaded again after the restart: {reuploaded}"
-    # every tag is now a complete conversion of its source
-    for t in tags:
-        doc, _ = manifest_of(host, "out/big", t)
-        assert doc["annotations"][SOURCE_DIGEST_ANNOTATION] == manifest_of(host, "big", t)[1]
+    tags = [f"t{i}" for i in range(6)]
+    with FaultProxy(upstream_port=reg.port, stall_seconds=300) as proxy:
+        host = proxy.host
+        layout = tmp_path / "src-big"
+        mid = layer_tar("app-big", 7, files=3)
+        for i, tag in enumerate(tags):
+            tops = [layer_tar(f"top{k}-{tag}", 2000 + 10 * i + j, files=2, size=5000) for j, k in enumerate("ab")]
+            make_image(layout, tag, [BASE, mid, *tops])
+            push(layout, tag, f"docker://{host}/big:{tag}")
+        # With --jobs 1 the layers go up in order: t0 base, mid, top a, top b; t1 top a, top b; t2 top a;
+        # then t2's top b: its upload is held (never forwarded) and the process killed meanwhile.
+        hold = proxy.add(Fault("stall", method="PUT", path="^/v2/out/big/blobs/uploads/", after=7))
+        cmd = [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())",
+               "sync", f"docker://{host}/big", f"docker://{host}/out", "--json", "--jobs", "1"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 300
+            while hold.applied == 0 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert hold.applied == 1, "the run never reached the upload of t2's second top layer"
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            out, err = proc.communicate()
+        first = [json.loads(line) for line in out.splitlines() if line.strip()]
+        assert [(r["source"], r["action"]) for r in first] == [
+            (f"docker://{host}/big:t0", "converted"), (f"docker://{host}/big:t1", "converted")], err
+        assert sum(r["layers_converted"] for r in first) == 4 + 2
+        blobs_before = registry_blobs(reg)
+
+        p = zconv("sync", f"docker://{host}/big", f"docker://{host}/out", "--json")
+        assert p.returncode == 0, p.stderr
+        recs = {r["source"].rsplit(":", 1)[1]: r for r in records(p)}
+        assert {t for t, r in recs.items() if r["action"] == "skipped"} == {"t0", "t1"}
+        assert {t for t, r in recs.items() if r["action"] == "converted"} == set(tags[2:])
+        # the in-flight image: base, mid (earlier tags) and top a (converted and uploaded before the kill)
+        # come from the memo, present in out/big; only top b, whose upload never landed, is converted
+        t2 = recs["t2"]
+        assert (t2["layers_converted"], t2["layers_reused"]) == (1, 3), t2
+        assert len(t2["blobs_uploaded"]) == 1, t2
+        for t in tags[3:]:
+            assert (recs[t]["layers_converted"], recs[t]["layers_reused"]) == (2, 2), recs[t]
+        reuploaded = {d for r in recs.values() for d in r["blobs_uploaded"]} & blobs_before
+        assert not reuploaded, f"uploaded again after the restart: {reuploaded}"
+        # every tag is now a complete conversion of its source
+        for t in tags:
+            doc, _ = manifest_of(host, "out/big", t)
+            assert doc["annotations"][SOURCE_DIGEST_ANNOTATION] == manifest_of(host, "big", t)[1]
+            assert all(TOC_KEY in layer["annotations"] for layer in doc["layers"])
+        # t2's top b was compressed before the kill (its upload was held): its frames come from the
+        # frame cache (no other layer converted by the rerun was ever compressed before)
+        hits = re.search(r"frames: (\d+) from the cache, (\d+) compressed", p.stderr)
+        assert hits and int(hits.group(1)) > 0, p.stderr
 
 
 def test_layers_shared_across_repositories_are_mounted_not_uploaded(reg, tmp_path):
@@ -340,6 +373,40 @@ def test_layers_shared_across_repositories_are_mounted_not_uploaded(reg, tmp_pat
     assert (r1["blobs_mounted"], r2["blobs_mounted"]) == (1, 2)
     assert len(r1["blobs_uploaded"]) == 3 and len(r2["blobs_uploaded"]) == 2
     assert not set(r1["blobs_uploaded"]) & set(r2["blobs_uploaded"])
+
+
+def test_cache_options_memo_across_runs_and_no_cache(reg, tmp_path):
+    host = reg.host
+    publish(tmp_path, host, "mc", ["1", "2"])
+    src = f"docker://{host}/mc"
+
+    def converted(p: subprocess.CompletedProcess) -> tuple[int, int]:
+        assert p.returncode == 0, p.stderr
+        recs = records(p)
+        assert [r["action"] for r in recs] == ["converted", "converted"], recs
+        return sum(r["layers_converted"] for r in recs), sum(r["blobs_mounted"] for r in recs)
+
+    # --no-cache: shared layers still converted once within the run, nothing kept in the cache directory
+    unused = {"ZCONV_CACHE_DIR": str(tmp_path / "unused")}
+    assert converted(zconv("sync", src, f"docker://{host}/n1", "--json", "--no-cache", env=unused))[0] == 2 + 2
+    assert not (tmp_path / "unused").exists()
+    # ... and nothing remembered for the next run: converted again
+    assert converted(zconv("sync", src, f"docker://{host}/n2", "--json", "--no-cache", env=unused))[0] == 2 + 2
+    # --cache-dir: the memo persists; a later run into another prefix converts nothing and mounts the
+    # converted layers from the repository the first run put them in (configs from the source)
+    cache = tmp_path / "cache"
+    assert converted(zconv("sync", src, f"docker://{host}/c1", "--json", "--cache-dir", str(cache),
+                           "--cache-max-size", "64M", env=unused))[0] == 2 + 2
+    assert (cache / "memo.db").exists() and not (tmp_path / "unused").exists()
+    again = zconv("sync", src, f"docker://{host}/c2", "--json", "--cache-dir", str(cache))
+    converted(again)
+    first, second = records(again)
+    # 1: its 3 layers mounted from c1/mc, its config from mc; 2: base and app layer already in c2/mc
+    assert [(r["layers_converted"], r["layers_reused"], r["blobs_mounted"]) for r in (first, second)] == [
+        (0, 3, 3 + 1), (0, 3, 1 + 1)], (first, second)
+    assert all(r["blobs_uploaded"] == [] and r["bytes_uploaded"] == 0 for r in (first, second))
+    doc, _ = manifest_of(host, "c2/mc", "2")
+    assert doc["layers"] == manifest_of(host, "c1/mc", "2")[0]["layers"]
 
 
 def test_source_as_its_own_destination_is_refused_without_dual():
