@@ -7,12 +7,17 @@ no faults), pushes REPOS repositories x TAGS tags that share a base layer
 (each repository adds its own layer, each tag a small top layer), and
 measures in the same run:
 
-  * one by one : `zconv convert docker://.../REPO:TAG docker://.../one/REPO:TAG`
-                 for every tag, one process each (what a script around
-                 `zconv convert` does)
+  * one by one, --no-cache : `zconv convert --no-cache docker://.../REPO:TAG
+                 docker://.../one/REPO:TAG` for every tag, one process each
+  * one by one, cache : the same with the frame cache and layer memo (one
+                 cache directory, empty at first, shared by the processes:
+                 what a script around `zconv convert` on one machine gets)
   * sync       : `zconv sync sync.yaml docker://.../synced` (first run)
   * sync -j2   : the same with --jobs 2, into another prefix
   * rerun      : `zconv sync` again: nothing to convert, nothing to upload
+
+Every row but the rerun starts with an empty cache directory of its own
+(ZCONV_CACHE_DIR), so no row mounts what another one converted.
 
 For each: wall time, registry requests (from the proxy's log), blobs and
 bytes uploaded (completed uploads in the log, sized from the registry's
@@ -102,7 +107,7 @@ def measure(proxy: FaultProxy, reg: RegistryServer, fn) -> dict:  # type: ignore
 
     Bytes uploaded: the sizes of the blobs newly linked into a repository,
     less those that came by a mount (zconv sync's --json names its uploads;
-    zconv convert never mounts, so every new link of it is an upload).
+    zconv convert's --json names the layers it mounted).
     """
     before_links = links(reg)
     before = len(proxy.requests())
@@ -117,8 +122,9 @@ def measure(proxy: FaultProxy, reg: RegistryServer, fn) -> dict:  # type: ignore
             "new_links": new, "out": out}
 
 
-def run_cmd(args: list[str]) -> str:
-    p = subprocess.run(ZCONV + args, capture_output=True, text=True, cwd=ROOT)
+def run_cmd(args: list[str], cache: Path) -> str:
+    p = subprocess.run(ZCONV + args, capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "ZCONV_CACHE_DIR": str(cache)})
     if p.returncode != 0:
         raise SystemExit(f"bench_sync: zconv {' '.join(args)} failed ({p.returncode}): {p.stderr[-2000:]}")
     return p.stdout
@@ -141,15 +147,20 @@ def main() -> None:
         print(f"bench_sync: {a.repos} repositories x {a.tags} tags on {host}; layers: base {a.base_mib:g} MiB (shared), "
               f"{a.base_mib / 5:g} MiB per repository, {a.base_mib / 32:g} MiB per tag (tar sizes)")
 
-        def one_by_one() -> None:
-            for repo, tag in pairs:
-                run_cmd(["convert", "-q", f"docker://{host}/{repo}:{tag}", f"docker://{host}/one/{repo}:{tag}"])
+        def one_by_one(prefix: str, extra: list[str]) -> list[dict]:
+            return [json.loads(run_cmd(["convert", "--json", *extra, f"docker://{host}/{repo}:{tag}",
+                                        f"docker://{host}/{prefix}/{repo}:{tag}"], work / f"cache-{prefix}"))
+                    for repo, tag in pairs]
+
+        def sync(prefix: str, extra: list[str], cache: str) -> str:
+            return run_cmd(["sync", str(spec), f"docker://{host}/{prefix}", "--json", *extra], work / cache)
 
         rows = {
-            "one by one (zconv convert)": measure(proxy, reg, one_by_one),
-            "sync (first run)": measure(proxy, reg, lambda: run_cmd(["sync", str(spec), f"docker://{host}/synced", "--json"])),
-            "sync --jobs 2 (first run)": measure(proxy, reg, lambda: run_cmd(["sync", str(spec), f"docker://{host}/synced2", "--json", "--jobs", "2"])),
-            "sync rerun": measure(proxy, reg, lambda: run_cmd(["sync", str(spec), f"docker://{host}/synced", "--json"])),
+            "one by one, --no-cache": measure(proxy, reg, lambda: one_by_one("one", ["--no-cache"])),
+            "one by one, cache": measure(proxy, reg, lambda: one_by_one("onecache", [])),
+            "sync (first run)": measure(proxy, reg, lambda: sync("synced", [], "cache-sync")),
+            "sync --jobs 2 (first run)": measure(proxy, reg, lambda: sync("synced2", ["--jobs", "2"], "cache-sync2")),
+            "sync rerun": measure(proxy, reg, lambda: sync("synced", [], "cache-sync")),
         }
         first = [json.loads(x) for x in rows["sync (first run)"]["out"].splitlines()]
         rerun = [json.loads(x) for x in rows["sync rerun"]["out"].splitlines()]
@@ -161,18 +172,28 @@ def main() -> None:
                 ups = {d for rec in recs for d in rec["blobs_uploaded"]}
                 r["bytes_uploaded"] = sum(rec["bytes_uploaded"] for rec in recs)
                 assert len(ups) == r["blobs_uploaded"], (name, len(ups), r["blobs_uploaded"])
+                r["layers_converted"] = sum(rec["layers_converted"] for rec in recs)
             else:
-                r["bytes_uploaded"] = sum(blob_size(reg, d) for _, d in r["new_links"])
-                assert r["mounts"] == 0 and len(r["new_links"]) == r["blobs_uploaded"]
+                prefix = "one" if "no-cache" in name else "onecache"
+                mounted = {(f"{prefix}/{repo}", layer["new_digest"]) for (repo, _), rep in zip(pairs, r["out"])
+                           for layer in rep["layers"] if layer["action"] == "mounted"}
+                up = r["new_links"] - mounted
+                r["bytes_uploaded"] = sum(blob_size(reg, d) for _, d in up)
+                r["layers_converted"] = sum(1 for rep in r["out"] for layer in rep["layers"] if layer["action"] == "converted")
+                assert r["mounts"] == len(mounted) and len(up) == r["blobs_uploaded"], (name, r["mounts"], len(mounted))
         assert rows["sync rerun"]["bytes_uploaded"] == 0 and rows["sync rerun"]["blobs_uploaded"] == 0
-        print(f"{'':30} {'seconds':>8} {'requests':>9} {'blobs up':>9} {'mounted':>8} {'MiB up':>8}")
+        print(f"{'':30} {'seconds':>8} {'requests':>9} {'converted':>9} {'blobs up':>9} {'mounted':>8} {'MiB up':>8}")
         for name, r in rows.items():
-            print(f"{name:30} {r['seconds']:8.2f} {r['requests']:9d} {r['blobs_uploaded']:9d} {r['mounts']:8d} "
-                  f"{r['bytes_uploaded'] / (1 << 20):8.1f}")
-        ob, sy = rows["one by one (zconv convert)"], rows["sync (first run)"]
-        print(f"first sync: {ob['seconds'] / sy['seconds']:.1f}x faster than one by one, "
-              f"{ob['bytes_uploaded'] / max(sy['bytes_uploaded'], 1):.1f}x fewer bytes uploaded; "
-              f"layers converted {sum(r['layers_converted'] for r in first)} (one by one: {3 * len(pairs)})")
+            print(f"{name:30} {r['seconds']:8.2f} {r['requests']:9d} {r['layers_converted']:9d} {r['blobs_uploaded']:9d} "
+                  f"{r['mounts']:8d} {r['bytes_uploaded'] / (1 << 20):8.1f}")
+        sy = rows["sync (first run)"]
+        for base in ("one by one, --no-cache", "one by one, cache"):
+            ob = rows[base]
+            print(f"first sync against {base}: {ob['seconds'] / sy['seconds']:.1f}x faster, "
+                  f"{ob['requests'] / sy['requests']:.2f}x the requests, "
+                  f"{ob['bytes_uploaded'] / max(sy['bytes_uploaded'], 1):.1f}x the bytes uploaded, "
+                  f"layers converted {ob['layers_converted']} against {sy['layers_converted']}")
+        print(f"sync --jobs 2 against sync: {sy['seconds'] / rows['sync --jobs 2 (first run)']['seconds']:.2f}x faster")
         rr = rows["sync rerun"]
         print(f"rerun: {rr['seconds']:.2f}s, {rr['requests']} requests for {len(pairs)} tags "
               f"({rr['requests'] / len(pairs):.1f} per tag), {rr['bytes_uploaded']} bytes uploaded")
