@@ -396,10 +396,17 @@ class RunState:
     def open_cache(self) -> None:
         self.frames, self.memo = open_frame_sources(self.options)
         if self.memo is None:
+            import logging
+            import sqlite3
+
             from converter.cache.memo import LayerMemo
 
-            self._memo_dir = tempfile.mkdtemp(prefix="zconv-sync-memo-")
-            self.memo = LayerMemo(self._memo_dir)
+            try:
+                self._memo_dir = tempfile.mkdtemp(prefix="zconv-sync-memo-")
+                self.memo = LayerMemo(self._memo_dir)
+            except (OSError, sqlite3.Error) as e:  # no writable temp dir: every image converts its layers itself
+                logging.getLogger("zconv").warning("no layer memo for this run (%s): shared layers are converted "
+                                                   "again for every image", e)
 
     def client(self, host: str, options: TransportOptions) -> RegistryClient:
         key = (host, options.creds, options.tls_verify, options.cert_dir, options.auth_file, options.plain_http,
@@ -472,8 +479,9 @@ class _SyncConverter(Converter):
     it in the memo), and the range check is made once per registry.
     """
 
-    def __init__(self, state: RunState, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, frames=state.frames, memo=state.memo, **kw)
+    def __init__(self, state: RunState, src: DockerSource, dst: DockerSink, options: ConvertOptions,
+                 progress: Progress | None = None) -> None:
+        super().__init__(src, dst, options, progress, frames=state.frames, memo=state.memo)
         self.state = state
 
     def _convert_layer(self, layer: Descriptor, name: str, index: int, diff_id: str | None) -> Descriptor:
