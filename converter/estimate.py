@@ -42,7 +42,6 @@ stores are not modelled.
 from __future__ import annotations
 
 import hashlib
-import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -57,7 +56,7 @@ from converter.chunked.format import (
 from converter.chunked.reader import ChunkedLayer, TocEntry, load_layer
 from converter.errors import BadInputError, UsageError
 from converter.image.model import INDEX_ZSTD_ANNOTATION, Descriptor, ImageSource, Index, Manifest, Platform, short
-from converter.imageread import Node, layer_access, layer_name, walk
+from converter.imageread import Node, layer_access, layer_name, parse_platform, walk
 from converter.progress import human
 from converter.textsafe import printable_lines
 
@@ -345,32 +344,6 @@ def estimate_layer(
 
 
 # ---------------------------------------------------------------- images
-
-
-def host_platform() -> Platform:
-    m = _platform.machine().lower()
-    arch, variant = {
-        "x86_64": ("amd64", None),
-        "amd64": ("amd64", None),
-        "aarch64": ("arm64", None),
-        "arm64": ("arm64", None),
-        "armv7l": ("arm", "v7"),
-        "armv6l": ("arm", "v6"),
-        "ppc64le": ("ppc64le", None),
-        "s390x": ("s390x", None),
-        "riscv64": ("riscv64", None),
-        "i686": ("386", None),
-    }.get(m, (m, None))
-    return Platform("linux", arch, variant)
-
-
-def parse_platform(value: str | None) -> Platform:
-    if not value:
-        return host_platform()
-    parts = value.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise UsageError(f"--platform {value!r}: expected OS/ARCH[/VARIANT]")
-    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 
 def select_image(src: ImageSource, plat: Platform) -> tuple[str, Manifest]:

@@ -9,11 +9,12 @@ reads (seeks in layouts and archives, HTTP Range requests on registries).
 
 from __future__ import annotations
 
+import platform as _platform
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
-from converter.chunked.reader import BlobAccess
-from converter.errors import BadInputError
+from converter.chunked.reader import BlobAccess, load_toc
+from converter.errors import BadInputError, UsageError
 from converter.image.model import (
     INDEX_TYPES,
     INDEX_ZSTD_ANNOTATION,
@@ -67,8 +68,6 @@ def choose_instance(src: ImageSource, desc: Descriptor, label: str, platform: st
     (podman's annotation) before others; then index order. No match is a
     BadInputError naming the platforms the index has. A manifest is returned as it is.
     """
-    from converter.estimate import parse_platform
-
     want = parse_platform(platform)
     depth = 0
     while desc.media_type in INDEX_TYPES:
@@ -195,3 +194,41 @@ def layer_access(src: ImageSource, desc: Descriptor, name: str) -> BlobAccess:
         return src.read_blob_range(desc, offset, length)
 
     return BlobAccess(fetch, desc.size, name)
+
+
+def host_platform() -> Platform:
+    m = _platform.machine().lower()
+    arch, variant = {
+        "x86_64": ("amd64", None),
+        "amd64": ("amd64", None),
+        "aarch64": ("arm64", None),
+        "arm64": ("arm64", None),
+        "armv7l": ("arm", "v7"),
+        "armv6l": ("arm", "v6"),
+        "ppc64le": ("ppc64le", None),
+        "s390x": ("s390x", None),
+        "riscv64": ("riscv64", None),
+        "i686": ("386", None),
+    }.get(m, (m, None))
+    return Platform("linux", arch, variant)
+
+
+def parse_platform(value: str | None) -> Platform:
+    if not value:
+        return host_platform()
+    parts = value.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise UsageError(f"--platform {value!r}: expected OS/ARCH[/VARIANT]")
+    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+def read_layer_toc(src: ImageSource, layer: Descriptor) -> tuple[dict[str, Any], int]:
+    """Fetch, check and parse the TOC of a zstd:chunked layer; returns (toc, compressed TOC length).
+
+    The TOC dict has "version", "entries" (typed, compact TocEntry objects)
+    and "tarSplitDigest". Only the TOC's byte range is read (a Range request
+    on registries).
+    """
+    what = f"{src.description}: layer {short(layer.digest)}"
+    toc = load_toc(layer_access(src, layer, what), layer.annotations)
+    return {"version": 1, "entries": toc.entries, "tarSplitDigest": toc.tarsplit_digest}, toc.annotations.toc.length

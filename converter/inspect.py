@@ -19,7 +19,7 @@ from converter.chunked.format import (
     is_chunked,
     parse_position,
 )
-from converter.chunked.reader import TocEntry, load_toc
+from converter.chunked.reader import TocEntry
 from converter.errors import BadInputError
 from converter.image.model import (
     INDEX_TYPES,
@@ -32,7 +32,7 @@ from converter.image.model import (
     Manifest,
     short,
 )
-from converter.imageread import Node, layer_access, walk
+from converter.imageread import Node, read_layer_toc, walk
 from converter.progress import human
 from converter.textsafe import printable_lines
 
@@ -61,18 +61,6 @@ def toc_stats(toc: dict[str, Any]) -> dict[str, int]:
         "zero_chunks": zero_chunks,
         "largest_file_bytes": largest,
     }
-
-
-def read_layer_toc(src: ImageSource, layer: Descriptor) -> tuple[dict[str, Any], int]:
-    """Fetch, check and parse the TOC of a zstd:chunked layer; returns (toc, compressed TOC length).
-
-    The TOC dict has "version", "entries" (typed, compact TocEntry objects)
-    and "tarSplitDigest". Only the TOC's byte range is read (a Range request
-    on registries).
-    """
-    what = f"{src.description}: layer {short(layer.digest)}"
-    toc = load_toc(layer_access(src, layer, what), layer.annotations)
-    return {"version": 1, "entries": toc.entries, "tarSplitDigest": toc.tarsplit_digest}, toc.annotations.toc.length
 
 
 def _layer_info(src: ImageSource, layer: Descriptor, with_toc: bool) -> dict[str, Any]:

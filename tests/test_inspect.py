@@ -19,7 +19,8 @@ from converter.convert import convert_refs  # noqa: E402
 from converter.errors import BadInputError  # noqa: E402
 from converter.image.layout import LayoutSource, OciArchiveSource  # noqa: E402
 from converter.image.model import Descriptor  # noqa: E402
-from converter.inspect import format_text, inspect_source, read_layer_toc, toc_errors  # noqa: E402
+from converter.imageread import read_layer_toc  # noqa: E402
+from converter.inspect import format_text, inspect_source, toc_errors  # noqa: E402
 
 SAMPLE = ROOT / "testdata" / "sample"
 

@@ -74,8 +74,7 @@ class ReuseFrames:
 
     def _index_source(self, src: ImageSource, ref: str) -> None:
         from converter.chunked.reader import group_files, parse_annotations, payload_end_of
-        from converter.imageread import iter_manifests
-        from converter.inspect import read_layer_toc
+        from converter.imageread import iter_manifests, read_layer_toc
 
         seen: set[str] = set()
         for _label, _desc, manifest in iter_manifests(src):

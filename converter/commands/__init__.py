@@ -70,7 +70,7 @@ def check_platform_flags(platform: str | None, all_platforms: bool) -> None:
     if platform and all_platforms:
         raise UsageError("--platform and --all exclude each other")
     if platform:
-        from converter.estimate import parse_platform
+        from converter.imageread import parse_platform
 
         parse_platform(platform)
 
