@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, cast
 
-from converter.chunked.format import MANIFEST_CHECKSUM_KEY
+from converter.chunked.format import is_chunked
 from converter.errors import BadInputError, UsageError
 from converter.image.model import (
     FOREIGN_LAYER_TYPES,
@@ -194,7 +194,7 @@ class _Pusher:
                 if layer.media_type in FOREIGN_LAYER_TYPES and layer.urls:
                     continue  # non-distributable: clients fetch it from its URLs
                 items.append((layer, layer_name(node.label, i, len(doc.layers), layer)))
-                if MANIFEST_CHECKSUM_KEY in layer.annotations:
+                if is_chunked(layer.annotations):
                     self.chunked_layers.append(layer)
             self.blobs(items)
             put(node)

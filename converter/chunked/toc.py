@@ -13,6 +13,7 @@ import functools
 import json
 import re
 
+from converter.chunked.format import TYPE_CHUNK, TYPE_NAMES, XATTR_PREFIX  # noqa: F401  (TYPE_CHUNK re-exported)
 from converter.chunked.tarstream import (
     BLOCKDEV,
     CHAR,
@@ -24,17 +25,6 @@ from converter.chunked.tarstream import (
     TarHeader,
 )
 
-TYPE_NAMES = {
-    REG: "reg",
-    LINK: "hardlink",
-    SYMLINK: "symlink",
-    CHAR: "char",
-    BLOCKDEV: "block",
-    DIR: "dir",
-    FIFO: "fifo",
-}
-TYPE_CHUNK = "chunk"
-XATTR_PREFIX = b"SCHILY.xattr."
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
