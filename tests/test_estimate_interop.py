@@ -22,10 +22,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_reader_builder import make_tar
 
 from support.corpus import write_oci_image
 from support.interop import zconv_convert
-from test_reader_builder import make_tar
 
 pytestmark = pytest.mark.interop
 

@@ -111,7 +111,7 @@ def push_and_pull(interop: InteropTool, registry, layout: Path, tag: str, repo: 
 def assert_partial_pull(res: dict, manifest: dict, what: str) -> None:
     """Every layer with a TOC went through the zstd:chunked differ, no fallback;
     the image ID is the config digest (so the DiffIDs were verified)."""
-    assert [l["digest"] for l in res["layers"]] == [l["digest"] for l in manifest["layers"]], what
+    assert [x["digest"] for x in res["layers"]] == [x["digest"] for x in manifest["layers"]], what
     for layer, desc in zip(res["layers"], manifest["layers"]):
         if TOC_CHECKSUM_KEY not in desc.get("annotations", {}):
             continue
@@ -229,7 +229,7 @@ def test_sample_image_partial_pull(interop, registry, tmp_path):
         zconv_convert(f"oci:{SAMPLE}:v1", f"oci:{tmp_path / 'ours'}:v1")
     manifest, _ = read_oci_image(tmp_path / "ours", "v1")
     assert len(manifest["layers"]) == len(tars) > 1
-    for desc, tar in zip(manifest["layers"], tars):
+    for desc in manifest["layers"]:
         assert TOC_CHECKSUM_KEY in desc.get("annotations", {}), f"sample layer not chunked: {desc}"
     res = push_and_pull(interop, registry, tmp_path / "ours", "v1", "sample", tmp_path / "store")
     assert_partial_pull(res, manifest, "sample")

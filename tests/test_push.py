@@ -176,7 +176,7 @@ def test_rerun_after_a_failed_push_uploads_nothing_again(registry, tmp_path):
 
 
 def test_second_push_skips_existing_blobs(registry):
-    dest = f"push/again:v1"
+    dest = "push/again:v1"
     assert zconv("push", f"oci:{SAMPLE}:v1", f"docker://{registry.host}/{dest}").returncode == 0
     with FaultProxy(registry.port) as proxy:
         p = zconv("push", f"oci:{SAMPLE}:v1", f"docker://{proxy.host}/{dest}", "--json")

@@ -99,7 +99,7 @@ class TokenServer:
                              input=signing_input.encode(), check=True, capture_output=True).stdout
         return f"{signing_input}.{_b64url(sig)}"
 
-    def __enter__(self) -> "TokenServer":
+    def __enter__(self) -> TokenServer:
         self.thread.start()
         return self
 

@@ -15,18 +15,10 @@ import re
 
 from converter.chunked.format import TYPE_CHUNK, TYPE_NAMES, XATTR_PREFIX  # noqa: F401  (TYPE_CHUNK re-exported)
 from converter.chunked.tarstream import (
-    BLOCKDEV,
-    CHAR,
-    DIR,
-    FIFO,
-    LINK,
-    REG,
-    SYMLINK,
     TarHeader,
 )
 
-
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 class NotRepresentable(Exception):

@@ -154,7 +154,7 @@ def lookup_credentials(host: str, repository: str | None = None,
         if data is None:
             continue
         auths = data if legacy else data.get("auths") or {}
-        normalized = {}
+        normalized: dict[str, dict] = {}
         for key, entry in auths.items():
             if isinstance(entry, dict):
                 normalized.setdefault(_normalize_key(key), entry)

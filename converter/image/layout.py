@@ -276,6 +276,7 @@ class _LayoutReader(ImageSource):
                     return d
             # Any manifest in the layout may be named by digest.
             return None
+        assert name is not None  # parse_tag_or_digest gives a tag whenever it gives no digest
         hits = [d for d in self._entries if d.ref_name == name]
         if not hits:
             # podman/buildah archives name entries "localhost/app:1" or "docker.io/library/x:tag".

@@ -92,7 +92,7 @@ MAX_CONFIG_SIZE = 64 * 1024 * 1024
 _DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 
 
-def check_digest(digest: str, what: str = "digest") -> str:
+def check_digest(digest: object, what: str = "digest") -> str:
     """Return `digest` if it is a well-formed sha256/sha512 digest, else BadInputError.
 
     Well-formedness matters beyond neatness: the hex part becomes a file name
@@ -477,7 +477,7 @@ class VerifyingReader(io.RawIOBase):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readall(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             data = self.read(1 << 20)
             if not data:
@@ -632,7 +632,7 @@ class ImageSource(ABC):
             r.finish()
         return data
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: sources that hold nothing open need no close)
         pass
 
     def __enter__(self) -> ImageSource:
@@ -710,10 +710,10 @@ class ImageSink(ABC):
     def commit(self) -> None:
         """Make everything visible; tags last."""
 
-    def abort(self) -> None:
+    def abort(self) -> None:  # noqa: B027  (optional hook: a sink that stages nothing has nothing to remove)
         """Remove staged data; the destination stays as it was."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: sinks that hold nothing open need no close)
         pass
 
     def __enter__(self) -> ImageSink:

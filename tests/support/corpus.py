@@ -228,9 +228,9 @@ def _tarfile_case() -> bytes:
         add(z, b"\0" * 70_000)
         e = tarfile.TarInfo("usr/empty")
         add(e, b"")
-        l = tarfile.TarInfo("usr/link-" + "y" * 120)
-        l.type, l.linkname = tarfile.SYMTYPE, "../" + "z" * 150
-        add(l)
+        sym = tarfile.TarInfo("usr/link-" + "y" * 120)
+        sym.type, sym.linkname = tarfile.SYMTYPE, "../" + "z" * 150
+        add(sym)
         h = tarfile.TarInfo("usr/hard")
         h.type, h.linkname = tarfile.LNKTYPE, "usr/" + "x" * 200 + ".txt"
         add(h)
@@ -238,7 +238,7 @@ def _tarfile_case() -> bytes:
         c.type, c.devmajor, c.devminor, c.mode = tarfile.CHRTYPE, 5, 0, 0o620
         add(c)
         u = tarfile.TarInfo("usr/\u00fcnicode-\u00e9.txt")
-        add(u, "utf-8 name\n".encode())
+        add(u, b"utf-8 name\n")
     return buf.getvalue()
 
 

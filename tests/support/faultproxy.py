@@ -195,7 +195,7 @@ class FaultProxy:
 
     # -- lifecycle
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
@@ -223,7 +223,7 @@ class FaultProxy:
         if self._listener is not None:
             self._listener.close()
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -236,7 +236,7 @@ class FaultProxy:
         while not self._stop.is_set():
             try:
                 conn, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -359,8 +359,9 @@ class FaultProxy:
                 self._drain_response(up_file, method, status, resp_headers, client)
                 if resp_headers.get("connection", "").lower() == "close":
                     return
-        except (_Closed, OSError, ValueError) as e:
-            import os, traceback
+        except (_Closed, OSError, ValueError):
+            import os
+            import traceback
             if os.environ.get("FAULTPROXY_DEBUG"):
                 traceback.print_exc()
             return

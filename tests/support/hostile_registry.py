@@ -57,7 +57,7 @@ class Answer:
 
     @staticmethod
     def json(doc: object, status: int = 200, headers: list[tuple[str, str]] | None = None,
-             content_type: str = "application/json") -> "Answer":
+             content_type: str = "application/json") -> Answer:
         return Answer(status, [("Content-Type", content_type)] + list(headers or []), json.dumps(doc).encode())
 
 
@@ -101,7 +101,7 @@ class HostileRegistry:
         with self._lock:
             return [r for r in self.requests if (method is None or r.method == method) and path_contains in r.path]
 
-    def start(self) -> "HostileRegistry":
+    def start(self) -> HostileRegistry:
         self._sock.listen(32)
         self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
@@ -121,7 +121,7 @@ class HostileRegistry:
             self._thread.join(5)
         self._sock.close()
 
-    def __enter__(self) -> "HostileRegistry":
+    def __enter__(self) -> HostileRegistry:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -131,7 +131,7 @@ class HostileRegistry:
         while not self._stop.is_set():
             try:
                 c, _ = self._sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             with self._lock:
                 self._conns.add(c)

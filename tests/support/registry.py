@@ -199,7 +199,7 @@ class RegistryServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def start(self) -> "RegistryServer":
+    def start(self) -> RegistryServer:
         if not os.access(REGISTRY_BIN, os.X_OK):
             raise RegistryStartError(
                 f"{REGISTRY_BIN} not found (Debian package docker-registry; run .ci/sysdeps)"
@@ -253,7 +253,7 @@ class RegistryServer:
         if remove:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "RegistryServer":
+    def __enter__(self) -> RegistryServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

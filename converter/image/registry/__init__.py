@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from converter.image.model import RangeCheck
 from converter.image.registry.blobs import BlobStream, LocalBlobCheck
 from converter.image.registry.client import RegistryClient
 from converter.image.registry.docker import (
@@ -28,7 +29,6 @@ from converter.image.registry.docker import (
 from converter.image.registry.errors import RETRY_STATUS, RegistryHTTPError, Transient, check_status
 from converter.image.registry.http import MAX_REDIRECTS, PushStats, RetryPolicy, Transport, is_local_host
 from converter.image.registry.manifests import MANIFEST_ACCEPT
-from converter.image.model import RangeCheck
 from converter.image.registry.upload_sessions import DEFAULT_CHUNK_SIZE
 
 __all__ = [

@@ -16,6 +16,7 @@ import requests
 
 from converter.errors import AuthError, BadInputError
 from converter.image import auth as credentials
+from converter.image.auth import Credentials
 from converter.image.registry.errors import error_detail
 from converter.image.registry.http import Transport, is_local_host, origin, resolve_url
 from converter.jsonload import load_json
@@ -38,13 +39,13 @@ def parse_challenge(raw: str | None) -> Challenge | None:
 class Authenticator:
     """Credentials, the registry's challenge and the bearer tokens of one registry; its own lock."""
 
-    def __init__(self, transport: Transport, *, creds: "str | credentials.Credentials | None" = None,
+    def __init__(self, transport: Transport, *, creds: str | Credentials | None = None,
                  auth_file: str | None = None) -> None:
         self.t = transport
         self.host = transport.host
         self._auth_file = auth_file
         self._creds_arg = credentials.parse_creds(creds) if isinstance(creds, str) and creds else creds or None
-        self._creds_cache: dict[str, credentials.Credentials | None] = {}
+        self._creds_cache: dict[str, Credentials | None] = {}
         self._challenge: Challenge | None = None
         self._challenge_seen = False
         self.tokens: dict[tuple[str, ...], str] = {}
@@ -66,7 +67,7 @@ class Authenticator:
             self._challenge = value
             self._challenge_seen = True
 
-    def credentials(self, repository: str | None = None) -> credentials.Credentials | None:
+    def credentials(self, repository: str | None = None) -> Credentials | None:
         if self._creds_arg:
             return self._creds_arg
         key = repository or ""
@@ -96,7 +97,7 @@ class Authenticator:
             tok = self.tokens[key]
         return {"Authorization": f"Bearer {tok}"} if tok else {}
 
-    def realm_url(self, realm: str | None, creds: credentials.Credentials | None) -> str:
+    def realm_url(self, realm: str | None, creds: Credentials | None) -> str:
         """The token server's URL, checked against the credential policy."""
         if not realm:
             raise AuthError(f"registry {self.host}: bearer challenge without a realm")
@@ -118,7 +119,7 @@ class Authenticator:
                 )
         return url
 
-    def fetch_token(self, params: dict[str, str], scopes: tuple[str, ...], creds: credentials.Credentials | None) -> str:
+    def fetch_token(self, params: dict[str, str], scopes: tuple[str, ...], creds: Credentials | None) -> str:
         realm = self.realm_url(params.get("realm"), creds)
         query: list[tuple[str, str]] = []
         if params.get("service"):

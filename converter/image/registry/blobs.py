@@ -7,6 +7,7 @@ the upload before the registry could commit it.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
@@ -18,12 +19,13 @@ import urllib3
 
 from converter.errors import BadInputError, RegistryError
 from converter.image.model import check_digest, new_hasher, short
+from converter.image.registry.core import ClientCore
 from converter.image.registry.errors import Transient, check_status, conn_error_text, error_codes, error_detail
 from converter.image.registry.http import FileSlice, deadline_expired, resolve_url
 from converter.image.registry.upload_sessions import range_end
 
 if TYPE_CHECKING:
-    from converter.image.registry.client import RegistryClient
+    pass
 
 READ_BLOCK = 1024 * 1024
 
@@ -87,10 +89,10 @@ class _CheckedSlice(FileSlice):
         return data
 
 
-class BlobsMixin:
+class BlobsMixin(ClientCore):
     """Blob operations of RegistryClient (self is the client)."""
 
-    def blob_size(self: "RegistryClient", repo: str, digest: str, push: bool = False) -> int | None:
+    def blob_size(self, repo: str, digest: str, push: bool = False) -> int | None:
         """Size of the blob if the repository has it (HEAD), else None."""
         resp = self.request(
             "HEAD", f"/v2/{repo}/blobs/{digest}", repository=repo,
@@ -106,7 +108,7 @@ class BlobsMixin:
         except ValueError:
             return -1
 
-    def mount_blob(self: "RegistryClient", repo: str, digest: str, from_repo: str) -> str | None:
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> str | None:
         """Cross-repository mount. "mounted", or an upload URL to use instead (or None)."""
         path = f"/v2/{repo}/blobs/uploads/?" + f"mount={digest}&from={requests.utils.quote(from_repo, safe='/')}"
         resp = self.request(
@@ -120,7 +122,7 @@ class BlobsMixin:
             return self._location(resp, repo)
         return None
 
-    def _location(self: "RegistryClient", resp: requests.Response, repo: str) -> str:
+    def _location(self, resp: requests.Response, repo: str) -> str:
         """The upload session's URL; relative ones resolved against the registry, non-http(s) refused."""
         loc = resp.headers.get("Location")
         if not loc:
@@ -131,7 +133,7 @@ class BlobsMixin:
             raise RegistryError(f"{self.host}/{repo}: unusable upload Location {loc[:200]!r} (not an http(s) URL)")
         return url
 
-    def _start_upload(self: "RegistryClient", repo: str) -> str:
+    def _start_upload(self, repo: str) -> str:
         resp = self.request(
             "POST", f"/v2/{repo}/blobs/uploads/", repository=repo, scopes=self._push(repo),
             headers={"Content-Length": "0"}, what=f"{self.host}/{repo}: starting a blob upload",
@@ -141,7 +143,7 @@ class BlobsMixin:
                      auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"))
         return self._location(resp, repo)
 
-    def _cancel_upload(self: "RegistryClient", repo: str, location: str | None) -> None:
+    def _cancel_upload(self, repo: str, location: str | None) -> None:
         """Best effort: DELETE the upload session so nothing half-sent lingers."""
         if not location:
             return
@@ -152,7 +154,7 @@ class BlobsMixin:
             pass
 
     def push_blob(
-        self: "RegistryClient",
+        self,
         repo: str,
         digest: str,
         size: int,
@@ -213,7 +215,7 @@ class BlobsMixin:
                 location = None
                 resume_at = 0
 
-    def _earlier_session(self: "RegistryClient", repo: str, digest: str, size: int) -> tuple[int, str] | None:
+    def _earlier_session(self, repo: str, digest: str, size: int) -> tuple[int, str] | None:
         """(offset, location) of an upload an earlier run left in the registry, if it is still usable."""
         loc = self.uploads.location(repo, digest)
         if loc is None:
@@ -229,7 +231,7 @@ class BlobsMixin:
         self._log(f"{self.host}/{repo}: blob {short(digest)}: continuing an earlier run's upload at byte {status[0]}")
         return status
 
-    def _check_done(self: "RegistryClient", resp: requests.Response, repo: str, digest: str) -> None:
+    def _check_done(self, resp: requests.Response, repo: str, digest: str) -> None:
         resp.close()
         if resp.status_code in (201, 204):
             got = resp.headers.get("Docker-Content-Digest")
@@ -242,7 +244,7 @@ class BlobsMixin:
         check_status(resp, what=f"{self.host}/{repo}", action=f"upload of blob {short(digest)} failed",
                      auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"))
 
-    def _put_monolithic(self: "RegistryClient", repo: str, location: str, digest: str, size: int,
+    def _put_monolithic(self, repo: str, location: str, digest: str, size: int,
                         open_file: Callable[[], BinaryIO], check: LocalBlobCheck) -> None:
         url = oras.utils.append_url_params(location, {"digest": digest})
         files: list[BinaryIO] = []
@@ -266,7 +268,7 @@ class BlobsMixin:
         self._check_done(resp, repo, digest)
         self.count("bytes_uploaded", size)
 
-    def _upload_offset(self: "RegistryClient", repo: str, location: str) -> tuple[int, str] | None:
+    def _upload_offset(self, repo: str, location: str) -> tuple[int, str] | None:
         """Where the registry's upload session stands (GET upload status), None if it is gone."""
         try:
             resp = self.request("GET", location, repository=repo, scopes=self._push(repo), retry=False,
@@ -282,7 +284,7 @@ class BlobsMixin:
             end = 0
         return end, self._location(resp, repo) if resp.headers.get("Location") else location
 
-    def _put_chunked(self: "RegistryClient", repo: str, location: str, digest: str, size: int,
+    def _put_chunked(self, repo: str, location: str, digest: str, size: int,
                      open_file: Callable[[], BinaryIO], start: int = 0, check: LocalBlobCheck | None = None) -> None:
         what = f"{self.host}/{repo}: uploading blob {short(digest)}"
         check = check or LocalBlobCheck(digest, size, open_file, what)
@@ -299,7 +301,7 @@ class BlobsMixin:
                             "Content-Range": f"{offset}-{offset + n - 1}",
                             "Content-Length": str(n),
                         },
-                        body=lambda o=offset, n=n: _CheckedSlice(f, o, n, check), retry=False, what=what,
+                        body=functools.partial(_CheckedSlice, f, offset, n, check), retry=False, what=what,
                     )
                 except Transient as e:
                     # Resume: ask the session where it stands; restart only if it is gone.
@@ -340,12 +342,12 @@ class BlobsMixin:
         self._check_done(resp, repo, digest)
         self.uploads.forget(repo, digest)
 
-    def open_blob(self: "RegistryClient", repo: str, digest: str, size: int | None = None) -> "BlobStream":
+    def open_blob(self, repo: str, digest: str, size: int | None = None) -> BlobStream:
         """A streaming, digest-verifying reader of the blob (resumes with Range after drops)."""
         check_digest(digest)
         return BlobStream(self, repo, digest, size)
 
-    def get_range(self: "RegistryClient", repo: str, digest: str, offset: int, length: int) -> bytes:
+    def get_range(self, repo: str, digest: str, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) of a blob; RegistryError if Range is not honoured."""
         if length == 0:
             return b""
@@ -375,7 +377,7 @@ class BlobsMixin:
             self._raise_for_blob(resp, repo, digest)
         raise AssertionError("unreachable")
 
-    def _raise_for_blob(self: "RegistryClient", resp: requests.Response, repo: str, digest: str) -> None:
+    def _raise_for_blob(self, resp: requests.Response, repo: str, digest: str) -> None:
         check_status(resp, what=f"{self.host}/{repo}", action=f"GET blob {short(digest)} failed",
                      auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
                      name_unknown=f"{self.host}/{repo}: repository not found",
@@ -402,7 +404,7 @@ class BlobStream(io.RawIOBase):
     the retry budget) when the registry honours it.
     """
 
-    def __init__(self, client: "RegistryClient", repo: str, digest: str, size: int | None) -> None:
+    def __init__(self, client: ClientCore, repo: str, digest: str, size: int | None) -> None:
         super().__init__()
         self._c = client
         self._repo = repo

@@ -78,7 +78,7 @@ class RegistryClient(BlobsMixin, ManifestsMixin, RangeCheckMixin):
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "RegistryClient":
+    def __enter__(self) -> RegistryClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -29,8 +29,8 @@ from converter.image.model import (
 )
 from converter.image.refs import DockerReference, parse_docker_reference
 from converter.image.registry.client import RegistryClient
-from converter.jsonload import load_json
 from converter.image.registry.http import RetryPolicy
+from converter.jsonload import load_json
 
 Reference = DockerReference  # the name registry code used before
 
@@ -68,7 +68,7 @@ class DockerSource(ImageSource):
 
     remote = True
 
-    def __init__(self, reference: "str | Reference", options: TransportOptions | None = None, *,
+    def __init__(self, reference: str | Reference, options: TransportOptions | None = None, *,
                  client: RegistryClient | None = None) -> None:
         self.ref = parse_reference(reference) if isinstance(reference, str) else reference
         self.description = f"docker://{self.ref}"
@@ -136,7 +136,7 @@ class DockerSource(ImageSource):
 class DockerSink(ImageSink):
     """Writes to a registry repository. Tags are PUT only by commit(), after every blob and manifest."""
 
-    def __init__(self, reference: "str | Reference", options: TransportOptions | None = None, *,
+    def __init__(self, reference: str | Reference, options: TransportOptions | None = None, *,
                  client: RegistryClient | None = None, log: Callable[[str], None] | None = None) -> None:
         self.ref = parse_reference(reference) if isinstance(reference, str) else reference
         if self.ref.digest and self.ref.tag:

@@ -57,7 +57,7 @@ def _error_doc(resp: requests.Response) -> Any:
         return cached
     doc = None
     try:
-        if resp._content is False:  # type: ignore[attr-defined]  # streamed and not read yet
+        if resp._content is False:  # streamed and not read yet (a private field of requests.Response)
             data = resp.raw.read(MAX_ERROR_BODY + 1, decode_content=True) or b""
         else:
             data = resp.content or b""
@@ -138,13 +138,14 @@ def check_status(
     if status in ok:
         return resp
     req = resp.request
-    meta = {"status": status, "codes": error_codes(resp), "method": req.method or "" if req else "",
-            "url": (req.url or "") if req else ""}
+    codes = error_codes(resp)
+    method = req.method or "" if req else ""
+    url = (req.url or "") if req else ""
     resp.close()
     if status in (401, 403) and auth_failed is not None:
         raise auth_failed(resp)
-    if status == 404 and name_unknown and "NAME_UNKNOWN" in meta["codes"]:
-        raise RegistryHTTPError(name_unknown, **meta)  # type: ignore[arg-type]
+    if status == 404 and name_unknown and "NAME_UNKNOWN" in codes:
+        raise RegistryHTTPError(name_unknown, status=status, codes=codes, method=method, url=url)
     if status == 404 and not_found:
-        raise RegistryHTTPError(not_found, **meta)  # type: ignore[arg-type]
-    raise RegistryHTTPError(f"{what}: {action}: {error_detail(resp)}", **meta)  # type: ignore[arg-type]
+        raise RegistryHTTPError(not_found, status=status, codes=codes, method=method, url=url)
+    raise RegistryHTTPError(f"{what}: {action}: {error_detail(resp)}", status=status, codes=codes, method=method, url=url)

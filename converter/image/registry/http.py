@@ -21,8 +21,8 @@ retries every exception with long sleeps and reads blobs into memory).
 
 from __future__ import annotations
 
+import functools
 import glob
-import heapq
 import io
 import os
 import socket
@@ -245,7 +245,7 @@ _current = threading.local()  # the Deadline of the request this thread is sendi
 
 
 class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
-    def request(self, *a: Any, **kw: Any) -> Any:  # type: ignore[override]
+    def request(self, *a: Any, **kw: Any) -> Any:
         d = getattr(_current, "deadline", None)
         if d is not None:
             d.conn = self
@@ -253,7 +253,7 @@ class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
 
 
 class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *a: Any, **kw: Any) -> Any:  # type: ignore[override]
+    def request(self, *a: Any, **kw: Any) -> Any:
         d = getattr(_current, "deadline", None)
         if d is not None:
             d.conn = self
@@ -366,7 +366,7 @@ class Transport:
         self.session.trust_env = True
         # Redirects are followed by send(), under its policy; requests must not even parse them
         # (with allow_redirects=False it still prepares the next request from the Location).
-        self.session.get_redirect_target = lambda resp: None  # type: ignore[method-assign]
+        self.session.get_redirect_target = lambda resp: None
         self._verify: bool | str = tls_verify
         certs = self._cert_dir(cert_dir)
         if certs and tls_verify:
@@ -459,8 +459,10 @@ class Transport:
         for scheme in schemes:
             url = f"{scheme}://{self.api_host}/v2/"
             try:
-                resp = self.with_retries(lambda: self.send("GET", url, {}, None, False, auth_origin=None, ssl_errors=True),
-                                         f"cannot connect to registry {self.host}")
+                resp = self.with_retries(
+                    functools.partial(self.send, "GET", url, {}, None, False, auth_origin=None, ssl_errors=True),
+                    f"cannot connect to registry {self.host}",
+                )
             except requests.exceptions.SSLError as e:
                 text = str(e)
                 plain_server = any(s in text for s in ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure", "packet length too long", "http request"))
@@ -556,8 +558,8 @@ class Transport:
                 if len(data) > MAX_ANSWER:
                     resp.close()
                     raise RegistryError(f"{_shown(url)}: answer over {MAX_ANSWER} bytes")
-                resp._content = data  # type: ignore[attr-defined]
-                resp._content_consumed = True  # type: ignore[attr-defined]
+                resp._content = data  # requests keeps the read body in this private field
+                resp._content_consumed = True
                 resp.close()
                 d.done = True
             return resp

@@ -17,21 +17,22 @@ from converter.image.model import (
     short,
 )
 from converter.image.registry.blobs import read_body
+from converter.image.registry.core import ClientCore
 from converter.image.registry.errors import check_status, error_codes, error_detail
 from converter.image.registry.http import resolve_url
 from converter.jsonload import load_json
 
 if TYPE_CHECKING:
-    from converter.image.registry.client import RegistryClient
+    pass
 
 MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 MAX_TAG_PAGES = 10000
 
 
-class ManifestsMixin:
+class ManifestsMixin(ClientCore):
     """Manifest and tag operations of RegistryClient (self is the client)."""
 
-    def get_manifest(self: "RegistryClient", repo: str, ref: str, accept: str = MANIFEST_ACCEPT) -> tuple[bytes, str, str]:
+    def get_manifest(self, repo: str, ref: str, accept: str = MANIFEST_ACCEPT) -> tuple[bytes, str, str]:
         """(bytes, media type, digest) of the manifest `ref` (tag or digest) names."""
         what = f"{self.host}/{repo}:{ref}" if not ref.startswith("sha") else f"{self.host}/{repo}@{ref}"
         resp = self.request("GET", f"/v2/{repo}/manifests/{ref}", repository=repo, scopes=self._pull(repo),
@@ -58,7 +59,7 @@ class ManifestsMixin:
             digest = sha256_digest(data)
         return data, media_type, digest
 
-    def head_manifest(self: "RegistryClient", repo: str, ref: str) -> Descriptor | None:
+    def head_manifest(self, repo: str, ref: str) -> Descriptor | None:
         resp = self.request("HEAD", f"/v2/{repo}/manifests/{ref}", repository=repo, scopes=self._pull(repo),
                             headers={"Accept": MANIFEST_ACCEPT}, what=f"{self.host}/{repo}:{ref}")
         resp.close()
@@ -71,7 +72,7 @@ class ManifestsMixin:
             return None
         return Descriptor(media_type=mt, digest=digest, size=int(size))
 
-    def put_manifest(self: "RegistryClient", repo: str, ref: str, data: bytes, media_type: str) -> str:
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         what = (f"{self.host}/{repo}:{ref}: writing the tag" if not ref.startswith("sha")
                 else f"{self.host}/{repo}@{short(ref)}: pushing manifest")
         if len(data) > MAX_MANIFEST_SIZE:
@@ -93,7 +94,7 @@ class ManifestsMixin:
         check_status(resp, what=what, action="PUT manifest failed", auth_failed=lambda r: self._auth_failed(r, repo, what))
         raise AssertionError("unreachable")
 
-    def list_tags(self: "RegistryClient", repo: str) -> list[str]:
+    def list_tags(self, repo: str) -> list[str]:
         tags: list[str] = []
         path = f"/v2/{repo}/tags/list"
         where = f"{self.host}/{repo}"

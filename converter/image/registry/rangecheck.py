@@ -6,14 +6,15 @@ from typing import TYPE_CHECKING, Callable
 
 from converter.image.model import RangeCheck, short
 from converter.image.registry.blobs import read_body
+from converter.image.registry.core import ClientCore
 
 if TYPE_CHECKING:
-    from converter.image.registry.client import RegistryClient
+    pass
 
 
-class RangeCheckMixin:
+class RangeCheckMixin(ClientCore):
     def check_range_requests(
-        self: "RegistryClient", repo: str, digest: str, size: int, read_local: Callable[[int, int], bytes] | None = None
+        self, repo: str, digest: str, size: int, read_local: Callable[[int, int], bytes] | None = None
     ) -> RangeCheck:
         """Does the registry answer HTTP Range requests correctly for this blob?
 
