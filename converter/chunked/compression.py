@@ -24,7 +24,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def detect_compression(head: bytes) -> str:
-    """"gzip", "zstd" or "none" (plain tar) from the first bytes of a blob."""
+    """ "gzip", "zstd" or "none" (plain tar) from the first bytes of a blob."""
     if head.startswith(GZIP_MAGIC):
         return "gzip"
     if head.startswith(ZSTD_MAGIC):

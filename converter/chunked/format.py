@@ -133,8 +133,7 @@ class Footer:
             MANIFEST_CHECKSUM_KEY: toc_digest,
             MANIFEST_POSITION_KEY: f"{self.toc_offset}:{self.toc_length}:"
             f"{self.toc_uncompressed_length}:{self.manifest_type}",
-            TARSPLIT_POSITION_KEY: f"{self.tarsplit_offset}:{self.tarsplit_length}:"
-            f"{self.tarsplit_uncompressed_length}",
+            TARSPLIT_POSITION_KEY: f"{self.tarsplit_offset}:{self.tarsplit_length}:{self.tarsplit_uncompressed_length}",
         }
 
 

@@ -505,8 +505,9 @@ class _TocWriter:
             self._spill.close()
 
 
-def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str,
-                   store: FrameStore | None = None) -> tuple[dict, int]:
+def _write_chunked(
+    tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str, store: FrameStore | None = None
+) -> tuple[dict, int]:
     """The whole chunked encoding; raises NotRepresentable to ask for plain zstd."""
     sink = FrameSink(out, level, threads, store)
     cctx = zstandard.ZstdCompressor(level=level)

@@ -388,7 +388,9 @@ def parse_manifest_or_index(data: bytes, hint: str | None = None, where: str = "
     doc = _load_json(data, where)
     mt = detect_media_type(doc, hint)
     if mt in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
-        raise BadInputError(f"{where}: Docker schema 1 manifests are not supported (re-push the image with a current tool)")
+        raise BadInputError(
+            f"{where}: Docker schema 1 manifests are not supported (re-push the image with a current tool)"
+        )
     if doc.get("schemaVersion") != 2:
         raise BadInputError(f"{where}: unsupported schemaVersion {_brief(doc.get('schemaVersion'))}")
     ann = _annotations(doc, where)
@@ -488,9 +490,7 @@ class VerifyingReader(io.RawIOBase):
         if self._verified:
             return
         if self._count < self._size:
-            raise BadInputError(
-                f"{self.what}: blob is truncated ({self._count} of {self._size} bytes)"
-            )
+            raise BadInputError(f"{self.what}: blob is truncated ({self._count} of {self._size} bytes)")
         got = f"{self._digest.split(':')[0]}:{self._hash.hexdigest()}"
         if got != self._digest:
             raise BadInputError(f"{self.what}: blob digest mismatch (descriptor says {self._digest}, content is {got})")
@@ -626,7 +626,9 @@ class ImageSource(ABC):
     def read_blob(self, desc: Descriptor, limit: int = MAX_CONFIG_SIZE) -> bytes:
         """The whole (small) blob, verified; for configs and other JSON."""
         if desc.size > limit:
-            raise BadInputError(f"{self.description}: blob {short(desc.digest)} is {desc.size} bytes, over the {limit} limit")
+            raise BadInputError(
+                f"{self.description}: blob {short(desc.digest)} is {desc.size} bytes, over the {limit} limit"
+            )
         with self.open_blob(desc) as r:
             data = r.read(desc.size + 1)
             r.finish()
@@ -728,7 +730,7 @@ class ImageSink(ABC):
 
 
 def parse_tag_or_digest(tag: str) -> tuple[str | None, str | None]:
-    """"@sha256:..." / "sha256:..." -> (None, digest); anything else -> (tag, None)."""
+    """ "@sha256:..." / "sha256:..." -> (None, digest); anything else -> (tag, None)."""
     t = tag[1:] if tag.startswith("@") else tag
     if _DIGEST_RE.match(t):
         return None, t

@@ -133,7 +133,7 @@ def parse_docker_reference(text: str, *, default_tag: str | None = None) -> Dock
     raw = text
     for prefix in ("docker://", "//"):
         if text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
             break
     if not text:
         raise UsageError(f"{raw!r}: missing registry and repository after docker://")
@@ -147,7 +147,9 @@ def parse_docker_reference(text: str, *, default_tag: str | None = None) -> Dock
     if ":" in last:
         text, _, tag = text.rpartition(":")
         if not TAG_RE.match(tag):
-            raise UsageError(f"{raw!r}: invalid tag {tag!r} (letters, digits, '_', '.', '-'; at most 128, not starting with '.' or '-')")
+            raise UsageError(
+                f"{raw!r}: invalid tag {tag!r} (letters, digits, '_', '.', '-'; at most 128, not starting with '.' or '-')"
+            )
     parts = text.split("/")
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0].startswith("[")):
         host, repo_parts = parts[0], parts[1:]
@@ -161,7 +163,9 @@ def parse_docker_reference(text: str, *, default_tag: str | None = None) -> Dock
         repo_parts = ["library"] + repo_parts
     for comp in repo_parts:
         if not _REPO_COMPONENT_RE.match(comp):
-            raise UsageError(f"{raw!r}: invalid repository component {comp!r} (lowercase letters, digits, '.', '_', '-')")
+            raise UsageError(
+                f"{raw!r}: invalid repository component {comp!r} (lowercase letters, digits, '.', '_', '-')"
+            )
     repository = "/".join(repo_parts)
     if len(f"{host}/{repository}") > NAME_MAX:
         raise UsageError(f"{raw!r}: repository name longer than {NAME_MAX} characters")

@@ -191,7 +191,9 @@ class FaultProxy:
 
     def requests(self, method: str | None = None, path: str | None = None) -> list[tuple[str, str, int | str]]:
         with self._lock:
-            return [e for e in self.log if (method is None or e[0] == method) and (path is None or re.search(path, e[1]))]
+            return [
+                e for e in self.log if (method is None or e[0] == method) and (path is None or re.search(path, e[1]))
+            ]
 
     # -- lifecycle
 
@@ -304,9 +306,7 @@ class FaultProxy:
                 if action == "status":
                     assert fault is not None
                     _copy_body(cfile, None, headers)
-                    body = (
-                        b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}'
-                    )
+                    body = b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}'
                     self._record(method, path, fault.status)  # before answering: the client may act at once
                     extra = f"Retry-After: {fault.retry_after}\r\n" if fault.retry_after else ""
                     client.sendall(
@@ -324,7 +324,8 @@ class FaultProxy:
                 assert up_file is not None
                 if self.strip_request_headers:
                     kept = [
-                        ln for ln in head.split(b"\r\n")
+                        ln
+                        for ln in head.split(b"\r\n")
                         if ln.split(b":", 1)[0].strip().lower().decode("latin-1") not in self.strip_request_headers
                     ]
                     head = b"\r\n".join(kept)
@@ -362,6 +363,7 @@ class FaultProxy:
         except (_Closed, OSError, ValueError):
             import os
             import traceback
+
             if os.environ.get("FAULTPROXY_DEBUG"):
                 traceback.print_exc()
             return
@@ -375,7 +377,9 @@ class FaultProxy:
             self._slots.release()
 
     @staticmethod
-    def _drain_response(src: BinaryIO, method: str, status: int, headers: dict[str, str], dst: socket.socket | None) -> None:
+    def _drain_response(
+        src: BinaryIO, method: str, status: int, headers: dict[str, str], dst: socket.socket | None
+    ) -> None:
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return
         if "chunked" in headers.get("transfer-encoding", "").lower() or "content-length" in headers:

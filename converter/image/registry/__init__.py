@@ -1,15 +1,15 @@
 """Registry transport: an OCI distribution client and the docker:// source/sink.
 
-    http             session, TLS/CA bundle, ping and scheme, retry policy and the one retry loop,
-                     deadlines, redirects and where credentials may go
-    errors           RegistryHTTPError, check_status, the retryable marker
-    auth             challenges, bearer tokens, Basic credentials
-    blobs            HEAD, mount, uploads (checked against their digest), ranged GET, BlobStream
-    upload_sessions  unfinished uploads remembered on disk
-    manifests        manifests and tags
-    rangecheck       does the registry answer Range requests correctly
-    client           RegistryClient, put together from the above
-    docker           DockerSource, DockerSink, open_source/open_sink for converter.image.refs
+http             session, TLS/CA bundle, ping and scheme, retry policy and the one retry loop,
+                 deadlines, redirects and where credentials may go
+errors           RegistryHTTPError, check_status, the retryable marker
+auth             challenges, bearer tokens, Basic credentials
+blobs            HEAD, mount, uploads (checked against their digest), ranged GET, BlobStream
+upload_sessions  unfinished uploads remembered on disk
+manifests        manifests and tags
+rangecheck       does the registry answer Range requests correctly
+client           RegistryClient, put together from the above
+docker           DockerSource, DockerSink, open_source/open_sink for converter.image.refs
 """
 
 from __future__ import annotations

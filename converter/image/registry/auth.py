@@ -39,8 +39,9 @@ def parse_challenge(raw: str | None) -> Challenge | None:
 class Authenticator:
     """Credentials, the registry's challenge and the bearer tokens of one registry; its own lock."""
 
-    def __init__(self, transport: Transport, *, creds: str | Credentials | None = None,
-                 auth_file: str | None = None) -> None:
+    def __init__(
+        self, transport: Transport, *, creds: str | Credentials | None = None, auth_file: str | None = None
+    ) -> None:
         self.t = transport
         self.host = transport.host
         self._auth_file = auth_file
@@ -57,7 +58,9 @@ class Authenticator:
             self.t.ping()
             with self._lock:
                 if not self._challenge_seen:
-                    self._challenge = parse_challenge(self.t.ping_challenge) if self.t.ping_challenge is not None else None
+                    self._challenge = (
+                        parse_challenge(self.t.ping_challenge) if self.t.ping_challenge is not None else None
+                    )
                     self._challenge_seen = True
         return self._challenge
 
@@ -131,8 +134,9 @@ class Authenticator:
             headers["Authorization"] = "Basic " + oras_auth_utils.get_basic_auth(creds.username, creds.password)
         url = realm + ("&" if "?" in realm else "?") + "&".join(f"{k}={quote(v, safe='')}" for k, v in query)
         shown = realm.split("?")[0][:200]
-        resp = self.t.with_retries(lambda: self.t.send("GET", url, headers, None, False, auth_origin=origin(realm)),
-                                   f"token server {shown}")
+        resp = self.t.with_retries(
+            lambda: self.t.send("GET", url, headers, None, False, auth_origin=origin(realm)), f"token server {shown}"
+        )
         if resp.status_code in (401, 403):
             who = f"user {creds.username!r} (from {creds.source})" if creds else "anonymous access"
             raise AuthError(f"registry {self.host}: authentication failed for {who}: {error_detail(resp)}")
@@ -153,7 +157,9 @@ class Authenticator:
         creds = self.credentials(repository)
         detail = error_detail(resp)
         if creds is None:
-            return AuthError(f"{what}: authentication required ({detail}); use `zconv login {self.host}` or --creds USER:PASS")
+            return AuthError(
+                f"{what}: authentication required ({detail}); use `zconv login {self.host}` or --creds USER:PASS"
+            )
         if resp.status_code == 403:
             return AuthError(f"{what}: access denied for user {creds.username!r} (from {creds.source}): {detail}")
         return AuthError(f"{what}: authentication failed for user {creds.username!r} (from {creds.source}): {detail}")

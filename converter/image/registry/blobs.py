@@ -49,7 +49,9 @@ class LocalBlobCheck:
                 while self.pos < offset:
                     data = f.read(min(READ_BLOCK, offset - self.pos))
                     if not data:
-                        raise BadInputError(f"{self.what}: local blob file is shorter than the {self.size} bytes its descriptor declares")
+                        raise BadInputError(
+                            f"{self.what}: local blob file is shorter than the {self.size} bytes its descriptor declares"
+                        )
                     self._h.update(data)
                     self.pos += len(data)
 
@@ -57,7 +59,9 @@ class LocalBlobCheck:
         if offset != self.pos:
             self._rehash_to(offset)
         if len(data) < wanted:
-            raise BadInputError(f"{self.what}: local blob file is shorter than the {self.size} bytes its descriptor declares; upload aborted")
+            raise BadInputError(
+                f"{self.what}: local blob file is shorter than the {self.size} bytes its descriptor declares; upload aborted"
+            )
         self._h.update(data)
         self.pos += len(data)
         if self.pos == self.size:
@@ -95,14 +99,22 @@ class BlobsMixin(ClientCore):
     def blob_size(self, repo: str, digest: str, push: bool = False) -> int | None:
         """Size of the blob if the repository has it (HEAD), else None."""
         resp = self.request(
-            "HEAD", f"/v2/{repo}/blobs/{digest}", repository=repo,
-            scopes=self._push(repo) if push else self._pull(repo), what=f"{self.host}/{repo}: checking for blob {short(digest)}",
+            "HEAD",
+            f"/v2/{repo}/blobs/{digest}",
+            repository=repo,
+            scopes=self._push(repo) if push else self._pull(repo),
+            what=f"{self.host}/{repo}: checking for blob {short(digest)}",
         )
         resp.close()
         if resp.status_code == 404:
             return None
-        check_status(resp, 200, what=f"{self.host}/{repo}", action=f"HEAD blob {short(digest)} failed",
-                     auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"))
+        check_status(
+            resp,
+            200,
+            what=f"{self.host}/{repo}",
+            action=f"HEAD blob {short(digest)} failed",
+            auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
+        )
         try:
             return int(resp.headers.get("Content-Length", "-1"))
         except ValueError:
@@ -112,8 +124,12 @@ class BlobsMixin(ClientCore):
         """Cross-repository mount. "mounted", or an upload URL to use instead (or None)."""
         path = f"/v2/{repo}/blobs/uploads/?" + f"mount={digest}&from={requests.utils.quote(from_repo, safe='/')}"
         resp = self.request(
-            "POST", path, repository=repo, scopes=self._push(repo, from_repo),
-            headers={"Content-Length": "0"}, what=f"{self.host}/{repo}: mount {short(digest)} from {from_repo}",
+            "POST",
+            path,
+            repository=repo,
+            scopes=self._push(repo, from_repo),
+            headers={"Content-Length": "0"},
+            what=f"{self.host}/{repo}: mount {short(digest)} from {from_repo}",
         )
         resp.close()
         if resp.status_code == 201:
@@ -135,12 +151,21 @@ class BlobsMixin(ClientCore):
 
     def _start_upload(self, repo: str) -> str:
         resp = self.request(
-            "POST", f"/v2/{repo}/blobs/uploads/", repository=repo, scopes=self._push(repo),
-            headers={"Content-Length": "0"}, what=f"{self.host}/{repo}: starting a blob upload",
+            "POST",
+            f"/v2/{repo}/blobs/uploads/",
+            repository=repo,
+            scopes=self._push(repo),
+            headers={"Content-Length": "0"},
+            what=f"{self.host}/{repo}: starting a blob upload",
         )
         resp.close()
-        check_status(resp, 202, what=f"{self.host}/{repo}", action="cannot start a blob upload",
-                     auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"))
+        check_status(
+            resp,
+            202,
+            what=f"{self.host}/{repo}",
+            action="cannot start a blob upload",
+            auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
+        )
         return self._location(resp, repo)
 
     def _cancel_upload(self, repo: str, location: str | None) -> None:
@@ -148,8 +173,14 @@ class BlobsMixin(ClientCore):
         if not location:
             return
         try:
-            self.request("DELETE", location, repository=repo, scopes=self._push(repo), retry=False,
-                         what=f"{self.host}/{repo}: cancelling an upload").close()
+            self.request(
+                "DELETE",
+                location,
+                repository=repo,
+                scopes=self._push(repo),
+                retry=False,
+                what=f"{self.host}/{repo}: cancelling an upload",
+            ).close()
         except (Transient, RegistryError):
             pass
 
@@ -240,12 +271,19 @@ class BlobsMixin(ClientCore):
             return
         codes = error_codes(resp)
         if resp.status_code not in (401, 403) and ("DIGEST_INVALID" in codes or "SIZE_INVALID" in codes):
-            raise BadInputError(f"{self.host}/{repo}: registry rejected blob {short(digest)}: {error_detail(resp)} (source content does not match its digest)")
-        check_status(resp, what=f"{self.host}/{repo}", action=f"upload of blob {short(digest)} failed",
-                     auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"))
+            raise BadInputError(
+                f"{self.host}/{repo}: registry rejected blob {short(digest)}: {error_detail(resp)} (source content does not match its digest)"
+            )
+        check_status(
+            resp,
+            what=f"{self.host}/{repo}",
+            action=f"upload of blob {short(digest)} failed",
+            auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
+        )
 
-    def _put_monolithic(self, repo: str, location: str, digest: str, size: int,
-                        open_file: Callable[[], BinaryIO], check: LocalBlobCheck) -> None:
+    def _put_monolithic(
+        self, repo: str, location: str, digest: str, size: int, open_file: Callable[[], BinaryIO], check: LocalBlobCheck
+    ) -> None:
         url = oras.utils.append_url_params(location, {"digest": digest})
         files: list[BinaryIO] = []
 
@@ -256,9 +294,14 @@ class BlobsMixin(ClientCore):
 
         try:
             resp = self.request(
-                "PUT", url, repository=repo, scopes=self._push(repo),
+                "PUT",
+                url,
+                repository=repo,
+                scopes=self._push(repo),
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                body=body, retry=False, what=f"{self.host}/{repo}: uploading blob {short(digest)}",
+                body=body,
+                retry=False,
+                what=f"{self.host}/{repo}: uploading blob {short(digest)}",
             )
         finally:
             for f in files:
@@ -271,8 +314,14 @@ class BlobsMixin(ClientCore):
     def _upload_offset(self, repo: str, location: str) -> tuple[int, str] | None:
         """Where the registry's upload session stands (GET upload status), None if it is gone."""
         try:
-            resp = self.request("GET", location, repository=repo, scopes=self._push(repo), retry=False,
-                                what=f"{self.host}/{repo}: upload status")
+            resp = self.request(
+                "GET",
+                location,
+                repository=repo,
+                scopes=self._push(repo),
+                retry=False,
+                what=f"{self.host}/{repo}: upload status",
+            )
         except Transient:
             return None
         resp.close()
@@ -284,8 +333,16 @@ class BlobsMixin(ClientCore):
             end = 0
         return end, self._location(resp, repo) if resp.headers.get("Location") else location
 
-    def _put_chunked(self, repo: str, location: str, digest: str, size: int,
-                     open_file: Callable[[], BinaryIO], start: int = 0, check: LocalBlobCheck | None = None) -> None:
+    def _put_chunked(
+        self,
+        repo: str,
+        location: str,
+        digest: str,
+        size: int,
+        open_file: Callable[[], BinaryIO],
+        start: int = 0,
+        check: LocalBlobCheck | None = None,
+    ) -> None:
         what = f"{self.host}/{repo}: uploading blob {short(digest)}"
         check = check or LocalBlobCheck(digest, size, open_file, what)
         offset = start
@@ -295,13 +352,18 @@ class BlobsMixin(ClientCore):
                 n = min(self.chunk_size, size - offset)
                 try:
                     resp = self.request(
-                        "PATCH", location, repository=repo, scopes=self._push(repo),
+                        "PATCH",
+                        location,
+                        repository=repo,
+                        scopes=self._push(repo),
                         headers={
                             "Content-Type": "application/octet-stream",
                             "Content-Range": f"{offset}-{offset + n - 1}",
                             "Content-Length": str(n),
                         },
-                        body=functools.partial(_CheckedSlice, f, offset, n, check), retry=False, what=what,
+                        body=functools.partial(_CheckedSlice, f, offset, n, check),
+                        retry=False,
+                        what=what,
                     )
                 except Transient as e:
                     # Resume: ask the session where it stands; restart only if it is gone.
@@ -324,8 +386,13 @@ class BlobsMixin(ClientCore):
                     continue
                 if resp.status_code in (404, 400) and "BLOB_UPLOAD_UNKNOWN" in error_codes(resp):
                     raise Transient("upload session expired")
-                check_status(resp, 202, what=what, action="chunk upload failed",
-                             auth_failed=lambda r: self._auth_failed(r, repo, what))
+                check_status(
+                    resp,
+                    202,
+                    what=what,
+                    action="chunk upload failed",
+                    auth_failed=lambda r: self._auth_failed(r, repo, what),
+                )
                 location = self._location(resp, repo)
                 end = range_end(resp)
                 offset = end if end is not None else offset + n
@@ -335,8 +402,15 @@ class BlobsMixin(ClientCore):
             check._rehash_to(size)
         check.verify()
         url = oras.utils.append_url_params(location, {"digest": digest})
-        resp = self.request("PUT", url, repository=repo, scopes=self._push(repo),
-                            headers={"Content-Length": "0"}, retry=False, what=what)
+        resp = self.request(
+            "PUT",
+            url,
+            repository=repo,
+            scopes=self._push(repo),
+            headers={"Content-Length": "0"},
+            retry=False,
+            what=what,
+        )
         if resp.status_code not in (201, 204):
             self.uploads.forget(repo, digest)  # a refused final PUT ends the session
         self._check_done(resp, repo, digest)
@@ -352,15 +426,21 @@ class BlobsMixin(ClientCore):
         if length == 0:
             return b""
         resp = self.request(
-            "GET", f"/v2/{repo}/blobs/{digest}", repository=repo, scopes=self._pull(repo),
+            "GET",
+            f"/v2/{repo}/blobs/{digest}",
+            repository=repo,
+            scopes=self._pull(repo),
             headers={"Range": f"bytes={offset}-{offset + length - 1}", "Accept-Encoding": "identity"},
-            stream=True, what=f"{self.host}/{repo}@{short(digest)}",
+            stream=True,
+            what=f"{self.host}/{repo}@{short(digest)}",
         )
         with resp:
             if resp.status_code == 206:
                 data = read_body(resp, length + 1, f"{self.host}/{repo}@{short(digest)}")
                 if len(data) != length:
-                    raise RegistryError(f"{self.host}/{repo}@{short(digest)}: range request returned {len(data)} bytes, expected {length}")
+                    raise RegistryError(
+                        f"{self.host}/{repo}@{short(digest)}: range request returned {len(data)} bytes, expected {length}"
+                    )
                 return data
             if resp.status_code == 200:
                 # No Range support: skip to the offset (slow but correct).
@@ -378,10 +458,14 @@ class BlobsMixin(ClientCore):
         raise AssertionError("unreachable")
 
     def _raise_for_blob(self, resp: requests.Response, repo: str, digest: str) -> None:
-        check_status(resp, what=f"{self.host}/{repo}", action=f"GET blob {short(digest)} failed",
-                     auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
-                     name_unknown=f"{self.host}/{repo}: repository not found",
-                     not_found=f"{self.host}/{repo}: blob {digest} not found")
+        check_status(
+            resp,
+            what=f"{self.host}/{repo}",
+            action=f"GET blob {short(digest)} failed",
+            auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
+            name_unknown=f"{self.host}/{repo}: repository not found",
+            not_found=f"{self.host}/{repo}: blob {digest} not found",
+        )
 
 
 def read_body(resp: requests.Response, n: int, what: str) -> bytes:
@@ -423,8 +507,15 @@ class BlobStream(io.RawIOBase):
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        resp = self._c.request("GET", f"/v2/{self._repo}/blobs/{self._digest}", repository=self._repo,
-                               scopes=self._c._pull(self._repo), headers=headers, stream=True, what=self._what)
+        resp = self._c.request(
+            "GET",
+            f"/v2/{self._repo}/blobs/{self._digest}",
+            repository=self._repo,
+            scopes=self._c._pull(self._repo),
+            headers=headers,
+            stream=True,
+            what=self._what,
+        )
         if offset and resp.status_code == 206:
             cr = resp.headers.get("Content-Range", "")
             m = re.match(r"bytes[ =](\d{1,19})-", cr)
@@ -434,7 +525,9 @@ class BlobStream(io.RawIOBase):
         elif resp.status_code != 200 or offset:
             try:
                 if offset and resp.status_code == 200:
-                    raise RegistryError(f"{self._what}: connection dropped at byte {offset} and the registry does not resume (no Range support)")
+                    raise RegistryError(
+                        f"{self._what}: connection dropped at byte {offset} and the registry does not resume (no Range support)"
+                    )
                 self._c._raise_for_blob(resp, self._repo, self._digest)
             finally:
                 resp.close()
@@ -472,7 +565,9 @@ class BlobStream(io.RawIOBase):
             if self._size is not None and self._pos < self._size:
                 # connection closed early without an exception
                 self._resp.close()  # type: ignore[union-attr]
-                self._c._backoff(self._attempt, Transient(f"download ended at byte {self._pos} of {self._size}"), self._what)
+                self._c._backoff(
+                    self._attempt, Transient(f"download ended at byte {self._pos} of {self._size}"), self._what
+                )
                 self._attempt += 1
                 self._open(self._pos)
                 return self.readinto(b)

@@ -465,7 +465,16 @@ class Transport:
                 )
             except requests.exceptions.SSLError as e:
                 text = str(e)
-                plain_server = any(s in text for s in ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure", "packet length too long", "http request"))
+                plain_server = any(
+                    s in text
+                    for s in (
+                        "WRONG_VERSION_NUMBER",
+                        "wrong version number",
+                        "record layer failure",
+                        "packet length too long",
+                        "http request",
+                    )
+                )
                 if scheme == "https" and "http" in schemes and plain_server:
                     last = e
                     continue
@@ -484,7 +493,9 @@ class Transport:
             resp.close()
             self.scheme = scheme
             return
-        raise RegistryError(f"cannot reach registry {self.host}: {conn_error_text(last) if last else 'no usable scheme'}")
+        raise RegistryError(
+            f"cannot reach registry {self.host}: {conn_error_text(last) if last else 'no usable scheme'}"
+        )
 
     def registry_origin(self) -> tuple[str, str, int]:
         return origin(self.base_url)
@@ -545,8 +556,14 @@ class Transport:
         _current.deadline = d
         try:
             resp = self.session.request(
-                method, url, headers=headers, data=body, stream=True, verify=self._verify,
-                timeout=(min(self.timeout, 30.0), self.timeout), allow_redirects=False,
+                method,
+                url,
+                headers=headers,
+                data=body,
+                stream=True,
+                verify=self._verify,
+                timeout=(min(self.timeout, 30.0), self.timeout),
+                allow_redirects=False,
             )
             d.response = resp
             resp._zconv_deadline = d  # type: ignore[attr-defined]
@@ -575,8 +592,16 @@ class Transport:
             d.done = True
             if d.expired:
                 raise Transient(f"no complete answer within {self.timeout:g}s (timed out)") from None
-            if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                              requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError, OSError)):
+            if isinstance(
+                e,
+                (
+                    requests.exceptions.ConnectionError,
+                    requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError,
+                    OSError,
+                ),
+            ):
                 raise Transient(conn_error_text(e)) from None
             raise RegistryError(f"{method} {_shown(url)}: {type(e).__name__}: {conn_error_text(e)}") from None
         finally:
