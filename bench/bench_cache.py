@@ -64,8 +64,12 @@ def main() -> int:
 
     print("bench_cache: preparing the Debian pair (debootstrap once, then cached) ...", flush=True)
     tars = {"v1": corpus.debian_rootfs_tar(), "v2": corpus.debian_rootfs_tar(corpus.EXTRA_PACKAGES)}
-    interop = __import__("subprocess").run(["bash", str(ROOT / "tests/interop/build.sh")], check=True,
-                                           capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    interop = (
+        __import__("subprocess")
+        .run(["bash", str(ROOT / "tests/interop/build.sh")], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     work = Path(tempfile.mkdtemp(prefix="zconv-bench-cache-"))
     res: dict[str, dict] = {}
 
@@ -90,8 +94,9 @@ def main() -> int:
                 zconv("--cache-dir", str(cache), s1, f"oci:{work / f'fill{r}'}")
                 dt, rss, warm = zconv("--cache-dir", str(cache), s2, f"oci:{work / 'warm'}")
                 keep("warm", seconds=dt, rss_mib=rss, frames=warm["frames"])
-                dt, rss, reuse = zconv("--no-cache", "--reuse-from", f"docker://{reg.host}/bench:v1", s2,
-                                       f"oci:{work / 'reuse'}")
+                dt, rss, reuse = zconv(
+                    "--no-cache", "--reuse-from", f"docker://{reg.host}/bench:v1", s2, f"oci:{work / 'reuse'}"
+                )
                 keep("reuse", seconds=dt, rss_mib=rss, frames=reuse["frames"])
                 want = tree(work / "cold")
                 assert tree(work / "warm") == want, "warm output differs from cold"
@@ -101,11 +106,21 @@ def main() -> int:
             cache = work / "cache-rebuild"
             for v in (1, 2):
                 corpus.write_oci_image(work / f"app{v}", "v", [tars["v1"], app_tar(v)])
-                run_child([sys.executable, "-m", "converter.cli", "push", "-q", f"oci:{work / f'app{v}'}:v",
-                           f"docker://{reg.host}/app-src:v{v}"])
+                run_child(
+                    [
+                        sys.executable,
+                        "-m",
+                        "converter.cli",
+                        "push",
+                        "-q",
+                        f"oci:{work / f'app{v}'}:v",
+                        f"docker://{reg.host}/app-src:v{v}",
+                    ]
+                )
             zconv("--cache-dir", str(cache), f"docker://{reg.host}/app-src:v1", f"docker://{reg.host}/app:v1")
-            dt, rss, rb = zconv("--cache-dir", str(cache), f"docker://{reg.host}/app-src:v2",
-                                f"docker://{reg.host}/app:v2")
+            dt, rss, rb = zconv(
+                "--cache-dir", str(cache), f"docker://{reg.host}/app-src:v2", f"docker://{reg.host}/app:v2"
+            )
             actions = [layer["action"] for layer in rb["layers"]]
             uploaded = sum(layer["new_size"] for layer in rb["layers"] if layer["action"] == "converted")
             res["rebuild"] = {"seconds": dt, "rss_mib": rss, "actions": actions, "layer_bytes_uploaded": uploaded}
@@ -123,7 +138,9 @@ def main() -> int:
     if a.json:
         print(json.dumps({"results": res, "ratios": ratios}, indent=2))
         return 0
-    print(f"\nDebian pair: v1 {tars['v1'].stat().st_size / 1e6:.0f} MB tar, v2 {tars['v2'].stat().st_size / 1e6:.0f} MB tar")
+    print(
+        f"\nDebian pair: v1 {tars['v1'].stat().st_size / 1e6:.0f} MB tar, v2 {tars['v2'].stat().st_size / 1e6:.0f} MB tar"
+    )
     for name in ("reference", "cold", "warm", "reuse", "rebuild"):
         m = res[name]
         print(f"  {name:10s} {m['seconds']:7.2f} s  peak RSS {m['rss_mib']:6.0f} MiB")
@@ -131,9 +148,13 @@ def main() -> int:
         f = res[name]["frames"]
         src = f["cache"] if name == "warm" else f["reuse"]
         total = src["bytes"] + f["compressed"]["bytes"]
-        print(f"  {name}: {src['frames']} frames ({100 * src['bytes'] / max(total, 1):.1f}% of bytes) "
-              f"reused, {f['compressed']['frames']} compressed")
-    print(f"  rebuild: layers {res['rebuild']['actions']}, {res['rebuild']['layer_bytes_uploaded']} layer bytes uploaded")
+        print(
+            f"  {name}: {src['frames']} frames ({100 * src['bytes'] / max(total, 1):.1f}% of bytes) "
+            f"reused, {f['compressed']['frames']} compressed"
+        )
+    print(
+        f"  rebuild: layers {res['rebuild']['actions']}, {res['rebuild']['layer_bytes_uploaded']} layer bytes uploaded"
+    )
     print(f"reference / warm:   {ratios['reference_over_warm']:.2f}x  (target >= 10)")
     print(f"reference / reuse:  {ratios['reference_over_reuse']:.2f}x")
     print(f"cold / warm:        {ratios['cold_over_warm']:.2f}x")

@@ -66,22 +66,37 @@ def _make_layout(dir: Path, mib: int) -> tuple[Path, Path, str]:
     big = blobs / digest.split(":")[1]
     os.replace(tmp, big)
     size = big.stat().st_size
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [digest]}}).encode()
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [digest]}}
+    ).encode()
     cdig = "sha256:" + hashlib.sha256(config).hexdigest()
     (blobs / cdig.split(":")[1]).write_bytes(config)
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdig, "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size}],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdig, "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size}],
+        }
+    ).encode()
     mdig = "sha256:" + hashlib.sha256(manifest).hexdigest()
     (blobs / mdig.split(":")[1]).write_bytes(manifest)
     (dir / "layout" / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (dir / "layout" / "index.json").write_text(json.dumps({
-        "schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdig, "size": len(manifest),
-            "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}))
+    (dir / "layout" / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": mdig,
+                        "size": len(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": "v1"},
+                    }
+                ],
+            }
+        )
+    )
     return dir / "layout", big, digest
 
 
@@ -94,16 +109,33 @@ def _curl_put(reg: RegistryServer, repo: str, blob: Path, digest: str) -> float:
     sep = "&" if "?" in location else "?"
     t0 = time.perf_counter()
     subprocess.run(
-        ["curl", "-sS", "-f", "-o", "/dev/null", "-T", str(blob), "-H", "Content-Type: application/octet-stream",
-         f"{location}{sep}digest={digest}"],
+        [
+            "curl",
+            "-sS",
+            "-f",
+            "-o",
+            "/dev/null",
+            "-T",
+            str(blob),
+            "-H",
+            "Content-Type: application/octet-stream",
+            f"{location}{sep}digest={digest}",
+        ],
         check=True,
     )
     return time.perf_counter() - t0
 
 
 def _zconv_push(reg: RegistryServer, repo: str, layout: Path, chunk_mib: int | None) -> float:
-    args = [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())",
-            "push", f"oci:{layout}:v1", f"docker://{reg.host}/{repo}:v1", "--quiet"]
+    args = [
+        sys.executable,
+        "-c",
+        "import sys; from converter.cli import main; sys.exit(main())",
+        "push",
+        f"oci:{layout}:v1",
+        f"docker://{reg.host}/{repo}:v1",
+        "--quiet",
+    ]
     if chunk_mib is not None:
         args += ["--chunk-size", str(chunk_mib)]
     t0 = time.perf_counter()
@@ -147,8 +179,7 @@ def run(mib: int = 256, rounds: int = 3, report=print) -> dict:
             best["curl"] = min(best["curl"], _curl_put(reg, f"bench/curl{r}", blob, digest))
             best["client"] = min(best["client"], _client_push(reg, f"bench/client{r}", blob, digest, cpu))
             best["zconv"] = min(best["zconv"], _zconv_push(reg, f"bench/zconv{r}", layout, None) - startup)
-            best["zconv_mono"] = min(best["zconv_mono"],
-                                     _zconv_push(reg, f"bench/mono{r}", layout, mib + 1) - startup)
+            best["zconv_mono"] = min(best["zconv_mono"], _zconv_push(reg, f"bench/mono{r}", layout, mib + 1) - startup)
         mibs = {k: size / (1 << 20) / v for k, v in best.items()}
         result = {
             "blob_mib": size / (1 << 20),
@@ -162,20 +193,30 @@ def run(mib: int = 256, rounds: int = 3, report=print) -> dict:
         }
         report(f"push of a {size / (1 << 20):.0f} MiB blob to docker-registry on 127.0.0.1 (best of {rounds}):")
         report(f"  curl -T (one PUT)            {mibs['curl']:8.1f} MiB/s  {best['curl']:.2f}s")
-        report(f"  zconv push (32 MiB chunks)   {mibs['zconv']:8.1f} MiB/s  {best['zconv']:.2f}s"
-               f"  = {result['ratio_zconv_vs_curl']:.2f}x curl's throughput")
-        report(f"  zconv push (one PUT)         {mibs['zconv_mono']:8.1f} MiB/s  {best['zconv_mono']:.2f}s"
-               f"  = {result['ratio_zconv_monolithic_vs_curl']:.2f}x curl's throughput")
-        report(f"  RegistryClient.push_blob     {mibs['client']:8.1f} MiB/s  {best['client']:.2f}s"
-               f"  = {result['ratio_client_vs_curl']:.2f}x curl's throughput (in-process, chunked;"
-               f" {min(cpu):.2f}s of client CPU: the registry is the bottleneck)")
+        report(
+            f"  zconv push (32 MiB chunks)   {mibs['zconv']:8.1f} MiB/s  {best['zconv']:.2f}s"
+            f"  = {result['ratio_zconv_vs_curl']:.2f}x curl's throughput"
+        )
+        report(
+            f"  zconv push (one PUT)         {mibs['zconv_mono']:8.1f} MiB/s  {best['zconv_mono']:.2f}s"
+            f"  = {result['ratio_zconv_monolithic_vs_curl']:.2f}x curl's throughput"
+        )
+        report(
+            f"  RegistryClient.push_blob     {mibs['client']:8.1f} MiB/s  {best['client']:.2f}s"
+            f"  = {result['ratio_client_vs_curl']:.2f}x curl's throughput (in-process, chunked;"
+            f" {min(cpu):.2f}s of client CPU: the registry is the bottleneck)"
+        )
         import resource
 
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB -> MiB (Linux)
         result["peak_rss_mib_child_processes"] = rss
-        report(f"  peak RSS of the zconv push processes: {rss:.0f} MiB for a {size / (1 << 20):.0f} MiB blob (streamed)")
-        report(f"  (fixed cost of a zconv push process, {startup:.2f}s: start-up, imports, HEADs, manifest;"
-               " subtracted from the CLI times)")
+        report(
+            f"  peak RSS of the zconv push processes: {rss:.0f} MiB for a {size / (1 << 20):.0f} MiB blob (streamed)"
+        )
+        report(
+            f"  (fixed cost of a zconv push process, {startup:.2f}s: start-up, imports, HEADs, manifest;"
+            " subtracted from the CLI times)"
+        )
         return result
 
 

@@ -366,8 +366,11 @@ def select_image(src: ImageSource, plat: Platform) -> tuple[str, Manifest]:
         for pos, m in enumerate(node.doc.manifests):
             if m.platform is None:
                 prio = 1
-            elif (m.platform.os == plat.os and m.platform.architecture == plat.architecture
-                  and (plat.variant is None or m.platform.variant in (None, plat.variant))):
+            elif (
+                m.platform.os == plat.os
+                and m.platform.architecture == plat.architecture
+                and (plat.variant is None or m.platform.variant in (None, plat.variant))
+            ):
                 prio = 0
             else:
                 continue
@@ -375,9 +378,7 @@ def select_image(src: ImageSource, plat: Platform) -> tuple[str, Manifest]:
             ranked.append(((prio, not is_zstd, pos), m))
         if not ranked:
             have = ", ".join(str(m.platform) for m in node.doc.manifests if m.platform) or "none"
-            raise UsageError(
-                f"{node.label}: no image for {plat} (has: {have}); use --platform"
-            )
+            raise UsageError(f"{node.label}: no image for {plat} (has: {have}); use --platform")
         child = min(ranked, key=lambda r: r[0])[1]
         return descend(child, f"{src.description} [{child.platform}]" if child.platform else node.label)
 

@@ -44,7 +44,7 @@ _KINDS = (
 
 
 def file_kind(mode: int) -> str:
-    """"a FIFO", "a directory"... for messages."""
+    """ "a FIFO", "a directory"... for messages."""
     for test, name in _KINDS:
         if test(mode):
             return name

@@ -82,8 +82,11 @@ def choose_instance(src: ImageSource, desc: Descriptor, label: str, platform: st
             p = m.platform
             if p is None:
                 prio = 1
-            elif (p.os == want.os and p.architecture == want.architecture
-                  and (want.variant is None or p.variant in (None, want.variant))):
+            elif (
+                p.os == want.os
+                and p.architecture == want.architecture
+                and (want.variant is None or p.variant in (None, want.variant))
+            ):
                 prio = 0
             else:
                 continue
@@ -183,8 +186,11 @@ def config_platform(data: bytes) -> Platform | None:
     if not doc["os"] or not doc["architecture"]:
         return None
     variant = doc.get("variant")
-    return Platform(os=doc["os"], architecture=doc["architecture"],
-                    variant=variant if isinstance(variant, str) and variant else None)
+    return Platform(
+        os=doc["os"],
+        architecture=doc["architecture"],
+        variant=variant if isinstance(variant, str) and variant else None,
+    )
 
 
 def layer_access(src: ImageSource, desc: Descriptor, name: str) -> BlobAccess:

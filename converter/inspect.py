@@ -80,7 +80,9 @@ def _layer_info(src: ImageSource, layer: Descriptor, with_toc: bool) -> dict[str
             stats["toc_bytes"] = toc_len
             if TARSPLIT_POSITION_KEY in layer.annotations:
                 try:
-                    stats["tarsplit_bytes"] = parse_position(layer.annotations[TARSPLIT_POSITION_KEY], 3, TARSPLIT_POSITION_KEY)[1]
+                    stats["tarsplit_bytes"] = parse_position(
+                        layer.annotations[TARSPLIT_POSITION_KEY], 3, TARSPLIT_POSITION_KEY
+                    )[1]
                 except ValueError:
                     pass
             info["toc"] = stats
@@ -149,7 +151,9 @@ def inspect_source(src: ImageSource, with_toc: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"reference": src.description, "images": images}
     layer = next((x for x in (_first_chunked(i) for i in images) if x), None)
     if layer is not None:
-        check = src.check_range_requests(Descriptor(media_type=layer.get("media_type", ""), digest=layer["digest"], size=layer["size"]))
+        check = src.check_range_requests(
+            Descriptor(media_type=layer.get("media_type", ""), digest=layer["digest"], size=layer["size"])
+        )
         if check is not None:
             result["range_check"] = {"ok": check.ok, "message": check.message}
     return result

@@ -76,7 +76,9 @@ class Progress:
             return
         self._clear()
         kind = "zstd:chunked" if chunked else "zstd"
-        self.stream.write(printable(f"{self._name}: {human(old_size)} -> {human(new_size)} {kind} in {seconds:.1f}s") + "\n")
+        self.stream.write(
+            printable(f"{self._name}: {human(old_size)} -> {human(new_size)} {kind} in {seconds:.1f}s") + "\n"
+        )
         self.stream.flush()
 
     def note(self, msg: str) -> None:

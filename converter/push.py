@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, cast
 
-from converter.chunked.format import MANIFEST_CHECKSUM_KEY
+from converter.chunked.format import is_chunked
 from converter.errors import BadInputError, UsageError
 from converter.image.model import (
     FOREIGN_LAYER_TYPES,
@@ -99,8 +99,11 @@ class _Pusher:
             self.memo.remember_blob(self.sink.host, self.sink.repository, desc.digest)
 
     def _blob(self, desc: Descriptor, what: str) -> None:
-        repos = [] if self.memo is None else [
-            r for r in self.memo.repositories(self.sink.host, desc.digest) if r != self.sink.repository]
+        repos = (
+            []
+            if self.memo is None
+            else [r for r in self.memo.repositories(self.sink.host, desc.digest) if r != self.sink.repository]
+        )
         if repos:
             # Pushed to another repository of this registry before: mount it unless it is already here.
             if self.sink.has_blob(desc):
@@ -194,7 +197,7 @@ class _Pusher:
                 if layer.media_type in FOREIGN_LAYER_TYPES and layer.urls:
                     continue  # non-distributable: clients fetch it from its URLs
                 items.append((layer, layer_name(node.label, i, len(doc.layers), layer)))
-                if MANIFEST_CHECKSUM_KEY in layer.annotations:
+                if is_chunked(layer.annotations):
                     self.chunked_layers.append(layer)
             self.blobs(items)
             put(node)
@@ -243,12 +246,19 @@ def push_image(
     if dest.tag and dest.digest:
         raise UsageError(f"{dst_ref}: a destination takes a tag or a digest, not both")
     s = parse_ref(src_ref)
+
     def client_args(o: TransportOptions) -> dict[str, Any]:
         return {"retry": retry or o.retry or RetryPolicy(), "timeout": timeout or o.timeout or 60.0}
 
     client = RegistryClient(
-        dest.host, creds=options.creds, tls_verify=options.tls_verify, cert_dir=options.cert_dir,
-        plain_http=options.plain_http, chunk_size=chunk_size, log=log, auth_file=options.auth_file,
+        dest.host,
+        creds=options.creds,
+        tls_verify=options.tls_verify,
+        cert_dir=options.cert_dir,
+        plain_http=options.plain_http,
+        chunk_size=chunk_size,
+        log=log,
+        auth_file=options.auth_file,
         **client_args(options),
     )
     sink = DockerSink(dest, client=client, log=log)
@@ -263,9 +273,19 @@ def push_image(
                 sink.mount_sources.append(sref.repository)
             else:
                 so = src_options or options
-                src = DockerSource(sref, client=RegistryClient(
-                    sref.host, creds=so.creds, tls_verify=so.tls_verify, cert_dir=so.cert_dir,
-                    plain_http=so.plain_http, log=log, auth_file=so.auth_file, **client_args(so)))
+                src = DockerSource(
+                    sref,
+                    client=RegistryClient(
+                        sref.host,
+                        creds=so.creds,
+                        tls_verify=so.tls_verify,
+                        cert_dir=so.cert_dir,
+                        plain_http=so.plain_http,
+                        log=log,
+                        auth_file=so.auth_file,
+                        **client_args(so),
+                    ),
+                )
                 src._own_client = True
         else:
             src = open_source(s, src_options or options)
@@ -285,7 +305,9 @@ def push_image(
             with sink:
                 pusher.tree(top, src.description)
                 if not dest.digest:
-                    tag = dest.tag or (src_tag if src_tag and not src_tag.startswith("@") and is_valid_tag(src_tag) else "latest")
+                    tag = dest.tag or (
+                        src_tag if src_tag and not src_tag.startswith("@") and is_valid_tag(src_tag) else "latest"
+                    )
                     sink.tag(tag, top)
                     report.destination = f"docker://{dest.host}/{dest.repository}:{tag}"
                 sink.commit()
@@ -322,4 +344,3 @@ def _open_memo() -> Any:
         return LayerMemo(default_cache_dir())
     except (OSError, sqlite3.Error):
         return None
-

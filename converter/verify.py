@@ -150,7 +150,9 @@ def verify_layer_metadata(access: BlobAccess, annotations: dict[str, str], v: La
     for k in legacy_annotations(annotations):
         v.notes.append(f"{name}: legacy annotation {k} (ignored by current consumers)")
     if v.media_type != LAYER_MEDIA_TYPE_ZSTD:
-        v.problems.append(f"{name}: claims zstd:chunked but its media type is {v.media_type} (must be {LAYER_MEDIA_TYPE_ZSTD})")
+        v.problems.append(
+            f"{name}: claims zstd:chunked but its media type is {v.media_type} (must be {LAYER_MEDIA_TYPE_ZSTD})"
+        )
     try:
         return load_layer(access, annotations, findings=v)
     except BadInputError as e:
@@ -233,7 +235,9 @@ def verify_layer_full(layer: ChunkedLayer, blob_file: BlobAccess, diff_id: str |
         return
     v.stats["tar_size"] = declared
     if declared > MAX_LAYER_SIZE:
-        v.problems.append(f"{name}: tar-split declares a {declared}-byte tar, over the {MAX_LAYER_SIZE} limit of a full check")
+        v.problems.append(
+            f"{name}: tar-split declares a {declared}-byte tar, over the {MAX_LAYER_SIZE} limit of a full check"
+        )
         return
     for t in iter_tarsplit(layer.tarsplit, name):  # streamed: the tar-split may be larger than memory
         if t.type == 2:
@@ -274,7 +278,9 @@ def verify_layer_full(layer: ChunkedLayer, blob_file: BlobAccess, diff_id: str |
     if checker.broken:
         v.problems.append(f"{name}: the tar cannot be rebuilt from the tar-split and the payloads")
     elif diff_id and rebuilt_digest != diff_id:
-        v.problems.append(f"{name}: tar rebuilt from tar-split + payloads has {rebuilt_digest}, the config's DiffID is {diff_id}")
+        v.problems.append(
+            f"{name}: tar rebuilt from tar-split + payloads has {rebuilt_digest}, the config's DiffID is {diff_id}"
+        )
     elif diff_id:
         v.checks.append("tar rebuilt from tar-split + payloads has the config's DiffID")
 
@@ -284,7 +290,9 @@ def verify_layer_full(layer: ChunkedLayer, blob_file: BlobAccess, diff_id: str |
     limit = declared + 1
     try:
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
-        with dctx.stream_reader(cast(IO[bytes], _AccessStream(blob_file)), read_across_frames=True, read_size=_PIECE) as r:
+        with dctx.stream_reader(
+            cast(IO[bytes], _AccessStream(blob_file)), read_across_frames=True, read_size=_PIECE
+        ) as r:
             while True:
                 piece = r.read(_PIECE)
                 if not piece:
@@ -292,7 +300,9 @@ def verify_layer_full(layer: ChunkedLayer, blob_file: BlobAccess, diff_id: str |
                 whole.update(piece)
                 whole_size += len(piece)
                 if whole_size > limit + _PIECE:
-                    raise BadInputError(f"{name}: blob decompresses to more than the {declared} bytes the tar-split describes")
+                    raise BadInputError(
+                        f"{name}: blob decompresses to more than the {declared} bytes the tar-split describes"
+                    )
     except zstandard.ZstdError as e:
         v.problems.append(f"{name}: blob is not a valid zstd stream after {whole_size} output bytes ({e})")
         return
@@ -450,7 +460,9 @@ def format_report(report: VerifyReport) -> str:
             kind = "zstd:chunked" if layer.chunked else f"not chunked ({layer.media_type.rsplit('.', 1)[-1]})"
             extra = ""
             if layer.chunked:
-                extra = f", {layer.stats.get('entries', '?')} entries" + (", full check" if layer.full else ", metadata only")
+                extra = f", {layer.stats.get('entries', '?')} entries" + (
+                    ", full check" if layer.full else ", metadata only"
+                )
             lines.append(f"  {tag} layer {layer.index + 1}/{len(iv.layers)} {short(layer.digest)} {kind}{extra}")
             for p in layer.problems:
                 lines.append(f"       - {p}")

@@ -46,6 +46,7 @@ def dumps(obj: object) -> bytes:
 
 # ---------------------------------------------------------------- layer tars
 
+
 @dataclass
 class Entry:
     name: str
@@ -102,7 +103,10 @@ def sample_layers(seed: int = 1) -> list[bytes]:
     """Uncompressed layer tars of the sample image."""
     rng = random.Random(seed)
     base = [
-        Entry("bin", "dir"), Entry("etc", "dir"), Entry("usr", "dir"), Entry("usr/share", "dir"),
+        Entry("bin", "dir"),
+        Entry("etc", "dir"),
+        Entry("usr", "dir"),
+        Entry("usr/share", "dir"),
         Entry("etc/os-release", data=b'NAME="zconv sample"\nID=zconv\n'),
         Entry("etc/hostname", data=b"sample\n"),
         Entry("etc/empty.conf", data=b""),
@@ -112,9 +116,12 @@ def sample_layers(seed: int = 1) -> list[bytes]:
     ]
     # A file with zero runs (holes) of several lengths and random data between
     # them, big enough for several content-defined chunks.
-    holes = rng.randbytes(70_000) + bytes(4096) + rng.randbytes(1000) + bytes(1023) + rng.randbytes(60_000) + bytes(2000)
+    holes = (
+        rng.randbytes(70_000) + bytes(4096) + rng.randbytes(1000) + bytes(1023) + rng.randbytes(60_000) + bytes(2000)
+    )
     app = [
-        Entry("opt", "dir"), Entry("opt/app", "dir"),
+        Entry("opt", "dir"),
+        Entry("opt/app", "dir"),
         Entry("opt/app/data.bin", data=holes),
         Entry("opt/app/README", data=b"sample application\n" * 40),
         Entry("opt/app/README.link", "hardlink", target="opt/app/README"),
@@ -123,13 +130,15 @@ def sample_layers(seed: int = 1) -> list[bytes]:
         Entry("etc", "dir"),
         Entry("etc/app.conf", data=b"level=3\nthreads=2\n"),
         Entry("etc/.wh.hostname", data=b""),  # whiteout: deletes etc/hostname
-        Entry("var", "dir"), Entry("var/log", "dir"),
+        Entry("var", "dir"),
+        Entry("var/log", "dir"),
         Entry("var/log/empty", data=b""),
     ]
     return [make_tar(base), make_tar(app), make_tar(config)]
 
 
 # ---------------------------------------------------------------- images
+
 
 @dataclass
 class Blob:
@@ -170,8 +179,9 @@ class Image:
         return [self.manifest, self.config, *self.layers]
 
 
-def make_image(tars: list[bytes], arch: str = "amd64", docker: bool = False, compress: bool = True,
-               variant: str | None = None) -> Image:
+def make_image(
+    tars: list[bytes], arch: str = "amd64", docker: bool = False, compress: bool = True, variant: str | None = None
+) -> Image:
     config = make_config(tars, arch, docker, variant)
     if docker:
         lmt = DOCKER_LAYER_GZIP

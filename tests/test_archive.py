@@ -94,10 +94,12 @@ def test_docker_archive_with_gzip_layers_and_symlinked_duplicates(tmp_path):
     gz = ms.gzip_bytes(tars[0])
     archive = tmp_path / "img.tar"
     with tarfile.open(archive, "w") as tf:
+
         def add(name: str, data: bytes) -> None:
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
             tf.addfile(ti, __import__("io").BytesIO(data))
+
         add("cfg.json", config.data)
         add("l0.tar.gz", gz)
         add("l1.tar", tars[1])
@@ -105,7 +107,10 @@ def test_docker_archive_with_gzip_layers_and_symlinked_duplicates(tmp_path):
         link.type = tarfile.SYMTYPE
         link.linkname = "../l1.tar"
         tf.addfile(link)
-        add("manifest.json", ms.dumps([{"Config": "cfg.json", "RepoTags": None, "Layers": ["l0.tar.gz", "dir/layer.tar"]}]))
+        add(
+            "manifest.json",
+            ms.dumps([{"Config": "cfg.json", "RepoTags": None, "Layers": ["l0.tar.gz", "dir/layer.tar"]}]),
+        )
     out = tmp_path / "out"
     report = convert_refs(f"docker-archive:{archive}", f"oci:{out}")
     assert report.layers[0].old_media_type == "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -151,8 +156,19 @@ def _podman_cmd(tmp: Path) -> list[str]:
     runc = "/usr/sbin/runc"
     if exe is None or not os.path.exists(runc):
         pytest.fail("podman and runc are needed (Debian packages podman, runc; installed by .ci/sysdeps)")
-    return [exe, "--root", str(tmp / "root"), "--runroot", str(tmp / "runroot"), "--storage-driver", "vfs",
-            "--runtime", runc, "--cgroup-manager=cgroupfs", "--events-backend=none"]
+    return [
+        exe,
+        "--root",
+        str(tmp / "root"),
+        "--runroot",
+        str(tmp / "runroot"),
+        "--storage-driver",
+        "vfs",
+        "--runtime",
+        runc,
+        "--cgroup-manager=cgroupfs",
+        "--events-backend=none",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -167,16 +183,24 @@ def podman_archives(tmp_path_factory):
     ctx.mkdir()
     (ctx / "app.txt").write_bytes(ms.text_blob(__import__("random").Random(5), 150_000))
     (ctx / "Containerfile").write_text("FROM localhost/zconv-base:1\nCOPY app.txt /opt/app.txt\nENV APP=1\n")
-    subprocess.run([*podman, "build", "--network=none", "-t", "localhost/zconv-app:1", str(ctx)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*podman, "build", "--network=none", "-t", "localhost/zconv-app:1", str(ctx)], check=True, capture_output=True
+    )
     oci = tmp / "app-oci.tar"
     docker = tmp / "app-docker.tar"
-    subprocess.run([*podman, "save", "--format", "oci-archive", "-o", str(oci), "localhost/zconv-app:1"],
-                   check=True, capture_output=True)
-    subprocess.run([*podman, "save", "--format", "docker-archive", "-o", str(docker), "localhost/zconv-app:1"],
-                   check=True, capture_output=True)
-    inspect = subprocess.run([*podman, "image", "inspect", "localhost/zconv-app:1"], check=True,
-                             capture_output=True, text=True).stdout
+    subprocess.run(
+        [*podman, "save", "--format", "oci-archive", "-o", str(oci), "localhost/zconv-app:1"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*podman, "save", "--format", "docker-archive", "-o", str(docker), "localhost/zconv-app:1"],
+        check=True,
+        capture_output=True,
+    )
+    inspect = subprocess.run(
+        [*podman, "image", "inspect", "localhost/zconv-app:1"], check=True, capture_output=True, text=True
+    ).stdout
     return {"podman": podman, "oci": oci, "docker": docker, "id": json.loads(inspect)[0]["Id"], "tmp": tmp}
 
 
@@ -195,10 +219,13 @@ def test_podman_saved_archive_converts_and_podman_loads_it_back(tmp_path, podman
     # podman reads the converted archive, and the image ID (config digest) did not change
     podman = podman_archives["podman"]
     subprocess.run([*podman, "pull", f"oci-archive:{out}"], check=True, capture_output=True)
-    images = subprocess.run([*podman, "images", "--format", "{{.ID}}", "--no-trunc"], check=True,
-                            capture_output=True, text=True).stdout.split()
-    assert podman_archives["id"] in [i.removeprefix("sha256:") for i in images] or \
-        "sha256:" + podman_archives["id"] in images
+    images = subprocess.run(
+        [*podman, "images", "--format", "{{.ID}}", "--no-trunc"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert (
+        podman_archives["id"] in [i.removeprefix("sha256:") for i in images]
+        or "sha256:" + podman_archives["id"] in images
+    )
     assert manifest["config"]["digest"].split(":")[1] == podman_archives["id"].removeprefix("sha256:")
 
 
@@ -208,11 +235,17 @@ def test_docker_25_archive_reads_as_docker_archive_and_as_oci_archive(tmp_path):
     tree = tmp_path / "tree"
     ms.write_layout(str(tree), img.blobs(), [("docker.io/library/app:1", img.manifest)])
     blobs = [f"blobs/sha256/{b.digest.split(':')[1]}" for b in img.layers]
-    (tree / "manifest.json").write_bytes(ms.dumps([{
-        "Config": f"blobs/sha256/{img.config.digest.split(':')[1]}",
-        "RepoTags": ["app:1"],
-        "Layers": blobs,
-    }]))
+    (tree / "manifest.json").write_bytes(
+        ms.dumps(
+            [
+                {
+                    "Config": f"blobs/sha256/{img.config.digest.split(':')[1]}",
+                    "RepoTags": ["app:1"],
+                    "Layers": blobs,
+                }
+            ]
+        )
+    )
     archive = tmp_path / "docker25.tar"
     subprocess.run(["tar", "-C", str(tree), "-cf", str(archive), "."], check=True)
     as_docker = convert_refs(f"docker-archive:{archive}:app:1", f"oci:{tmp_path / 'd'}:x")

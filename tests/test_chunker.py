@@ -34,8 +34,7 @@ def _payloads():
         cases[f"zeros{run}-end"] = body + z
         cases[f"zeros{run}-only"] = z
     cases["alternating-runs"] = b"".join(
-        rnd.randbytes(rnd.randint(1, 3000)) + bytes(rnd.choice((1000, 1023, 1024, 1025, 5000)))
-        for _ in range(60)
+        rnd.randbytes(rnd.randint(1, 3000)) + bytes(rnd.choice((1000, 1023, 1024, 1025, 5000))) for _ in range(60)
     )
     cases["text-like"] = b"".join(rnd.choice([b"the ", b"quick ", b"fox\n", b"\x00\x00"]) for _ in range(60_000))
     cases["constant"] = b"A" * 300_000

@@ -36,7 +36,11 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 def zconv(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())", *args],
-        capture_output=True, text=True, env=dict(os.environ), timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -77,8 +81,9 @@ def two_platforms(tmp_path: Path) -> tuple[Path, dict[str, str], str]:
     """A layout tagged `multi`: an index of linux/amd64 and linux/arm64/v8; (layout, arch -> manifest digest, index digest)."""
     shared = ms.sample_layers()[0]
     amd = ms.make_image([shared, ms.make_tar([ms.Entry("amd64.txt", data=b"x86\n" * 100)])], "amd64", False)
-    arm = ms.make_image([shared, ms.make_tar([ms.Entry("arm64.txt", data=b"arm\n" * 100)])], "arm64", False,
-                        variant="v8")
+    arm = ms.make_image(
+        [shared, ms.make_tar([ms.Entry("arm64.txt", data=b"arm\n" * 100)])], "arm64", False, variant="v8"
+    )
     index = ms.make_index([amd, arm], False)
     src = tmp_path / "multi"
     ms.write_layout(str(src), [*amd.blobs(), *arm.blobs(), index], [("multi", index)])
@@ -87,8 +92,11 @@ def two_platforms(tmp_path: Path) -> tuple[Path, dict[str, str], str]:
 
 def sample_top() -> str:
     idx = json.loads((SAMPLE / "index.json").read_text())
-    return next(m["digest"] for m in idx["manifests"]
-                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "v1")
+    return next(
+        m["digest"]
+        for m in idx["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "v1"
+    )
 
 
 # ---------------------------------------------------------------- flag parsing (no registry)
@@ -151,8 +159,16 @@ def test_push_retry_times_zero_fails_fast_and_n_with_a_delay_succeeds(registry, 
     digestfile = tmp_path / "digest"
     with FaultProxy(registry.port) as proxy:
         fault = proxy.add(Fault("status", method="PUT", path="/manifests/", status=503, times=-1))
-        p = zconv("push", "-q", f"oci:{SAMPLE}:v1", f"docker://{proxy.host}/flags/retry:v1",
-                  "--retry-times", "0", "--digestfile", str(digestfile))
+        p = zconv(
+            "push",
+            "-q",
+            f"oci:{SAMPLE}:v1",
+            f"docker://{proxy.host}/flags/retry:v1",
+            "--retry-times",
+            "0",
+            "--digestfile",
+            str(digestfile),
+        )
         assert p.returncode == 4
         line = one_error_line(p)
         assert "HTTP 503" in line and "gave up after 1 attempt)" in line, line
@@ -161,8 +177,18 @@ def test_push_retry_times_zero_fails_fast_and_n_with_a_delay_succeeds(registry, 
 
         proxy.faults.clear()
         fault = proxy.add(Fault("status", method="PUT", path="/manifests/", status=503, times=2))
-        p = zconv("push", f"oci:{SAMPLE}:v1", f"docker://{proxy.host}/flags/retry:v1", "--json",
-                  "--retry-times", "2", "--retry-delay", "10ms", "--digestfile", str(digestfile))
+        p = zconv(
+            "push",
+            f"oci:{SAMPLE}:v1",
+            f"docker://{proxy.host}/flags/retry:v1",
+            "--json",
+            "--retry-times",
+            "2",
+            "--retry-delay",
+            "10ms",
+            "--digestfile",
+            str(digestfile),
+        )
         assert p.returncode == 0, p.stderr
         assert fault.applied == 2 and json.loads(p.stdout)["retries"] == 2
     assert digestfile.read_text() == f"{sample_top()}\n"
@@ -178,8 +204,18 @@ def test_convert_retry_times_through_503s(registry, tmp_path):
         assert fault.applied == 1
         proxy.faults.clear()
         fault = proxy.add(Fault("status", method="PUT", path="/manifests/v1$", status=503, times=3))
-        p = zconv("convert", "-q", f"oci:{SAMPLE}:v1", f"docker://{proxy.host}/flags/conv:v1",
-                  "--retry-times", "3", "--retry-delay", "0.01", "--digestfile", str(tmp_path / "d"))
+        p = zconv(
+            "convert",
+            "-q",
+            f"oci:{SAMPLE}:v1",
+            f"docker://{proxy.host}/flags/conv:v1",
+            "--retry-times",
+            "3",
+            "--retry-delay",
+            "0.01",
+            "--digestfile",
+            str(tmp_path / "d"),
+        )
         assert p.returncode == 0, p.stderr
         assert fault.applied == 3
     assert (tmp_path / "d").read_text() == f"{head(registry.host, 'flags/conv', 'v1')[0]}\n"
@@ -203,8 +239,14 @@ def test_sync_digestfile_lists_every_destination_tag(registry, tmp_path):
     assert p.returncode == 0, p.stderr
     assert digestfile.read_text() == want
 
-    p = zconv("sync", f"docker://{host}/flags/src", f"docker://{host}/cizstd", "--dry-run",
-              "--digestfile", str(tmp_path / "dry"))
+    p = zconv(
+        "sync",
+        f"docker://{host}/flags/src",
+        f"docker://{host}/cizstd",
+        "--dry-run",
+        "--digestfile",
+        str(tmp_path / "dry"),
+    )
     assert p.returncode == 64 and "--dry-run" in one_error_line(p)
 
 
@@ -213,8 +255,18 @@ def test_sync_digestfile_not_written_when_an_image_failed(registry, tmp_path):
     assert zconv("push", "-q", f"oci:{SAMPLE}:v1", f"docker://{host}/flags/fail:1").returncode == 0
     with FaultProxy(registry.port) as proxy:
         fault = proxy.add(Fault("status", method="PUT", path="/manifests/1$", status=503, times=-1))
-        p = zconv("sync", "-q", f"docker://{proxy.host}/flags/fail", f"docker://{proxy.host}/failout",
-                  "--retry-times", "1", "--retry-delay", "1ms", "--digestfile", str(tmp_path / "d"))
+        p = zconv(
+            "sync",
+            "-q",
+            f"docker://{proxy.host}/flags/fail",
+            f"docker://{proxy.host}/failout",
+            "--retry-times",
+            "1",
+            "--retry-delay",
+            "1ms",
+            "--digestfile",
+            str(tmp_path / "d"),
+        )
         assert p.returncode == 4, p.stderr
         assert "gave up after 2 attempts" in one_error_line(p)
         assert fault.applied == 2
@@ -229,13 +281,28 @@ def test_push_platform_pushes_the_chosen_instance(registry, tmp_path):
     host = registry.host
     for plat, arch in (("linux/arm64", "arm64"), ("linux/amd64", "amd64")):
         d = tmp_path / f"digest-{arch}"
-        p = zconv("push", "-q", "--platform", plat, f"oci:{layout}:multi", f"docker://{host}/flags/plat:{arch}",
-                  "--digestfile", str(d))
+        p = zconv(
+            "push",
+            "-q",
+            "--platform",
+            plat,
+            f"oci:{layout}:multi",
+            f"docker://{host}/flags/plat:{arch}",
+            "--digestfile",
+            str(d),
+        )
         assert p.returncode == 0, p.stderr
         assert head(host, "flags/plat", arch) == (instances[arch], OCI_MANIFEST)
         assert d.read_text() == f"{instances[arch]}\n"
-    p = zconv("push", "-q", "--all", f"oci:{layout}:multi", f"docker://{host}/flags/plat:all", "--digestfile",
-              str(tmp_path / "all"))
+    p = zconv(
+        "push",
+        "-q",
+        "--all",
+        f"oci:{layout}:multi",
+        f"docker://{host}/flags/plat:all",
+        "--digestfile",
+        str(tmp_path / "all"),
+    )
     assert p.returncode == 0, p.stderr
     assert head(host, "flags/plat", "all") == (index_digest, OCI_INDEX)
     assert (tmp_path / "all").read_text() == f"{index_digest}\n"
@@ -250,8 +317,16 @@ def test_sync_platform_converts_the_chosen_instance_and_reruns_skip(registry, tm
     layout, instances, _ = two_platforms(tmp_path)
     host = registry.host
     assert zconv("push", "-q", f"oci:{layout}:multi", f"docker://{host}/flags/msrc:1").returncode == 0
-    args = ("sync", "--json", "--platform", "linux/arm64", f"docker://{host}/flags/msrc",
-            f"docker://{host}/mzstd", "--digestfile", str(tmp_path / "d"))
+    args = (
+        "sync",
+        "--json",
+        "--platform",
+        "linux/arm64",
+        f"docker://{host}/flags/msrc",
+        f"docker://{host}/mzstd",
+        "--digestfile",
+        str(tmp_path / "d"),
+    )
     p = zconv(*args)
     assert p.returncode == 0, p.stderr
     (rec,) = [json.loads(ln) for ln in p.stdout.splitlines()]
@@ -295,15 +370,19 @@ def test_dest_tls_verify_false_with_an_untrusted_ca(registry, tls_registry, tmp_
     assert zconv("push", "-q", f"oci:{SAMPLE}:v1", f"docker://{registry.host}/flags/tsrc:1").returncode == 0
     p = zconv("sync", "-q", f"docker://{registry.host}/flags/tsrc", f"docker://{tls}/citls")
     assert p.returncode == 4 and "TLS certificate not trusted" in one_error_line(p)
-    p = zconv("sync", "-q", f"docker://{registry.host}/flags/tsrc", f"docker://{tls}/citls",
-              "--dest-tls-verify=false")
+    p = zconv("sync", "-q", f"docker://{registry.host}/flags/tsrc", f"docker://{tls}/citls", "--dest-tls-verify=false")
     assert p.returncode == 0, p.stderr
     assert head(tls, "citls/flags/tsrc", "1", tls_verify=False)[1] == OCI_MANIFEST
 
     # and the other way: the TLS registry as a source
     p = zconv("push", "-q", f"docker://{tls}/flags/push:v1", f"docker://{registry.host}/flags/fromtls:v1")
     assert p.returncode == 4 and "TLS certificate not trusted" in one_error_line(p)
-    p = zconv("push", "-q", f"docker://{tls}/flags/push:v1", f"docker://{registry.host}/flags/fromtls:v1",
-              "--src-tls-verify=false")
+    p = zconv(
+        "push",
+        "-q",
+        f"docker://{tls}/flags/push:v1",
+        f"docker://{registry.host}/flags/fromtls:v1",
+        "--src-tls-verify=false",
+    )
     assert p.returncode == 0, p.stderr
     assert head(registry.host, "flags/fromtls", "v1")[0] == sample_top()

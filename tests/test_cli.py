@@ -16,8 +16,13 @@ SAMPLE = ROOT / "testdata" / "sample"
 
 
 def zconv(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "converter.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "converter.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_convert_json_report(tmp_path):
@@ -122,8 +127,9 @@ def _index_chain(tmp_path: Path, levels: int) -> Path:
     top = ms.make_index([img])
     blobs.append(top)
     for _ in range(levels - 1):
-        top = ms.Blob(ms.OCI_INDEX, ms.dumps({"schemaVersion": 2, "mediaType": ms.OCI_INDEX,
-                                                "manifests": [top.descriptor()]}))
+        top = ms.Blob(
+            ms.OCI_INDEX, ms.dumps({"schemaVersion": 2, "mediaType": ms.OCI_INDEX, "manifests": [top.descriptor()]})
+        )
         blobs.append(top)
     path = tmp_path / f"chain{levels}"
     ms.write_layout(str(path), blobs, [("v1", top)])
@@ -176,8 +182,9 @@ def test_unexpected_exception_is_one_line_exit_70_and_traceback_only_on_request(
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("zconv: error: internal error (KeyError: 'missing')")
     assert "please report it" in r.stderr and "ZCONV_DEBUG=1" in r.stderr
-    r = subprocess.run([sys.executable, "-c", prog, "boom"], capture_output=True, text=True, cwd=ROOT,
-                       env={**env, "ZCONV_DEBUG": "1"})
+    r = subprocess.run(
+        [sys.executable, "-c", prog, "boom"], capture_output=True, text=True, cwd=ROOT, env={**env, "ZCONV_DEBUG": "1"}
+    )
     assert r.returncode == 70 and "Traceback (most recent call last)" in r.stderr
 
 

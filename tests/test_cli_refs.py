@@ -188,10 +188,24 @@ def test_manifest_and_index_round_trip_canonically():
         ({"schemaVersion": 2, "mediaType": "application/x-odd"}, "unknown manifest media type"),
         ({"schemaVersion": 2, "mediaType": DOCKER_LIST}, "without a manifests list"),
         ({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}, "without mediaType"),
-        ({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-          "config": {"mediaType": "x", "digest": "sha256:../../x", "size": 1}, "layers": []}, "malformed digest"),
-        ({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-          "config": {"mediaType": "x", "digest": D, "size": -1}, "layers": []}, "invalid size"),
+        (
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "x", "digest": "sha256:../../x", "size": 1},
+                "layers": [],
+            },
+            "malformed digest",
+        ),
+        (
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "x", "digest": D, "size": -1},
+                "layers": [],
+            },
+            "invalid size",
+        ),
     ],
 )
 def test_malformed_manifests_are_bad_input(doc, message):

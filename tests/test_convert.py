@@ -137,8 +137,9 @@ def test_already_chunked_layers_are_copied_unless_forced(tmp_path):
 def _two_platforms(tmp_path: Path, docker: bool) -> tuple[Path, list[ms.Image]]:
     shared = ms.sample_layers()[0]
     amd = ms.make_image([shared, ms.make_tar([ms.Entry("amd64.txt", data=b"x86\n" * 100)])], "amd64", docker)
-    arm = ms.make_image([shared, ms.make_tar([ms.Entry("arm64.txt", data=b"arm\n" * 100)])], "arm64", docker,
-                        variant="v8")
+    arm = ms.make_image(
+        [shared, ms.make_tar([ms.Entry("arm64.txt", data=b"arm\n" * 100)])], "arm64", docker, variant="v8"
+    )
     index = ms.make_index([amd, arm], docker)
     src = tmp_path / "src"
     ms.write_layout(str(src), [*amd.blobs(), *arm.blobs(), index], [("multi", index)])
@@ -327,8 +328,17 @@ def test_truncated_gzip_with_matching_descriptor(tmp_path):
     cut = ms.gzip_bytes(tars[1])[:5000]
     config = ms.make_config(tars[1:2])
     layer = ms.Blob(ms.OCI_LAYER_GZIP, cut)
-    manifest = ms.Blob(ms.OCI_MANIFEST, ms.dumps({"schemaVersion": 2, "mediaType": ms.OCI_MANIFEST,
-                                                  "config": config.descriptor(), "layers": [layer.descriptor()]}))
+    manifest = ms.Blob(
+        ms.OCI_MANIFEST,
+        ms.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": ms.OCI_MANIFEST,
+                "config": config.descriptor(),
+                "layers": [layer.descriptor()],
+            }
+        ),
+    )
     src = tmp_path / "src"
     ms.write_layout(str(src), [manifest, config, layer], [("cut", manifest)])
     _assert_fails_cleanly(tmp_path, f"oci:{src}", BadInputError, "layer 1/1")
@@ -338,11 +348,22 @@ def test_unknown_layer_media_type(tmp_path):
     tars = ms.sample_layers()[:1]
     config = ms.make_config(tars)
     layer = ms.Blob("application/x-something-else", ms.gzip_bytes(tars[0]))
-    manifest = ms.Blob(ms.OCI_MANIFEST, ms.dumps({"schemaVersion": 2, "mediaType": ms.OCI_MANIFEST,
-                                                  "config": config.descriptor(), "layers": [layer.descriptor()]}))
+    manifest = ms.Blob(
+        ms.OCI_MANIFEST,
+        ms.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": ms.OCI_MANIFEST,
+                "config": config.descriptor(),
+                "layers": [layer.descriptor()],
+            }
+        ),
+    )
     src = tmp_path / "src"
     ms.write_layout(str(src), [manifest, config, layer], [("odd", manifest)])
-    _assert_fails_cleanly(tmp_path, f"oci:{src}", BadInputError, "unknown layer media type 'application/x-something-else'")
+    _assert_fails_cleanly(
+        tmp_path, f"oci:{src}", BadInputError, "unknown layer media type 'application/x-something-else'"
+    )
 
 
 def test_unknown_top_level_media_type(tmp_path):
@@ -362,9 +383,17 @@ def test_diff_id_mismatch_with_config(tmp_path):
     tars = ms.sample_layers()
     config = ms.make_config([tars[1], tars[0]])  # diff_ids in the wrong order
     layers = [ms.Blob(ms.OCI_LAYER_GZIP, ms.gzip_bytes(t)) for t in tars[:2]]
-    manifest = ms.Blob(ms.OCI_MANIFEST, ms.dumps({"schemaVersion": 2, "mediaType": ms.OCI_MANIFEST,
-                                                  "config": config.descriptor(),
-                                                  "layers": [x.descriptor() for x in layers]}))
+    manifest = ms.Blob(
+        ms.OCI_MANIFEST,
+        ms.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": ms.OCI_MANIFEST,
+                "config": config.descriptor(),
+                "layers": [x.descriptor() for x in layers],
+            }
+        ),
+    )
     src = tmp_path / "src"
     ms.write_layout(str(src), [manifest, config, *layers], [("swap", manifest)])
     _assert_fails_cleanly(tmp_path, f"oci:{src}", BadInputError, "diff_id")
@@ -393,8 +422,17 @@ def test_gzip_multi_member_layer(tmp_path):
     data = gzip.compress(tar[:half], mtime=0) + gzip.compress(tar[half:], mtime=0)
     config = ms.make_config([tar])
     layer = ms.Blob(ms.OCI_LAYER_GZIP, data)
-    manifest = ms.Blob(ms.OCI_MANIFEST, ms.dumps({"schemaVersion": 2, "mediaType": ms.OCI_MANIFEST,
-                                                  "config": config.descriptor(), "layers": [layer.descriptor()]}))
+    manifest = ms.Blob(
+        ms.OCI_MANIFEST,
+        ms.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": ms.OCI_MANIFEST,
+                "config": config.descriptor(),
+                "layers": [layer.descriptor()],
+            }
+        ),
+    )
     src = tmp_path / "src"
     ms.write_layout(str(src), [manifest, config, layer], [("mm", manifest)])
     out = tmp_path / "out"

@@ -101,15 +101,30 @@ def test_failed_conversion_does_not_move_the_registry_tag(tmp_path, registry):
 
 def test_cli_convert_json_to_registry(registry):
     r = subprocess.run(
-        [sys.executable, "-m", "converter.cli", "convert", "--json", f"oci:{SAMPLE}:v1",
-         f"docker://{registry.host}/cli:zstd"],
-        capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "converter.cli",
+            "convert",
+            "--json",
+            f"oci:{SAMPLE}:v1",
+            f"docker://{registry.host}/cli:zstd",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["range_check"]["ok"] and len(rep["layers"]) == 3
-    i = subprocess.run([sys.executable, "-m", "converter.cli", "inspect", f"docker://{registry.host}/cli:zstd"],
-                       capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+    i = subprocess.run(
+        [sys.executable, "-m", "converter.cli", "inspect", f"docker://{registry.host}/cli:zstd"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
     assert i.returncode == 0, i.stderr
     assert "TOC:" in i.stdout and "HTTP Range requests: ok" in i.stdout
 
@@ -120,7 +135,7 @@ def test_dual_to_registry_publishes_both_instances(registry):
     report = convert_refs(f"oci:{SAMPLE}:v1", f"docker://{registry.host}/dual:v1", ConvertOptions(dual=True))
     assert report.images[0].media_type == "application/vnd.oci.image.index.v1+json"
     with open_source(f"docker://{registry.host}/dual:v1") as src:
-        (_, top), = src.targets()
+        ((_, top),) = src.targets()
         index = parse_manifest_or_index(src.get_manifest(top), top.media_type)
         assert isinstance(index, Index)
         orig, zstd = index.manifests

@@ -113,10 +113,13 @@ def test_multi_chunk_file_last_range_ends_at_next_payload_like_the_consumer() ->
 
 
 def test_range_merging_follows_merge_missing_chunks() -> None:
-    parts = [_Part(100, 50, False, False, "a"), _Part(150, 50, False, False, "a"),  # same file, adjacent
-             _Part(1000, 10, False, False, "b"),  # gap 800 < 1024: merged
-             _Part(5000, 10, True, False, "c"),  # found locally: no request
-             _Part(9000, 10, False, False, "d")]  # gap 7990 > 1024: own range
+    parts = [
+        _Part(100, 50, False, False, "a"),
+        _Part(150, 50, False, False, "a"),  # same file, adjacent
+        _Part(1000, 10, False, False, "b"),  # gap 800 < 1024: merged
+        _Part(5000, 10, True, False, "c"),  # found locally: no request
+        _Part(9000, 10, False, False, "d"),
+    ]  # gap 7990 > 1024: own range
     out = [p for p in merge_missing_chunks(parts, 1024) if not p.origin and not p.hole]
     assert [(p.offset, p.length) for p in out] == [(100, 910), (9000, 10)]
     # above the target, the cheapest gaps are merged even when large

@@ -22,10 +22,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from test_reader_builder import make_tar
 
 from support.corpus import write_oci_image
 from support.interop import zconv_convert
-from test_reader_builder import make_tar
 
 pytestmark = pytest.mark.interop
 
@@ -49,24 +49,30 @@ def _pair() -> tuple[list[bytes], list[bytes]]:
         ("usr/lib/libkeep.so", lib),
         ("usr/lib/libkeep-link.so", ("sym", "libkeep.so")),
     ]
-    old_top = make_tar(common + [
-        ("usr/lib/big.bin", big),
-        ("usr/share/", None),
-        ("usr/share/sparse", bytes(200_000) + _rand(rnd, 5_000) + bytes(300_000)),
-        ("usr/share/old-only", _rand(rnd, 50_000)),
-    ])
+    old_top = make_tar(
+        common
+        + [
+            ("usr/lib/big.bin", big),
+            ("usr/share/", None),
+            ("usr/share/sparse", bytes(200_000) + _rand(rnd, 5_000) + bytes(300_000)),
+            ("usr/share/old-only", _rand(rnd, 50_000)),
+        ]
+    )
     # NEW: big.bin changed in the middle (chunks before and after are reused),
     # a copy of libkeep under another name (found by digest), a new file with
     # a zero hole, an unchanged base layer (reused whole).
     new_big = big[:1_500_000] + _rand(rnd, 4_000) + big[1_504_000:]
-    new_top = make_tar(common + [
-        ("usr/lib/big.bin", new_big),
-        ("usr/lib/libkeep-copy.so", lib),
-        ("usr/lib/hard", ("link", "usr/lib/libkeep.so")),
-        ("usr/share/", None),
-        ("usr/share/fresh", _rand(rnd, 30_000) + bytes(100_000) + _rand(rnd, 20_000)),
-        ("usr/share/text2", text + b"appended\n"),
-    ])
+    new_top = make_tar(
+        common
+        + [
+            ("usr/lib/big.bin", new_big),
+            ("usr/lib/libkeep-copy.so", lib),
+            ("usr/lib/hard", ("link", "usr/lib/libkeep.so")),
+            ("usr/share/", None),
+            ("usr/share/fresh", _rand(rnd, 30_000) + bytes(100_000) + _rand(rnd, 20_000)),
+            ("usr/share/text2", text + b"appended\n"),
+        ]
+    )
     return [base, old_top], [base, new_top]
 
 
@@ -89,10 +95,24 @@ def test_estimate_matches_consumer_missing_bytes(interop, registry, tmp_path: Pa
         refs[name] = f"docker://{ref}"
 
     est = subprocess.run(
-        [sys.executable, "-m", "converter.cli", "estimate", refs["old"], refs["new"],
-         "--hard-links", "true", "--reflinks", str(_can_reflink(tmp_path)).lower(),
-         "--tls-verify", "false", "--json"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "converter.cli",
+            "estimate",
+            refs["old"],
+            refs["new"],
+            "--hard-links",
+            "true",
+            "--reflinks",
+            str(_can_reflink(tmp_path)).lower(),
+            "--tls-verify",
+            "false",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert est.returncode == 0, est.stderr
     ours = json.loads(est.stdout)
@@ -130,13 +150,31 @@ def test_estimate_gzip_old_image_then_chunked_version(interop, registry, tmp_pat
     TOC behind, so only NEW's own lower layers help, exactly as the consumer logs it."""
     sample = Path(__file__).resolve().parent.parent / "testdata" / "sample"
     zconv_convert(f"oci:{sample}", f"oci:{tmp_path / 'z'}")
-    old, new = f"docker://{registry.ref('zconv-estimate-gz', 'gz')}", f"docker://{registry.ref('zconv-estimate-gz', 'z')}"
+    old, new = (
+        f"docker://{registry.ref('zconv-estimate-gz', 'gz')}",
+        f"docker://{registry.ref('zconv-estimate-gz', 'z')}",
+    )
     interop.copy(f"oci:{sample}:v1", old)
     interop.copy(f"oci:{tmp_path / 'z'}:v1", new)
     est = subprocess.run(
-        [sys.executable, "-m", "converter.cli", "estimate", old, new, "--hard-links", "true",
-         "--reflinks", str(_can_reflink(tmp_path)).lower(), "--tls-verify", "false", "--json"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "converter.cli",
+            "estimate",
+            old,
+            new,
+            "--hard-links",
+            "true",
+            "--reflinks",
+            str(_can_reflink(tmp_path)).lower(),
+            "--tls-verify",
+            "false",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert est.returncode == 0, est.stderr
     ours = json.loads(est.stdout)
@@ -178,7 +216,9 @@ class _CountingProxy(http.server.BaseHTTPRequestHandler):
         for k, v in resp.headers.items():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)) if method == "GET" else resp.headers.get("Content-Length", "0"))
+        self.send_header(
+            "Content-Length", str(len(body)) if method == "GET" else resp.headers.get("Content-Length", "0")
+        )
         self.end_headers()
         if method == "GET":
             self.wfile.write(body)
@@ -210,9 +250,24 @@ def test_estimate_fetch_bytes_match_what_the_consumer_downloads(interop, registr
         host = f"127.0.0.1:{srv.server_address[1]}"
         old, new = f"docker://{host}/zconv-fetch:old", f"docker://{host}/zconv-fetch:new"
         est = subprocess.run(
-            [sys.executable, "-m", "converter.cli", "estimate", old, new, "--hard-links", "true",
-             "--reflinks", str(_can_reflink(tmp_path)).lower(), "--tls-verify", "false", "--json"],
-            capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "converter.cli",
+                "estimate",
+                old,
+                new,
+                "--hard-links",
+                "true",
+                "--reflinks",
+                str(_can_reflink(tmp_path)).lower(),
+                "--tls-verify",
+                "false",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert est.returncode == 0, est.stderr
         ours = json.loads(est.stdout)

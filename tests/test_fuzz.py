@@ -170,7 +170,9 @@ def test_toc_that_is_random_json(doc) -> None:
 
 
 _names = st.one_of(
-    st.sampled_from(["etc/", "etc/hostname", "usr/bin/tool", "../x", "a/../../b", "", "/abs", "x\x00y", "./etc/hostname"]),
+    st.sampled_from(
+        ["etc/", "etc/hostname", "usr/bin/tool", "../x", "a/../../b", "", "/abs", "x\x00y", "./etc/hostname"]
+    ),
     st.text(max_size=12),
 )
 _ints = st.one_of(st.integers(-3, 70000), st.integers(0, 2**64), st.sampled_from([0, 1, 4096, 2**63 - 1]))
@@ -189,15 +191,21 @@ _field_values = {
     "digest": st.sampled_from(["", "sha256:" + "0" * 64, "sha256:xyz", hashlib.sha256(b"zconv\n").hexdigest()]),
     "chunkDigest": st.sampled_from(["", "sha256:" + "1" * 64, "sha256:"]),
     "chunkType": st.sampled_from(["", "zeros", "data", 7]),
-    "modtime": st.sampled_from(["2023-11-14T22:13:20Z", "1970-01-01T00:00:00Z", "bad", "9999-12-31T23:59:59.999999999-23:59"]),
-    "xattrs": st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.sampled_from(["", "YQ==", "!!", 1]), max_size=2)),
+    "modtime": st.sampled_from(
+        ["2023-11-14T22:13:20Z", "1970-01-01T00:00:00Z", "bad", "9999-12-31T23:59:59.999999999-23:59"]
+    ),
+    "xattrs": st.one_of(
+        st.none(), st.dictionaries(st.text(max_size=5), st.sampled_from(["", "YQ==", "!!", 1]), max_size=2)
+    ),
 }
 _edit = st.tuples(st.sampled_from(sorted(_field_values)), st.data())
 
 
 @pytest.mark.fuzz
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, 100), st.sampled_from(sorted(_field_values))), min_size=1, max_size=5), st.data())
+@given(
+    st.lists(st.tuples(st.integers(0, 100), st.sampled_from(sorted(_field_values))), min_size=1, max_size=5), st.data()
+)
 def test_toc_with_crafted_entry_fields(edits, data) -> None:
     """Valid checksums, hostile content: the TOC is rewritten and re-signed."""
     _count("crafted TOC entries")
@@ -220,9 +228,17 @@ def test_toc_with_crafted_entry_fields(edits, data) -> None:
 
 @pytest.mark.fuzz
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, 100), st.sampled_from(["type", "name", "size", "payload", "position", "name_raw"]),
-                          st.one_of(_json, st.sampled_from(["AAAAAAAAAAA=", "", "etc/hostname"]))),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 100),
+            st.sampled_from(["type", "name", "size", "payload", "position", "name_raw"]),
+            st.one_of(_json, st.sampled_from(["AAAAAAAAAAA=", "", "etc/hostname"])),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_tarsplit_with_crafted_lines(edits) -> None:
     _count("crafted tar-split lines")
 
@@ -258,8 +274,11 @@ def test_mutated_real_headers(pos, patch, which) -> None:
     _count("mutated real tar headers")
     import tarfile
 
-    tar = make_tar(sample_files(), fmt=[tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT][which]
-                   ) if which else make_tar([f for f in sample_files() if len(f[0]) < 100], fmt=tarfile.USTAR_FORMAT)
+    tar = (
+        make_tar(sample_files(), fmt=[tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT][which])
+        if which
+        else make_tar([f for f in sample_files() if len(f[0]) < 100], fmt=tarfile.USTAR_FORMAT)
+    )
     seg = bytearray(tar[:2048])
     seg[pos : pos + len(patch)] = patch[: 512 - pos] if pos + len(patch) > 512 else patch
     seg = seg[:2048]
@@ -285,7 +304,7 @@ def test_decompression_bombs_in_tarsplit_and_payload(mib, declared) -> None:
     b = build_chunked(BASE.tar)
     # Swap the first payload frame for the bomb: the TOC still says the old size.
     e = next(e for e in b.toc["entries"] if e.get("offset"))
-    blob = b.blob[: e["offset"]] + bomb + b.blob[e["endOffset"]:]
+    blob = b.blob[: e["offset"]] + bomb + b.blob[e["endOffset"] :]
     v = _exercise(blob, b.annotations)
     assert not v.ok
     # And as the tar-split itself, announced as `declared` bytes.
@@ -346,15 +365,17 @@ def run_cli(*argv: str) -> tuple[int, str]:
 
 
 def tiny_tar() -> bytes:
-    return ms.make_tar([
-        ms.Entry("etc/", kind="dir", mode=0o755),
-        ms.Entry("etc/hostname", data=b"zconv\n"),
-        ms.Entry("etc/motd", data=b"hello " * 300),
-        ms.Entry("bin/", kind="dir", mode=0o755),
-        ms.Entry("bin/sh", data=bytes(range(256)) * 40, mode=0o755),
-        ms.Entry("bin/ash", kind="symlink", target="sh"),
-        ms.Entry("bin/dash", kind="hardlink", target="bin/sh"),
-    ])
+    return ms.make_tar(
+        [
+            ms.Entry("etc/", kind="dir", mode=0o755),
+            ms.Entry("etc/hostname", data=b"zconv\n"),
+            ms.Entry("etc/motd", data=b"hello " * 300),
+            ms.Entry("bin/", kind="dir", mode=0o755),
+            ms.Entry("bin/sh", data=bytes(range(256)) * 40, mode=0o755),
+            ms.Entry("bin/ash", kind="symlink", target="sh"),
+            ms.Entry("bin/dash", kind="hardlink", target="bin/sh"),
+        ]
+    )
 
 
 TINY_TAR = tiny_tar()
@@ -393,28 +414,63 @@ def _desc(media_type: str, data: bytes, **extra) -> dict:
 
 
 def _image_docs(tar: bytes, layer_mt: str = ms.OCI_LAYER_TAR) -> tuple[dict, dict, dict]:
-    config = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
-              "rootfs": {"type": "layers", "diff_ids": [ms.sha256(tar)]}}
-    manifest = {"schemaVersion": 2, "mediaType": ms.OCI_MANIFEST,
-                "config": _desc(ms.OCI_CONFIG, ms.dumps(config)), "layers": [_desc(layer_mt, tar)]}
-    index = {"schemaVersion": 2, "mediaType": ms.OCI_INDEX,
-             "manifests": [_desc(ms.OCI_MANIFEST, ms.dumps(manifest), annotations={REF: "v1"})]}
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [ms.sha256(tar)]},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": ms.OCI_MANIFEST,
+        "config": _desc(ms.OCI_CONFIG, ms.dumps(config)),
+        "layers": [_desc(layer_mt, tar)],
+    }
+    index = {
+        "schemaVersion": 2,
+        "mediaType": ms.OCI_INDEX,
+        "manifests": [_desc(ms.OCI_MANIFEST, ms.dumps(manifest), annotations={REF: "v1"})],
+    }
     return index, manifest, config
 
 
 # JSON values hostile in type, size, depth and text.
 _hostile_scalar = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.sampled_from([2**63 - 1, 2**63, -1, 0, 1.5, 1e308]),
-    st.text(max_size=12), st.sampled_from(["\ud800", "\udfff x", "sha256:" + "0" * 64, "../../etc/passwd", "\x1b[31m"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**65), 2**65),
+    st.sampled_from([2**63 - 1, 2**63, -1, 0, 1.5, 1e308]),
+    st.text(max_size=12),
+    st.sampled_from(["\ud800", "\udfff x", "sha256:" + "0" * 64, "../../etc/passwd", "\x1b[31m"]),
 )
 _hostile_json = st.recursive(
     _hostile_scalar,
     lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids, max_size=3),
     max_leaves=12,
 )
-_KEYS = ["mediaType", "digest", "size", "annotations", "platform", "urls", "artifactType", "schemaVersion",
-         "manifests", "layers", "config", "subject", "os", "architecture", "variant", "os.version", "features",
-         "os.features", "rootfs", "diff_ids", REF]
+_KEYS = [
+    "mediaType",
+    "digest",
+    "size",
+    "annotations",
+    "platform",
+    "urls",
+    "artifactType",
+    "schemaVersion",
+    "manifests",
+    "layers",
+    "config",
+    "subject",
+    "os",
+    "architecture",
+    "variant",
+    "os.version",
+    "features",
+    "os.features",
+    "rootfs",
+    "diff_ids",
+    REF,
+]
 
 
 def _paths(doc, prefix=()):
@@ -613,8 +669,12 @@ def test_chunked_blobs_through_verify_and_inspect(data) -> None:
         key = data.draw(st.sampled_from(sorted(ann)))
         ann[key] = data.draw(st.one_of(_pos_text, st.text(max_size=30)))
     layer = dict(CHUNKED_DESC, annotations=ann, **{k: v for k, v in _desc(ZSTD, blob).items() if k != "mediaType"})
-    manifest = {"schemaVersion": 2, "mediaType": ms.OCI_MANIFEST,
-                "config": _desc(ms.OCI_CONFIG, CHUNKED_CONFIG), "layers": [layer]}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": ms.OCI_MANIFEST,
+        "config": _desc(ms.OCI_CONFIG, CHUNKED_CONFIG),
+        "layers": [layer],
+    }
     index = {"schemaVersion": 2, "manifests": [_desc(ms.OCI_MANIFEST, ms.dumps(manifest), annotations={REF: "v1"})]}
     with workdir() as root:
         src = write_image(root, ms.dumps(index), [blob, CHUNKED_CONFIG, ms.dumps(manifest)])

@@ -62,39 +62,105 @@ def hostile():
         yield reg
 
 
-_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\r\n\x7f"), max_size=60)
+_header_text = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\r\n\x7f"), max_size=60
+)
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
-        ["errors", "code", "message", "token", "access_token", "tags", "schemaVersion", "mediaType", "config",
-         "layers", "manifests", "digest", "size", "urls", "platform", "annotations"]), inner, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "errors",
+                    "code",
+                    "message",
+                    "token",
+                    "access_token",
+                    "tags",
+                    "schemaVersion",
+                    "mediaType",
+                    "config",
+                    "layers",
+                    "manifests",
+                    "digest",
+                    "size",
+                    "urls",
+                    "platform",
+                    "annotations",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
     max_leaves=20,
 )
 
 
 def _locations(port: int) -> st.SearchStrategy[str]:
     local = f"127.0.0.1:{port}"
-    return st.sampled_from(["/v2/", "/v2/r/manifests/t", "/v2/r/manifests/t?x=1", "file:///etc/passwd",
-                            "gopher://127.0.0.1/x", f"http://{local}/v2/r/manifests/t", f"//{local}/v2/",
-                            "", "relative/path", "http://[::1", "http://127.0.0.1:0/x", "http://127.0.0.1:99999/",
-                            f"https://{local}/v2/", "data:,x"]) | _header_text
+    return (
+        st.sampled_from(
+            [
+                "/v2/",
+                "/v2/r/manifests/t",
+                "/v2/r/manifests/t?x=1",
+                "file:///etc/passwd",
+                "gopher://127.0.0.1/x",
+                f"http://{local}/v2/r/manifests/t",
+                f"//{local}/v2/",
+                "",
+                "relative/path",
+                "http://[::1",
+                "http://127.0.0.1:0/x",
+                "http://127.0.0.1:99999/",
+                f"https://{local}/v2/",
+                "data:,x",
+            ]
+        )
+        | _header_text
+    )
 
 
 def _headers(port: int) -> st.SearchStrategy[list[tuple[str, str]]]:
     local = f"127.0.0.1:{port}"
     values = {
         "Location": _locations(port),
-        "WWW-Authenticate": st.sampled_from([
-            'Bearer realm="/token",service="s"', f'Bearer realm="http://{local}/token",scope="repository:r:pull"',
-            'Bearer realm="ftp://127.0.0.1/token"', 'Bearer realm=""', "Bearer", 'Basic realm="x"', "Negotiate",
-            'Bearer realm="http://[::1"', 'Bearer realm="token"',
-        ]) | _header_text.map(lambda t: "Bearer " + t),
-        "Content-Type": st.sampled_from(["application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
-                                         "application/vnd.docker.distribution.manifest.v2+json", "text/html",
-                                         "multipart/byteranges; boundary=x"]) | _header_text,
-        "Content-Range": st.sampled_from(["bytes 0-9/100", "bytes */100", "bytes 99999999999999999999-1/2"]) | _header_text,
-        "Docker-Content-Digest": st.sampled_from([sha256(IMG.manifest), "sha256:" + "0" * 64, "../../etc"]) | _header_text,
-        "Link": st.sampled_from([f'<http://{local}/v2/r/tags/list?n=1>; rel="next"', '<ftp://x>; rel="next"', "<>"]) | _header_text,
+        "WWW-Authenticate": st.sampled_from(
+            [
+                'Bearer realm="/token",service="s"',
+                f'Bearer realm="http://{local}/token",scope="repository:r:pull"',
+                'Bearer realm="ftp://127.0.0.1/token"',
+                'Bearer realm=""',
+                "Bearer",
+                'Basic realm="x"',
+                "Negotiate",
+                'Bearer realm="http://[::1"',
+                'Bearer realm="token"',
+            ]
+        )
+        | _header_text.map(lambda t: "Bearer " + t),
+        "Content-Type": st.sampled_from(
+            [
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.oci.image.index.v1+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "text/html",
+                "multipart/byteranges; boundary=x",
+            ]
+        )
+        | _header_text,
+        "Content-Range": st.sampled_from(["bytes 0-9/100", "bytes */100", "bytes 99999999999999999999-1/2"])
+        | _header_text,
+        "Docker-Content-Digest": st.sampled_from([sha256(IMG.manifest), "sha256:" + "0" * 64, "../../etc"])
+        | _header_text,
+        "Link": st.sampled_from([f'<http://{local}/v2/r/tags/list?n=1>; rel="next"', '<ftp://x>; rel="next"', "<>"])
+        | _header_text,
         "Range": st.sampled_from(["0-9", "0-99999999999999999999999", "bytes=0-", "junk"]),
         "Retry-After": st.sampled_from(["0", "-1", "1e309", "nan", "soon"]),
         "X-Odd": _header_text,
@@ -119,14 +185,19 @@ def _bodies() -> st.SearchStrategy[bytes]:
 def _answers(port: int) -> st.SearchStrategy[Answer | None]:
     # Statuses the client retries (408/429/5xx) are left to test_registry*.py: here they would only add sleeps.
     answer = st.builds(
-        lambda status, headers, body, lie: Answer(status, headers, body, content_length=(len(body) + lie) if lie else None),
+        lambda status, headers, body, lie: Answer(
+            status, headers, body, content_length=(len(body) + lie) if lie else None
+        ),
         st.sampled_from([200, 201, 202, 204, 206, 301, 302, 303, 307, 308, 400, 401, 403, 404, 405, 416, 418]),
         _headers(port),
         _bodies(),
         st.sampled_from([0, 0, 0, -1, 5]),
     )
-    redirect = st.builds(lambda status, loc: Answer(status, [("Location", loc)]),
-                         st.sampled_from([301, 302, 303, 307, 308]), _locations(port))
+    redirect = st.builds(
+        lambda status, loc: Answer(status, [("Location", loc)]),
+        st.sampled_from([301, 302, 303, 307, 308]),
+        _locations(port),
+    )
     return st.none() | answer | redirect
 
 

@@ -114,7 +114,10 @@ def test_loader_limits_are_one_line_errors():
         load_json(b"[" + b"1," * 20 + b"1]", "here", max_size=10)
     # Valid pairs, escaped backslashes and brackets inside strings are fine.
     assert load_json(b'{"a": "\\ud83d\\ude00", "b": "\\\\ud800", "c": "[[[[{{{{"}', "x") == {
-        "a": "\U0001F600", "b": "\\ud800", "c": "[[[[{{{{"}
+        "a": "\U0001f600",
+        "b": "\\ud800",
+        "c": "[[[[{{{{",
+    }
     assert nesting_depth(b'[[["]]]]]]"]]]') == 3
     assert load_json(b"[" * 64 + b"]" * 64, "x") is not None
 
@@ -214,8 +217,7 @@ def run_child(*argv: str, timeout: float = 60) -> tuple[int, str]:
     import subprocess
 
     code = "import sys; from converter.cli import main; sys.exit(main(sys.argv[1:]))"
-    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=timeout,
-                       cwd=ROOT)
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert "Traceback" not in p.stderr, p.stderr
     return p.returncode, p.stderr
 
@@ -372,8 +374,9 @@ def docker_archive(tmp_path: Path, layer_member) -> Path:
     """A docker-archive whose only layer member is `layer_member(name) -> TarInfo` (with no data)."""
     import io
 
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}).encode()
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}
+    ).encode()
     manifest = json.dumps([{"Config": "config.json", "RepoTags": ["x:1"], "Layers": ["layer.tar"]}]).encode()
     out = tmp_path / "d.tar"
     with tarfile.open(out, "w") as tf:
@@ -408,8 +411,14 @@ def zconv_child(*argv: str, env: dict | None = None):
     import subprocess
 
     code = "import sys; from converter.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def tags_of(layout: Path) -> list[str]:
@@ -502,7 +511,9 @@ def test_killed_runs_leave_nothing_the_next_run_does_not_clean(tmp_path):
     assert p.returncode == -signal.SIGKILL
     stage = Path(p.stdout.strip())
     assert stage.is_dir() and stage.name.startswith(".out.zconv-")
-    p = subprocess.run([sys.executable, "-c", KILL_HOLDING_THE_LOCK, str(dst)], capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-c", KILL_HOLDING_THE_LOCK, str(dst)], capture_output=True, text=True, cwd=ROOT
+    )
     assert p.returncode == -signal.SIGKILL
     assert (dst / ".zconv-lock").exists() and (dst / ".tmp-index.json-killed").exists()
     # A live run's staging directory must survive the cleaning.

@@ -97,8 +97,7 @@ def unextractable_reason(tar: Path) -> str | None:
     return None
 
 
-def push_and_pull(interop: InteropTool, registry, layout: Path, tag: str, repo: str,
-                  store: Path) -> dict:
+def push_and_pull(interop: InteropTool, registry, layout: Path, tag: str, repo: str, store: Path) -> dict:
     ref = registry.ref(repo, tag)
     interop.copy(f"oci:{layout}:{tag}", f"docker://{ref}")
     log = store.parent / f"{store.name}-{repo}-{tag}.log"
@@ -111,19 +110,20 @@ def push_and_pull(interop: InteropTool, registry, layout: Path, tag: str, repo: 
 def assert_partial_pull(res: dict, manifest: dict, what: str) -> None:
     """Every layer with a TOC went through the zstd:chunked differ, no fallback;
     the image ID is the config digest (so the DiffIDs were verified)."""
-    assert [l["digest"] for l in res["layers"]] == [l["digest"] for l in manifest["layers"]], what
+    assert [x["digest"] for x in res["layers"]] == [x["digest"] for x in manifest["layers"]], what
     for layer, desc in zip(res["layers"], manifest["layers"]):
         if TOC_CHECKSUM_KEY not in desc.get("annotations", {}):
             continue
         where = f"{what} layer {layer['digest']} (debug log: {res['log_file']})"
         assert not layer["reused"], f"{where}: reused from the store, nothing was tested"
         assert layer["differ"] == "zstd:chunked", (
-            f"{where}: zstd:chunked differ not used: {layer.get('differ_error') or layer['differ']!r}")
+            f"{where}: zstd:chunked differ not used: {layer.get('differ_error') or layer['differ']!r}"
+        )
         assert not layer["fallback"], f"{where}: fell back to a full download: {layer['fallback_reason']}"
         assert layer["partial"], f"{where}: no 'Retrieved partial blob'"
     assert res["image_id"] == manifest["config"]["digest"].split(":", 1)[1], (
-        f"{what}: image ID {res['image_id']} != config digest {manifest['config']['digest']}; "
-        f"log: {res['log']}")
+        f"{what}: image ID {res['image_id']} != config digest {manifest['config']['digest']}; log: {res['log']}"
+    )
 
 
 def assert_tree_equal(res: dict, tars: list[Path], what: str) -> None:
@@ -133,9 +133,16 @@ def assert_tree_equal(res: dict, tars: list[Path], what: str) -> None:
         assert not diffs, f"{what}: pulled layer differs from {tar}:\n" + "\n".join(diffs)
 
 
-def assert_toc_matches_reference(interop: InteropTool, layout: Path, manifest: dict,
-                                 tars: list[Path], workdir: Path, what: str,
-                                 ref_layout: Path | None = None, ref_manifest: dict | None = None) -> None:
+def assert_toc_matches_reference(
+    interop: InteropTool,
+    layout: Path,
+    manifest: dict,
+    tars: list[Path],
+    workdir: Path,
+    what: str,
+    ref_layout: Path | None = None,
+    ref_manifest: dict | None = None,
+) -> None:
     """Our TOC == the reference writer's for the same tar (compressed now, or taken
     from an already converted reference image)."""
     for i, (desc, tar) in enumerate(zip(manifest["layers"], tars)):
@@ -179,27 +186,30 @@ def test_edge_case_partial_pull(case, edge_tars, interop, registry, tmp_path):
     reason = unchunkable_reason(tar)
     if reason is None:
         assert TOC_CHECKSUM_KEY in desc.get("annotations", {}), (
-            f"{case}: zconv did not write zstd:chunked for a chunkable tar: {desc}")
+            f"{case}: zconv did not write zstd:chunked for a chunkable tar: {desc}"
+        )
     else:
         assert TOC_CHECKSUM_KEY not in desc.get("annotations", {}), (
-            f"{case}: zconv wrote zstd:chunked for a tar the consumer refuses ({reason})")
+            f"{case}: zconv wrote zstd:chunked for a tar the consumer refuses ({reason})"
+        )
     if (why := unextractable_reason(tar)) is not None:
         # The consumer cannot extract it at all; it must treat ours as it treats the reference's.
         reference_convert(interop, [tar], tmp_path / "ref", "v1", tmp_path)
         outcome = {}
         for kind in ("ours", "ref"):
             try:
-                push_and_pull(interop, registry, tmp_path / kind, "v1", _repo_name(case) + "-" + kind,
-                              tmp_path / f"store-{kind}")
+                push_and_pull(
+                    interop, registry, tmp_path / kind, "v1", _repo_name(case) + "-" + kind, tmp_path / f"store-{kind}"
+                )
                 outcome[kind] = "pulled"
             except InteropError as e:
                 outcome[kind] = "failed: " + str(e)[-200:]
         assert outcome["ours"].split(":")[0] == outcome["ref"].split(":")[0], (
-            f"{case} ({why}): consumer outcome differs: {outcome}")
+            f"{case} ({why}): consumer outcome differs: {outcome}"
+        )
         assert_toc_matches_reference(interop, tmp_path / "ours", manifest, [tar], tmp_path, case)
         return
-    res = push_and_pull(interop, registry, tmp_path / "ours", "v1", _repo_name(case),
-                        tmp_path / "store")
+    res = push_and_pull(interop, registry, tmp_path / "ours", "v1", _repo_name(case), tmp_path / "store")
     assert_partial_pull(res, manifest, case)
     assert_tree_equal(res, [tar], case)
     if reason is None:
@@ -229,7 +239,7 @@ def test_sample_image_partial_pull(interop, registry, tmp_path):
         zconv_convert(f"oci:{SAMPLE}:v1", f"oci:{tmp_path / 'ours'}:v1")
     manifest, _ = read_oci_image(tmp_path / "ours", "v1")
     assert len(manifest["layers"]) == len(tars) > 1
-    for desc, tar in zip(manifest["layers"], tars):
+    for desc in manifest["layers"]:
         assert TOC_CHECKSUM_KEY in desc.get("annotations", {}), f"sample layer not chunked: {desc}"
     res = push_and_pull(interop, registry, tmp_path / "ours", "v1", "sample", tmp_path / "store")
     assert_partial_pull(res, manifest, "sample")
@@ -270,10 +280,16 @@ def _pull(interop, registry, pair, kind, tag, store) -> dict:
 def test_debian_toc_matches_reference(tag, debian_pair, interop, tmp_path):
     manifest = debian_pair["ours"][tag]
     assert TOC_CHECKSUM_KEY in manifest["layers"][0].get("annotations", {}), manifest
-    assert_toc_matches_reference(interop, debian_pair["work"] / "ours", manifest,
-                                 [debian_pair["tars"][tag]], tmp_path, f"debian {tag}",
-                                 ref_layout=debian_pair["work"] / "ref",
-                                 ref_manifest=debian_pair["ref"][tag])
+    assert_toc_matches_reference(
+        interop,
+        debian_pair["work"] / "ours",
+        manifest,
+        [debian_pair["tars"][tag]],
+        tmp_path,
+        f"debian {tag}",
+        ref_layout=debian_pair["work"] / "ref",
+        ref_manifest=debian_pair["ref"][tag],
+    )
 
 
 @pytest.mark.slow
@@ -295,12 +311,15 @@ def test_debian_v1_then_v2_partial_pull(debian_pair, interop, registry, tmp_path
         assert_partial_pull(res, debian_pair["ref"][tag], f"reference debian {tag}")
         ref_missing[tag] = (res["missing_bytes"], res["total_bytes"])
 
-    print(f"\nmissing bytes (ours / reference): v1 {missing['v1']} / {ref_missing['v1']}, "
-          f"v2 after v1 {missing['v2']} / {ref_missing['v2']}")
+    print(
+        f"\nmissing bytes (ours / reference): v1 {missing['v1']} / {ref_missing['v1']}, "
+        f"v2 after v1 {missing['v2']} / {ref_missing['v2']}"
+    )
     assert missing["v2"][0] < missing["v2"][1], f"v2 reused nothing from v1: {missing['v2']}"
     assert missing["v2"][0] <= ref_missing["v2"][0], (
         f"pulling v2 after v1 needs {missing['v2'][0]} bytes with zconv's conversion but only "
-        f"{ref_missing['v2'][0]} with the reference writer's")
+        f"{ref_missing['v2'][0]} with the reference writer's"
+    )
     for d in (store, ref_store):  # ~1 GB of layers; kept above only when a check failed
         shutil.rmtree(d, ignore_errors=True)
 
@@ -322,12 +341,12 @@ def test_partial_pull_with_auth_and_tls(edge_tars, interop, tmp_path):
         assert reg.url.startswith("https://")
         net = dict(creds="alice:s3cret", cert_dir=certs, tls_verify=True)
         with pytest.raises(InteropError, match="(?i)unauthorized|authentication"):
-            interop.copy(f"oci:{tmp_path / 'ours'}:v1", f"docker://{reg.ref('private', 'v1')}",
-                         cert_dir=certs, tls_verify=True)
+            interop.copy(
+                f"oci:{tmp_path / 'ours'}:v1", f"docker://{reg.ref('private', 'v1')}", cert_dir=certs, tls_verify=True
+            )
         interop.copy(f"oci:{tmp_path / 'ours'}:v1", f"docker://{reg.ref('private', 'v1')}", **net)
         store = tmp_path / "store"
-        res = interop.pull(f"docker://{reg.ref('private', 'v1')}", store,
-                           log=tmp_path / "pull.log", **net)
+        res = interop.pull(f"docker://{reg.ref('private', 'v1')}", store, log=tmp_path / "pull.log", **net)
         assert_no_mounts_under(store)
     res["log_file"] = str(tmp_path / "pull.log")
     assert_partial_pull(res, manifest, "auth+tls")

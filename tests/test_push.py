@@ -26,12 +26,19 @@ sys.path.insert(0, str(ROOT / "testdata"))
 import make_sample  # noqa: E402
 
 
-def zconv(*args: str, env: dict | None = None, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def zconv(
+    *args: str, env: dict | None = None, stdin: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.run(
         [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())", *args],
-        capture_output=True, text=True, env=e, input=stdin, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=e,
+        input=stdin,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -61,7 +68,7 @@ def assert_registry_has(host: str, ref: str, expected: dict[str, bytes], top_dig
     from converter.image.model import Index, parse_manifest_or_index
 
     with DockerSource(f"docker://{host}/{ref}") as src:
-        (_, top), = src.targets()
+        ((_, top),) = src.targets()
         assert top.digest == top_digest
         todo = [top]
         seen: set[str] = set()
@@ -133,10 +140,12 @@ def test_push_docker_archive_source(registry, tmp_path):
     img = make_sample.make_image(make_sample.sample_layers(4), docker=True)
     archive = tmp_path / "saved.tar"
     make_sample.write_docker_archive(str(archive), [(img, ["localhost/app:2"])])
-    p = zconv("push", f"docker-archive:{archive}", f"docker://{registry.host}/push/fromarchive:2", "--json", "--jobs", "1")
+    p = zconv(
+        "push", f"docker-archive:{archive}", f"docker://{registry.host}/push/fromarchive:2", "--json", "--jobs", "1"
+    )
     assert p.returncode == 0, p.stderr
     with DockerSource(f"docker://{registry.host}/push/fromarchive:2") as src:
-        (_, top), = src.targets()
+        ((_, top),) = src.targets()
         assert top.digest == json.loads(p.stdout)["digest"]
         from converter.image.model import parse_manifest_or_index
 
@@ -164,8 +173,16 @@ def test_rerun_after_a_failed_push_uploads_nothing_again(registry, tmp_path):
     layout = big_image(tmp_path, seed=23, big=400_000)
     with FaultProxy(registry.port) as proxy:
         proxy.add(Fault("status", method="PUT", path="/manifests/", status=500, times=-1))
-        p = zconv("push", f"oci:{layout}:v1", f"docker://{proxy.host}/rerun/app:v1", "--quiet",
-                  "--retry", "1", "--retry-delay", "0.01")
+        p = zconv(
+            "push",
+            f"oci:{layout}:v1",
+            f"docker://{proxy.host}/rerun/app:v1",
+            "--quiet",
+            "--retry",
+            "1",
+            "--retry-delay",
+            "0.01",
+        )
         assert p.returncode == 4
         assert "/manifests/" not in one_error_line(p)  # names the reference, not a URL path
         proxy.clear()
@@ -176,7 +193,7 @@ def test_rerun_after_a_failed_push_uploads_nothing_again(registry, tmp_path):
 
 
 def test_second_push_skips_existing_blobs(registry):
-    dest = f"push/again:v1"
+    dest = "push/again:v1"
     assert zconv("push", f"oci:{SAMPLE}:v1", f"docker://{registry.host}/{dest}").returncode == 0
     with FaultProxy(registry.port) as proxy:
         p = zconv("push", f"oci:{SAMPLE}:v1", f"docker://{proxy.host}/{dest}", "--json")
@@ -241,8 +258,18 @@ def test_push_through_faults_ends_with_a_complete_verified_image(registry, tmp_p
         proxy.add(Fault("stall", method="PUT", path="/manifests/sha256:", times=1))
         proxy.add(Fault("status", method="PUT", path="/manifests/v1$", status=429, times=1, retry_after="0"))
         p = zconv(
-            "push", f"oci:{layout}:v1", f"docker://{proxy.host}/faults/big:v1", "--json",
-            "--retry", "4", "--retry-delay", "0.05", "--timeout", "2", "--chunk-size", "1",
+            "push",
+            f"oci:{layout}:v1",
+            f"docker://{proxy.host}/faults/big:v1",
+            "--json",
+            "--retry",
+            "4",
+            "--retry-delay",
+            "0.05",
+            "--timeout",
+            "2",
+            "--chunk-size",
+            "1",
         )
         assert p.returncode == 0, p.stderr
         report = json.loads(p.stdout)
@@ -259,8 +286,14 @@ def test_faults_beyond_budget_fail_and_leave_the_tag(registry, tmp_path):
     with FaultProxy(registry.port) as proxy:
         proxy.add(Fault("status", method="PUT", path="/blobs/uploads/", status=503, times=-1))
         p = zconv(
-            "push", f"oci:{layout}:v1", f"docker://{proxy.host}/faults/stable:prod", "--quiet",
-            "--retry", "2", "--retry-delay", "0.01",
+            "push",
+            f"oci:{layout}:v1",
+            f"docker://{proxy.host}/faults/stable:prod",
+            "--quiet",
+            "--retry",
+            "2",
+            "--retry-delay",
+            "0.01",
         )
     assert p.returncode == 4
     line = one_error_line(p)
@@ -435,15 +468,30 @@ def test_rerun_after_a_killed_push_finishes_without_reuploading(registry, tmp_pa
     with FaultProxy(registry.port, stall_seconds=120) as proxy:
         proxy.add(Fault("stall", method="PATCH", after=1, times=1))  # the big layer's 2nd chunk hangs
         proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())",
-             "push", f"oci:{layout}:v1", f"docker://{proxy.host}/crash/app:v1", "--quiet",
-             "--chunk-size", "1", "--timeout", "120"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-c",
+                "import sys; from converter.cli import main; sys.exit(main())",
+                "push",
+                f"oci:{layout}:v1",
+                f"docker://{proxy.host}/crash/app:v1",
+                "--quiet",
+                "--chunk-size",
+                "1",
+                "--timeout",
+                "120",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         try:
             deadline = time.monotonic() + 120  # a guard against hanging, not a timing assertion
-            while not (proxy.requests("PATCH", None) and proxy.requests("PATCH")[-1][2] == "stall"
-                       and len([e for e in proxy.requests("PUT", "/blobs/uploads/") if e[2] == 201]) == 2):
+            while not (
+                proxy.requests("PATCH", None)
+                and proxy.requests("PATCH")[-1][2] == "stall"
+                and len([e for e in proxy.requests("PUT", "/blobs/uploads/") if e[2] == 201]) == 2
+            ):
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.monotonic() < deadline, proxy.log
                 time.sleep(0.05)

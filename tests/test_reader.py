@@ -121,6 +121,7 @@ def test_pax_xattrs_become_base64_of_the_raw_bytes() -> None:
     with_x = [(h, m) for h, m in zip(hdrs, members) if h["xattrs"]]
     assert with_x
     import base64
+
     for h, m in with_x:
         for k, v in h["xattrs"].items():
             raw = m.pax_headers["SCHILY.xattr." + k].encode("utf-8", "surrogateescape")
@@ -198,6 +199,7 @@ def _set(entry_name: str, **fields):
         for e in toc["entries"]:
             if e["name"] == entry_name and e["type"] != "chunk":
                 e.update(fields)
+
     return mutate
 
 
@@ -254,15 +256,19 @@ def test_overlapping_payload_ranges_are_refused() -> None:
         regs = [e for e in toc["entries"] if e.get("offset")]
         regs[1]["offset"] = regs[0]["offset"]
         regs[1].pop("chunkSize", None)
+
     b = build_chunked(make_tar(sample_files()), mutate_toc=overlap)
     with pytest.raises(BadInputError, match="overlaps entry"):
         read_toc(io.BytesIO(b.blob), b.annotations)
 
 
 def test_toc_that_is_not_json_or_not_a_toc() -> None:
-    for raw, msg in ((b"\xff\xfe not json", "not valid JSON"), (b"[1,2,3]", "not an object"),
-                     (b"[" * 100000 + b"]" * 100000, "nested too deeply|not valid JSON"),
-                     (b'{"version":1,"entries":[]} trailing', "not valid JSON")):
+    for raw, msg in (
+        (b"\xff\xfe not json", "not valid JSON"),
+        (b"[1,2,3]", "not an object"),
+        (b"[" * 100000 + b"]" * 100000, "nested too deeply|not valid JSON"),
+        (b'{"version":1,"entries":[]} trailing', "not valid JSON"),
+    ):
         b = build_chunked(make_tar(sample_files()), toc_bytes=raw)
         with pytest.raises(BadInputError, match=msg):
             read_toc(io.BytesIO(b.blob), b.annotations)
@@ -273,6 +279,7 @@ def test_decompression_bomb_in_toc_is_stopped_at_the_declared_size() -> None:
     b = build_chunked(make_tar(sample_files()), toc_bytes=b"{}")
     # Re-wrap: put the bomb where the TOC is, with a small declared size and the right checksum.
     from converter.chunked.format import Footer, skippable_frame
+
     head = b.blob[: int(b.annotations[MANIFEST_POSITION_KEY].split(":")[0]) - 8]
     blob = head + skippable_frame(bomb)
     ts_frame = skippable_frame(b"\x28\xb5\x2f\xfd" + bytes(10))
@@ -332,6 +339,7 @@ def test_tarsplit_file_name_without_toc_file_is_reported() -> None:
         for d in lines:
             if d["type"] == 1 and d["name"] == "etc/hostname":
                 d["name"] = "etc/hostname.bak"
+
     b = build_chunked(make_tar(sample_files()), mutate_tarsplit=rename)
     layer = load_layer(io.BytesIO(b.blob), b.annotations, check_match=False)
     problems = check_toc_matches_tarsplit(layer.entries, layer.tarsplit, "L")
@@ -380,8 +388,13 @@ def test_toc_parsed_in_small_pieces_equals_the_json_parse() -> None:
     pieces = [raw[i : i + 5] for i in range(0, len(raw), 5)]
     entries, tsd = parse_toc_entries(iter(pieces), "L")
     assert entries == toc_entries(parse_toc(raw, "L"), "L") and tsd == b.toc["tarSplitDigest"]
-    for bad_json, msg in ((raw[:-1], "not valid JSON"), (raw + b"x", "extra data"), (b"[1]", "not an object"),
-                          (b'{"version":1,"entries":5}', "not a list"), (b'{"version":2}', "version 2")):
+    for bad_json, msg in (
+        (raw[:-1], "not valid JSON"),
+        (raw + b"x", "extra data"),
+        (b"[1]", "not an object"),
+        (b'{"version":1,"entries":5}', "not a list"),
+        (b'{"version":2}', "version 2"),
+    ):
         with pytest.raises(BadInputError, match=msg):
             parse_toc_entries(iter([bad_json]), "L")
 

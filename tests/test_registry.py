@@ -174,7 +174,7 @@ def test_range_requests_check_on_real_registry(registry, tmp_path):
     path, data, digest = _blob(tmp_path, 1_000_000, seed=9)
     with RegistryClient(registry.host) as c:
         c.push_blob("t/range", digest, len(data), lambda: open(path, "rb"))
-        rc = c.check_range_requests("t/range", digest, len(data), lambda o, n: data[o:o + n])
+        rc = c.check_range_requests("t/range", digest, len(data), lambda o, n: data[o : o + n])
         assert rc.ok, rc.message
         assert c.get_range("t/range", digest, 12345, 100) == data[12345:12445]
 
@@ -241,11 +241,14 @@ def test_sink_writes_tag_only_on_commit(registry, tmp_path):
     config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
     cdesc = Descriptor("application/vnd.oci.image.config.v1+json", sha256_digest(config), len(config))
     ldesc = Descriptor("application/vnd.oci.image.layer.v1.tar", digest, len(data))
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": cdesc.media_type, "digest": cdesc.digest, "size": cdesc.size},
-        "layers": [{"mediaType": ldesc.media_type, "digest": ldesc.digest, "size": ldesc.size}],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": cdesc.media_type, "digest": cdesc.digest, "size": cdesc.size},
+            "layers": [{"mediaType": ldesc.media_type, "digest": ldesc.digest, "size": ldesc.size}],
+        }
+    ).encode()
     mdesc = Descriptor(OCI_MANIFEST, sha256_digest(manifest), len(manifest))
     with DockerSink(f"docker://{registry.host}/t/commit:v1") as sink:
         sink.put_blob_bytes(cdesc, config)
@@ -257,7 +260,7 @@ def test_sink_writes_tag_only_on_commit(registry, tmp_path):
             assert c.head_manifest("t/commit", mdesc.digest) is not None  # by digest: yes
         sink.commit()
     with DockerSource(f"docker://{registry.host}/t/commit:v1") as src:
-        (tag, top), = src.targets()
+        ((tag, top),) = src.targets()
         assert top.digest == mdesc.digest
         assert src.get_manifest(top) == manifest
         with src.open_blob(ldesc) as r:
@@ -275,6 +278,7 @@ def test_auth_file_order_and_namespaces(tmp_path, monkeypatch):
 
     def enc(u, p):
         import base64
+
         return {"auth": base64.b64encode(f"{u}:{p}".encode()).decode()}
 
     home = tmp_path / "home"
@@ -284,11 +288,17 @@ def test_auth_file_order_and_namespaces(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
 
-    write(home / ".docker/config.json", {"https://reg.example:5000": enc("docker", "d"), "https://index.docker.io/v1/": enc("hub", "h")})
+    write(
+        home / ".docker/config.json",
+        {"https://reg.example:5000": enc("docker", "d"), "https://index.docker.io/v1/": enc("hub", "h")},
+    )
     assert authmod.lookup_credentials("reg.example:5000").username == "docker"
     assert authmod.lookup_credentials("docker.io").username == "hub"
 
-    write(tmp_path / "run/containers/auth.json", {"reg.example:5000": enc("runtime", "r"), "reg.example:5000/team": enc("team", "t")})
+    write(
+        tmp_path / "run/containers/auth.json",
+        {"reg.example:5000": enc("runtime", "r"), "reg.example:5000/team": enc("team", "t")},
+    )
     assert authmod.lookup_credentials("reg.example:5000").username == "runtime"
     assert authmod.lookup_credentials("reg.example:5000", "team/app").username == "team"
     assert authmod.lookup_credentials("reg.example:5000", "other/app").username == "runtime"

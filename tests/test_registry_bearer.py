@@ -41,8 +41,9 @@ class TokenServer:
 
     def __init__(self, cert: Path, key: Path) -> None:
         self.cert, self.key = cert, key
-        der = subprocess.run(["openssl", "x509", "-in", str(cert), "-outform", "DER"],
-                             check=True, capture_output=True).stdout
+        der = subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-outform", "DER"], check=True, capture_output=True
+        ).stdout
         self.x5c = base64.b64encode(der).decode()
         self.requests: list[dict] = []
         server = self
@@ -91,15 +92,26 @@ class TokenServer:
     def sign(self, subject: str, access: list[dict]) -> str:
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self.x5c]}
-        claims = {"iss": ISSUER, "sub": subject, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
-                  "iat": now, "jti": hashlib.sha256(f"{now}{subject}{access}".encode()).hexdigest()[:16],
-                  "access": access}
+        claims = {
+            "iss": ISSUER,
+            "sub": subject,
+            "aud": SERVICE,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": hashlib.sha256(f"{now}{subject}{access}".encode()).hexdigest()[:16],
+            "access": access,
+        }
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
-                             input=signing_input.encode(), check=True, capture_output=True).stdout
+        sig = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            check=True,
+            capture_output=True,
+        ).stdout
         return f"{signing_input}.{_b64url(sig)}"
 
-    def __enter__(self) -> "TokenServer":
+    def __enter__(self) -> TokenServer:
         self.thread.start()
         return self
 
@@ -151,8 +163,10 @@ def test_bearer_token_push_pull_and_scopes(bearer, tmp_path, monkeypatch):
     path.write_bytes(data)
     with RegistryClient(reg.host, creds=f"{USER}:{PASSWORD}") as c:
         assert c.push_blob("bearer/src", digest, len(data), lambda: open(path, "rb")) == "uploaded"
-        assert c.push_blob("bearer/dst", digest, len(data), lambda: open(path, "rb"),
-                           mount_from=["bearer/src"]) == "mounted"
+        assert (
+            c.push_blob("bearer/dst", digest, len(data), lambda: open(path, "rb"), mount_from=["bearer/src"])
+            == "mounted"
+        )
         with c.open_blob("bearer/dst", digest, len(data)) as s:
             assert s.read() == data
     granted = [r for r in token.requests if r["granted"] and r["user"] == USER]

@@ -39,8 +39,11 @@ def _basic_only(inner):
 
     def script(req: Request) -> Answer | None:
         if req.headers.get("authorization") != BASIC:
-            return Answer.json({"errors": [{"code": "UNAUTHORIZED", "message": "auth"}]}, 401,
-                               [("WWW-Authenticate", 'Basic realm="hostile"')])
+            return Answer.json(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "auth"}]},
+                401,
+                [("WWW-Authenticate", 'Basic realm="hostile"')],
+            )
         return inner(req)
 
     return script
@@ -48,8 +51,14 @@ def _basic_only(inner):
 
 def _zconv(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "converter.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "converter.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def _one_line_error(r: subprocess.CompletedProcess, code: int, pattern: str) -> None:
@@ -70,6 +79,7 @@ def test_upload_location_on_another_host_gets_no_authorization(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(data)
     with HostileRegistry(lambda req: Answer(201, [("Docker-Content-Digest", sha256(data))])) as other:
+
         def inner(req: Request) -> Answer | None:
             if req.path == "/v2/":
                 return Answer.json({})
@@ -97,12 +107,14 @@ def test_blob_redirect_and_next_page_on_another_host_get_no_authorization():
         return None
 
     with HostileRegistry(other_script) as other:
+
         def inner(req: Request) -> Answer | None:
             if req.path == f"/v2/r/blobs/{layer}":
                 return Answer(307, [("Location", f"{other.url}/cdn/{layer}?sig=1")])
             if req.path == "/v2/r/tags/list":
-                return Answer.json({"name": "r", "tags": ["a"]},
-                                   headers=[("Link", f'<{other.url}/v2/r/tags/list?last=a>; rel="next"')])
+                return Answer.json(
+                    {"name": "r", "tags": ["a"]}, headers=[("Link", f'<{other.url}/v2/r/tags/list?last=a>; rel="next"')]
+                )
             return img.answer(req)
 
         with HostileRegistry(_basic_only(inner)) as reg, RegistryClient(reg.host, creds=CREDS, retry=FAST) as c:
@@ -147,8 +159,11 @@ def test_relative_token_realm_is_resolved_against_the_registry():
             assert req.headers.get("authorization") == BASIC
             return Answer.json({"token": "tok123"})
         if req.headers.get("authorization") != "Bearer tok123":
-            return Answer.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401,
-                               [("WWW-Authenticate", 'Bearer realm="/token",service="hostile"')])
+            return Answer.json(
+                {"errors": [{"code": "UNAUTHORIZED"}]},
+                401,
+                [("WWW-Authenticate", 'Bearer realm="/token",service="hostile"')],
+            )
         return img.answer(req)
 
     with HostileRegistry(script) as reg, RegistryClient(reg.host, creds=CREDS, retry=FAST) as c:
@@ -160,8 +175,9 @@ def test_relative_token_realm_is_resolved_against_the_registry():
 @pytest.mark.parametrize("realm", ["http://auth.example.com/token", "ftp://127.0.0.1/token"])
 def test_credentials_never_go_to_a_plain_http_or_odd_realm(realm):
     def script(req: Request) -> Answer | None:
-        return Answer.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401,
-                           [("WWW-Authenticate", f'Bearer realm="{realm}",service="x"')])
+        return Answer.json(
+            {"errors": [{"code": "UNAUTHORIZED"}]}, 401, [("WWW-Authenticate", f'Bearer realm="{realm}",service="x"')]
+        )
 
     with HostileRegistry(script) as reg, RegistryClient(reg.host, creds=CREDS, retry=FAST) as c:
         with pytest.raises(AuthError, match=r"refusing to send credentials over plain HTTP|unusable token realm"):
@@ -176,13 +192,21 @@ def test_https_registry_never_sends_credentials_to_a_plain_http_realm(tmp_path):
     certs.mkdir()
     (certs / "ca.crt").write_bytes(cert.read_bytes())
     with HostileRegistry(lambda req: Answer.json({"token": "t"})) as auth:
-        def script(req: Request) -> Answer | None:
-            return Answer.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401,
-                               [("WWW-Authenticate", f'Bearer realm="{auth.url}/token",service="x"')])
 
-        with HostileRegistry(script, tls=(str(cert), str(key))) as reg, \
-                RegistryClient(reg.host, creds=CREDS, cert_dir=str(certs), retry=FAST) as c:
-            with pytest.raises(AuthError, match=r"refusing to send credentials over plain HTTP .*registry itself is HTTPS"):
+        def script(req: Request) -> Answer | None:
+            return Answer.json(
+                {"errors": [{"code": "UNAUTHORIZED"}]},
+                401,
+                [("WWW-Authenticate", f'Bearer realm="{auth.url}/token",service="x"')],
+            )
+
+        with (
+            HostileRegistry(script, tls=(str(cert), str(key))) as reg,
+            RegistryClient(reg.host, creds=CREDS, cert_dir=str(certs), retry=FAST) as c,
+        ):
+            with pytest.raises(
+                AuthError, match=r"refusing to send credentials over plain HTTP .*registry itself is HTTPS"
+            ):
                 c.get_manifest("r", "t")
             assert c._scheme == "https"
         assert auth.requests == []  # the loopback plain-HTTP realm never saw the password
@@ -216,8 +240,16 @@ def test_slow_drip_through_the_cli_is_one_line(tmp_path):
 
     with HostileRegistry(script) as reg:
         started = time.monotonic()
-        r = _zconv("push", f"docker://{reg.host}/r:t", f"docker://{reg.host}/r2:t", "--timeout", "0.5",
-                   "--retry", "0", timeout=60)
+        r = _zconv(
+            "push",
+            f"docker://{reg.host}/r:t",
+            f"docker://{reg.host}/r2:t",
+            "--timeout",
+            "0.5",
+            "--retry",
+            "0",
+            timeout=60,
+        )
         assert time.monotonic() - started < 30
     _one_line_error(r, 4, r"(stalled|timed out)")
 
@@ -257,8 +289,9 @@ def test_malformed_json_answers_are_one_line_errors():
         if req.path == "/v2/deep/manifests/t":
             return Answer(200, [("Content-Type", "text/html")], deep)
         if req.path.startswith("/v2/auth/"):
-            return Answer.json({"errors": [{"code": "UNAUTHORIZED"}]}, 401,
-                               [("WWW-Authenticate", 'Bearer realm="/token",service="x"')])
+            return Answer.json(
+                {"errors": [{"code": "UNAUTHORIZED"}]}, 401, [("WWW-Authenticate", 'Bearer realm="/token",service="x"')]
+            )
         if req.path == "/v2/":
             return Answer.json({})
         return None
@@ -289,7 +322,9 @@ def test_huge_and_odd_headers_are_one_line_errors():
 
     with HostileRegistry(script) as reg:
         for repo in ("many", "long", "garbage"):
-            r = _zconv("push", f"docker://{reg.host}/{repo}:t", f"docker://{reg.host}/copy:t", "--timeout", "2", "--retry", "0")
+            r = _zconv(
+                "push", f"docker://{reg.host}/{repo}:t", f"docker://{reg.host}/copy:t", "--timeout", "2", "--retry", "0"
+            )
             _one_line_error(r, 4, rf"{reg.host}/{repo}:t")
 
 
@@ -338,8 +373,10 @@ def test_push_aborts_before_commit_when_the_local_blob_is_not_its_digest(tmp_pat
     path = tmp_path / "blob"
     path.write_bytes(bytes(bad))
     uploads: dict[str, bytes] = {}
-    with HostileRegistry(_accepting_registry(uploads)) as reg, \
-            RegistryClient(reg.host, retry=FAST, chunk_size=chunk_size) as c:
+    with (
+        HostileRegistry(_accepting_registry(uploads)) as reg,
+        RegistryClient(reg.host, retry=FAST, chunk_size=chunk_size) as c,
+    ):
         with pytest.raises(BadInputError, match="does not match its digest.*aborted before the registry committed it"):
             c.push_blob("r", sha256(good), len(good), lambda: open(path, "rb"), known_absent=True)
         committed = [r for r in reg.seen("PUT", "/upload/1") if r.body_complete]
@@ -358,9 +395,26 @@ def test_push_aborts_before_commit_when_the_local_blob_is_not_its_digest(tmp_pat
 def test_login_with_a_wrong_password_from_stdin_names_stdin(tmp_path):
     with HostileRegistry(_basic_only(lambda req: Answer.json({}))) as reg:
         env_file = tmp_path / "auth.json"
-        r = subprocess.run([sys.executable, "-m", "converter.cli", "login", reg.host, "-u", "alice", "--password-stdin",
-                            "--authfile", str(env_file)], input="wrong\n", capture_output=True, text=True,
-                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60, cwd=ROOT)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "converter.cli",
+                "login",
+                reg.host,
+                "-u",
+                "alice",
+                "--password-stdin",
+                "--authfile",
+                str(env_file),
+            ],
+            input="wrong\n",
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            timeout=60,
+            cwd=ROOT,
+        )
         _one_line_error(r, 5, r"user 'alice' \(from --password-stdin \(standard input\)\)")
         assert "--creds" not in r.stderr and not env_file.exists()
 

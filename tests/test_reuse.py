@@ -122,8 +122,20 @@ def test_push_to_a_second_repository_mounts_instead_of_uploading(tmp_path, regis
     convert(src, out, None)
 
     def push(repo: str) -> dict:
-        r = subprocess.run([sys.executable, "-m", "converter.cli", "push", "--json", "--tls-verify=false",
-                            f"oci:{out}:v1", f"docker://{registry.host}/{repo}:v1"], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "converter.cli",
+                "push",
+                "--json",
+                "--tls-verify=false",
+                f"oci:{out}:v1",
+                f"docker://{registry.host}/{repo}:v1",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 

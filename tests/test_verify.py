@@ -72,6 +72,7 @@ def _entry(name: str, **fields):
         for e in toc["entries"]:
             if e["name"] == name and e["type"] != "chunk":
                 e.update(fields)
+
     return mutate
 
 
@@ -81,8 +82,10 @@ def test_wrong_payload_digest_names_entry_and_range(tmp_path: Path, capsys) -> N
     assert rc == 6
     e = next(e for e in b.toc["entries"] if e["name"] == "etc/hostname")
     probs = _problems(out)
-    assert any(f"TOC entry 1 ('etc/hostname') range {e['offset']}..{e['endOffset']}" in p and "does not match digest" in p
-               for p in probs), probs
+    assert any(
+        f"TOC entry 1 ('etc/hostname') range {e['offset']}..{e['endOffset']}" in p and "does not match digest" in p
+        for p in probs
+    ), probs
     assert "zconv: error:" in err and "not consumable" in err
 
 
@@ -90,6 +93,7 @@ def test_zero_chunk_holding_data_is_caught(tmp_path: Path, capsys) -> None:
     def mark(toc: dict) -> None:
         chunk = next(e for e in toc["entries"] if e["type"] == "chunk" and e["name"] == "usr/bin/tool")
         chunk["chunkType"] = "zeros"
+
     b = build_chunked(make_tar(sample_files()), chunk_size=4096, mutate_toc=mark)
     rc, out, _ = _run(capsys, "verify", _layout(tmp_path, b), "--json")
     assert rc == 6
@@ -100,6 +104,7 @@ def test_wrong_chunk_digest_is_caught(tmp_path: Path, capsys) -> None:
     def bad(toc: dict) -> None:
         chunk = [e for e in toc["entries"] if e["type"] == "chunk" and e["name"] == "usr/bin/tool"][1]
         chunk["chunkDigest"] = "sha256:" + "cd" * 32
+
     b = build_chunked(make_tar(sample_files()), chunk_size=4096, mutate_toc=bad)
     rc, out, _ = _run(capsys, "verify", _layout(tmp_path, b), "--json")
     assert rc == 6
@@ -111,6 +116,7 @@ def test_wrong_crc_in_tarsplit_is_caught(tmp_path: Path, capsys) -> None:
         for d in lines:
             if d["type"] == 1 and d["name"] == "etc/hostname":
                 d["payload"] = base64.b64encode(bytes(8)).decode()
+
     b = build_chunked(make_tar(sample_files()), mutate_tarsplit=bad)
     rc, out, _ = _run(capsys, "verify", _layout(tmp_path, b), "--json")
     assert rc == 6
@@ -149,8 +155,11 @@ def test_media_type_must_be_zstd(tmp_path: Path, capsys) -> None:
     b = build_chunked(make_tar(sample_files()))
     blob = tmp_path / "l.zst"
     blob.write_bytes(b.blob)
-    write_oci_image(tmp_path / "img", "v1", [LayerBlob(blob, "application/vnd.oci.image.layer.v1.tar+gzip",
-                                                        b.diff_id, b.annotations)])
+    write_oci_image(
+        tmp_path / "img",
+        "v1",
+        [LayerBlob(blob, "application/vnd.oci.image.layer.v1.tar+gzip", b.diff_id, b.annotations)],
+    )
     rc, out, _ = _run(capsys, "verify", f"oci:{tmp_path / 'img'}:v1", "--json")
     assert rc == 6
     assert any("media type" in p for p in _problems(out))
@@ -173,8 +182,10 @@ def test_registry_metadata_by_range_then_full(converted: Path, registry, tmp_pat
     assert rc == 0, out
     rep = json.loads(out)
     assert rep["full"]
-    assert all("whole blob decompresses to a tar with the config's DiffID" in layer["checks"]
-               for layer in rep["images"][0]["layers"])
+    assert all(
+        "whole blob decompresses to a tar with the config's DiffID" in layer["checks"]
+        for layer in rep["images"][0]["layers"]
+    )
 
 
 @pytest.mark.interop
@@ -189,6 +200,7 @@ def test_reference_writer_output_passes_verify(interop, tmp_path: Path, capsys) 
         out = tmp_path / f"{name}.zst"
         res = interop.compress(tar_path, out)
         import hashlib
+
         layers.append(LayerBlob(out, LAYER_ZSTD, "sha256:" + hashlib.sha256(tar).hexdigest(), res["annotations"]))
     write_oci_image(tmp_path / "ref", "v1", layers)
     rc, out, _ = _run(capsys, "verify", f"oci:{tmp_path / 'ref'}:v1", "--json")

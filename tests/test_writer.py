@@ -115,8 +115,11 @@ def test_large_chunks_are_streamed_as_frames(tmp_path, monkeypatch):
     monkeypatch.setattr(writer_mod, "STREAM_FRAME", 50_000)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in (("const", b"A" * 400_000), ("zeros", b"x" + bytes(300_000) + b"y"),
-                           ("rand", __import__("random").Random(3).randbytes(500_000))):
+        for name, data in (
+            ("const", b"A" * 400_000),
+            ("zeros", b"x" + bytes(300_000) + b"y"),
+            ("rand", __import__("random").Random(3).randbytes(500_000)),
+        ):
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
             tf.addfile(ti, io.BytesIO(data))

@@ -24,9 +24,8 @@ occur, byte by byte elsewhere.
 from __future__ import annotations
 
 from converter.chunked.format import CHAR_OFFSET, WINDOW
-
-DATA = ""
-ZEROS = "zeros"
+from converter.chunked.format import CHUNK_TYPE_DATA as DATA
+from converter.chunked.format import CHUNK_TYPE_ZEROS as ZEROS
 
 
 class NativeChunker:

@@ -94,9 +94,7 @@ class NumpyChunker:
         keep = cands <= limit
         if len(holes_s):
             idx = np.searchsorted(holes_s, cands, side="left") - 1
-            inside = (idx >= 0) & (cands > holes_s[np.maximum(idx, 0)]) & (
-                cands <= holes_e[np.maximum(idx, 0)]
-            )
+            inside = (idx >= 0) & (cands > holes_s[np.maximum(idx, 0)]) & (cands <= holes_e[np.maximum(idx, 0)])
             keep &= ~inside
         final = cands[keep]
         cuts.extend(self._merge(final, holes_s, holes_e))

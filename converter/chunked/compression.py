@@ -16,6 +16,7 @@ from typing import BinaryIO
 import zstandard
 from isal import igzip_threaded
 
+from converter.chunked.tarstream import ByteReader
 from converter.errors import BadInputError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -23,7 +24,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def detect_compression(head: bytes) -> str:
-    """"gzip", "zstd" or "none" (plain tar) from the first bytes of a blob."""
+    """ "gzip", "zstd" or "none" (plain tar) from the first bytes of a blob."""
     if head.startswith(GZIP_MAGIC):
         return "gzip"
     if head.startswith(ZSTD_MAGIC):
@@ -188,7 +189,9 @@ class ZstdStream:
         self._tap = _Tap(f, self._walker, what)
         self._f = f
         self._reader = zstandard.ZstdDecompressor().stream_reader(
-            self._tap, read_size=256 << 10, read_across_frames=True
+            self._tap,  # type: ignore[arg-type]  # zstandard reads any object with read(); its stub asks for IO[bytes]
+            read_size=256 << 10,
+            read_across_frames=True,
         )
         self.consumed = 0
 
@@ -215,7 +218,7 @@ class ZstdStream:
         _close_wrapped(self._f)
 
 
-def open_tar_stream(raw: BinaryIO, what: str) -> tuple[BinaryIO, str]:
+def open_tar_stream(raw: BinaryIO, what: str) -> tuple[ByteReader, str]:
     """Wrap a blob stream so that reading it yields the uncompressed tar."""
     head = raw.read(4)
     kind = detect_compression(head)

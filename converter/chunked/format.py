@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from converter.chunked.tarstream import BLOCKDEV, CHAR, DIR, FIFO, LINK, REG, SYMLINK
 from converter.errors import BadInputError
 
 LAYER_MEDIA_TYPE_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -45,6 +46,18 @@ INDEX_ZSTD_ANNOTATION = "io.github.containers.compression.zstd"
 TYPE_REG = "reg"
 TYPE_CHUNK = "chunk"
 TOC_TYPES = (TYPE_REG, "dir", "symlink", "hardlink", "char", "block", "fifo")
+# The TOC type of each tar typeflag the consumer accepts.
+TYPE_NAMES = {
+    REG: TYPE_REG,
+    LINK: "hardlink",
+    SYMLINK: "symlink",
+    CHAR: "char",
+    BLOCKDEV: "block",
+    DIR: "dir",
+    FIFO: "fifo",
+}
+# PAX records that carry extended attributes (the TOC's xattrs).
+XATTR_PREFIX = b"SCHILY.xattr."
 # chunkType values (minimal.ChunkType*): "" for data, "zeros" for a hole.
 CHUNK_TYPE_DATA = ""
 CHUNK_TYPE_ZEROS = "zeros"
@@ -120,8 +133,7 @@ class Footer:
             MANIFEST_CHECKSUM_KEY: toc_digest,
             MANIFEST_POSITION_KEY: f"{self.toc_offset}:{self.toc_length}:"
             f"{self.toc_uncompressed_length}:{self.manifest_type}",
-            TARSPLIT_POSITION_KEY: f"{self.tarsplit_offset}:{self.tarsplit_length}:"
-            f"{self.tarsplit_uncompressed_length}",
+            TARSPLIT_POSITION_KEY: f"{self.tarsplit_offset}:{self.tarsplit_length}:{self.tarsplit_uncompressed_length}",
         }
 
 

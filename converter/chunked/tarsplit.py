@@ -69,12 +69,8 @@ class TarSplitWriter:
         self._emit(b'{"type":2,"payload":"%s","position":%d}\n' % (binascii.b2a_base64(raw, newline=False), self._pos))
         self._pos += 1
 
-    def entry(self, raw: bytes, name: bytes, size: int, crc64: int | None) -> None:
-        """segment(raw) then file(name, size, crc64): one tar entry's two lines, formatted at once when plain."""
-        if not (raw and name and _PLAIN.match(name)):
-            self.segment(raw)
-            self.file(name, size, crc64)
-            return
+    def _claim_plain(self, name: bytes) -> None:
+        """Record a plain (ASCII, JSON-safe) file name; refuse one seen before, as cleaned by Go."""
         text = name.decode("ascii")
         # Clean already unless it has empty, "." or ".." parts or a leading/trailing slash.
         if "//" in text or "/." in text or text[0] in "./" or text[-1] == "/":
@@ -84,6 +80,14 @@ class TarSplitWriter:
         if clean in self._seen:
             raise NotRepresentable(f"path {text!r} appears twice in the layer")
         self._seen.add(clean)
+
+    def entry(self, raw: bytes, name: bytes, size: int, crc64: int | None) -> None:
+        """segment(raw) then file(name, size, crc64): one tar entry's two lines, formatted at once when plain."""
+        if not (raw and name and _PLAIN.match(name)):
+            self.segment(raw)
+            self.file(name, size, crc64)
+            return
+        self._claim_plain(name)
         pos = self._pos
         self._pos = pos + 2
         line = b'{"type":2,"payload":"%s","position":%d}\n{"type":1,"name":"%s",%s"payload":%s,"position":%d}\n' % (
@@ -101,15 +105,7 @@ class TarSplitWriter:
 
     def file(self, name: bytes, size: int, crc64: int | None) -> None:
         if name and _PLAIN.match(name):  # the common case, formatted directly
-            text = name.decode("ascii")
-            # Clean already unless it has empty, "." or ".." parts or a leading/trailing slash.
-            if "//" in text or "/." in text or text[0] in "./" or text[-1] == "/":
-                clean = go_clean(text)
-            else:
-                clean = text
-            if clean in self._seen:
-                raise NotRepresentable(f"path {text!r} appears twice in the layer")
-            self._seen.add(clean)
+            self._claim_plain(name)
             self._emit(
                 b'{"type":1,"name":"%s",%s"payload":%s,"position":%d}\n'
                 % (

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Callable, Protocol
 
 from converter.errors import BadInputError
 
@@ -269,6 +269,14 @@ def merge_pax(h: TarHeader, pax: dict[bytes, bytes]) -> None:
     h.pax = pax
 
 
+class ByteReader(Protocol):
+    """What the readers of a layer need of a stream: read(n) and close()."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class CountingReader:
     """Reads a stream exactly, hashing and counting every byte (the DiffID).
 
@@ -280,12 +288,12 @@ class CountingReader:
 
     BUF = 1 << 20
 
-    def __init__(self, f: BinaryIO, what: str) -> None:
+    def __init__(self, f: ByteReader, what: str) -> None:
         self._f = f
         self.what = what
         self.offset = 0
         self.sha256 = hashlib.sha256()
-        self.tap = None  # optional callable(bytes) that sees every byte read
+        self.tap: Callable[[bytes], None] | None = None  # sees every byte read
         self._in = 0  # bytes taken from the source
         self._buf = b""
         self._p = 0
@@ -411,13 +419,15 @@ class TarStream:
             blk = self.src.read(BLOCK)
             if len(blk) < BLOCK:
                 if not blk:
-                    return self._finish(blk)  # EOF without end-of-archive blocks: Go accepts it
+                    self._finish(blk)  # EOF without end-of-archive blocks: Go accepts it
+                    return None
                 raise BadInputError(f"{self._where()}: unexpected end of tar inside a header (truncated layer?)")
             if blk == ZERO_BLOCK:
                 blk2 = self.src.read(BLOCK)
                 if blk2 and blk2 != ZERO_BLOCK:
                     raise BadInputError(f"{self._where()}: zero block followed by a non-zero block")
-                return self._finish(blk + blk2)
+                self._finish(blk + blk2)
+                return None
             self._raw.append(blk)
             f = _fast_header(blk) if _fast_header is not None else None
             if f is not None:

@@ -13,30 +13,12 @@ import functools
 import json
 import re
 
+from converter.chunked.format import TYPE_CHUNK, TYPE_NAMES, XATTR_PREFIX  # noqa: F401  (TYPE_CHUNK re-exported)
 from converter.chunked.tarstream import (
-    BLOCKDEV,
-    CHAR,
-    DIR,
-    FIFO,
-    LINK,
-    REG,
-    SYMLINK,
     TarHeader,
 )
 
-TYPE_NAMES = {
-    REG: "reg",
-    LINK: "hardlink",
-    SYMLINK: "symlink",
-    CHAR: "char",
-    BLOCKDEV: "block",
-    DIR: "dir",
-    FIFO: "fifo",
-}
-TYPE_CHUNK = "chunk"
-XATTR_PREFIX = b"SCHILY.xattr."
-
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 class NotRepresentable(Exception):

@@ -164,7 +164,7 @@ class FrameSink:
         self.ends = array("q")  # end offset of every frame, by index (8 bytes each)
         self.digests: dict[int, str] = {}
         self._count = 0
-        self._stream = None
+        self._stream: zstandard.ZstdCompressionObj | None = None
 
     def start_of(self, idx: int) -> int:
         return self.ends[idx - 1] if idx else 0
@@ -195,10 +195,10 @@ class FrameSink:
                     shas[j] = known_shas.get(first + j) or hashlib.sha256(f).digest()
             got = self._store.get_frames(self._encoder, list(set(shas.values()))) if shas else {}
             for j, sha in shas.items():
-                f = got.get(sha)
+                hit = got.get(sha)
                 # The store verified the frame; its declared size is a last cheap guard.
-                if f is not None and zstandard.frame_content_size(f) == len(frames[j]):
-                    found[j] = f
+                if hit is not None and zstandard.frame_content_size(hit) == len(frames[j]):
+                    found[j] = hit
         for i in want:
             sha = shas.get(i - first) or hashlib.sha256(frames[i - first]).digest()
             self.digests[i] = "sha256:" + sha.hex()
@@ -206,7 +206,8 @@ class FrameSink:
         cctx = zstandard.ZstdCompressor(level=self._level)
         out: Any  # the batch's frames in order: BufferSegments (sized buffers) or a list of bytes
         if not found:
-            out = cctx.multi_compress_to_buffer(frames, threads=self._threads)
+            # The stub types the argument as list[bytes | bytearray | memoryview], which list[bytes] (invariant) is not.
+            out = cctx.multi_compress_to_buffer(frames, threads=self._threads)  # type: ignore[arg-type]
             made = {j: out[j].tobytes() for j in shas}
         else:
             todo = [j for j in range(len(frames)) if j not in found]
@@ -251,11 +252,13 @@ class FrameSink:
         return idx
 
     def stream_write(self, data) -> None:
+        assert self._stream is not None, "stream_write outside stream_begin/stream_end"
         out = self._stream.compress(data)
         if out:
             self._out.write(out)
 
     def stream_end(self) -> None:
+        assert self._stream is not None, "stream_end without stream_begin"
         self._out.write(self._stream.flush())
         self._stream = None
         self.ends.append(self._out.offset)
@@ -283,7 +286,7 @@ class _Chunk:
     pieces: list = field(default_factory=list)
     size: int = 0
     frame: int = -1  # set when streaming
-    sha: object = None
+    sha: hashlib._Hash | None = None  # the streamed frame's content hash (set with frame)
 
 
 class _PayloadWriter:
@@ -313,6 +316,7 @@ class _PayloadWriter:
     def _append(self, data) -> None:
         c = self.cur
         if c.frame >= 0:
+            assert c.sha is not None  # set together with frame
             c.sha.update(data)
             self.sink.stream_write(data)
         else:
@@ -320,9 +324,9 @@ class _PayloadWriter:
         c.size += len(data)
         if c.frame < 0 and c.size > STREAM_FRAME:
             c.frame = self.sink.stream_begin()
-            c.sha = hashlib.sha256()
+            sha = c.sha = hashlib.sha256()
             for p in c.pieces:
-                c.sha.update(p)
+                sha.update(p)
                 self.sink.stream_write(p)
             c.pieces = []
 
@@ -334,6 +338,7 @@ class _PayloadWriter:
         if c.frame >= 0:
             self.sink.stream_end()
             frame = c.frame
+            assert c.sha is not None  # set together with frame
             digest = "sha256:" + c.sha.hexdigest()
         else:
             data = c.pieces[0] if len(c.pieces) == 1 else b"".join(c.pieces)
@@ -500,8 +505,9 @@ class _TocWriter:
             self._spill.close()
 
 
-def _write_chunked(tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str,
-                   store: FrameStore | None = None) -> tuple[dict, int]:
+def _write_chunked(
+    tar: TarStream, out: _HashingWriter, level: int, threads: int, what: str, store: FrameStore | None = None
+) -> tuple[dict, int]:
     """The whole chunked encoding; raises NotRepresentable to ask for plain zstd."""
     sink = FrameSink(out, level, threads, store)
     cctx = zstandard.ZstdCompressor(level=level)

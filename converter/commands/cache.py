@@ -18,7 +18,7 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_size(text: str) -> int:
-    """"2G", "500M", "1048576" -> bytes (binary units)."""
+    """ "2G", "500M", "1048576" -> bytes (binary units)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
     if not m:
         raise UsageError(f"size {text!r}: expected a number with an optional K, M, G or T suffix")
@@ -64,8 +64,10 @@ def info(
     typer.echo(f"layers remembered: {res['memo']['layers']}, blob locations: {res['memo']['blob_locations']}")
     last = res["last_run"]
     if last and last.get("lookups"):
-        typer.echo(f"last run: {last['hits']} of {last['lookups']} frames from the cache "
-                   f"({100 * last['hit_rate']:.1f}%, {human(last['hit_bytes'])})")
+        typer.echo(
+            f"last run: {last['hits']} of {last['lookups']} frames from the cache "
+            f"({100 * last['hit_rate']:.1f}%, {human(last['hit_bytes'])})"
+        )
 
 
 @cache_app.command("prune")

@@ -28,18 +28,34 @@ from converter.errors import UsageError
     epilog="Exit codes: 0 estimate printed; 2 unreadable image data; 4/5 registry or authentication error; 64 usage error."
 )
 def estimate(
-    refs: list[str] = typer.Argument(..., help="OLD image(s) the client has, then the NEW image it pulls "
-                                     "(oci:, oci-archive:, docker-archive: or docker:// references)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object; its `total` has missing_bytes, "
-                                  "total_bytes, fetch_bytes, skipped_percent and disk_bytes."),
-    hard_links: str = typer.Option("false", "--hard-links", metavar="BOOL",
-                                   help="Model a store with use_hard_links=true (files are found by digest, "
-                                   "owner, mode and xattrs instead of by digest alone)."),
-    reflinks: str = typer.Option("true", "--reflinks", metavar="BOOL",
-                                 help="Whether the client's store can reflink (btrfs, XFS). containers/storage "
-                                 "v1.65+ reuses chunks of changed files only then; false models ext4/overlay stores."),
-    platform: Optional[str] = typer.Option(None, "--platform", help="OS/ARCH or OS/ARCH/VARIANT to pick from indexes "
-                                           "(default: this machine's)."),
+    refs: list[str] = typer.Argument(
+        ...,
+        help="OLD image(s) the client has, then the NEW image it pulls "
+        "(oci:, oci-archive:, docker-archive: or docker:// references).",
+    ),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help="Print one JSON object; its `total` has missing_bytes, "
+        "total_bytes, fetch_bytes, skipped_percent and disk_bytes.",
+    ),
+    hard_links: str = typer.Option(
+        "false",
+        "--hard-links",
+        metavar="BOOL",
+        help="Model a store with use_hard_links=true (files are found by digest, "
+        "owner, mode and xattrs instead of by digest alone).",
+    ),
+    reflinks: str = typer.Option(
+        "true",
+        "--reflinks",
+        metavar="BOOL",
+        help="Whether the client's store can reflink (btrfs, XFS). containers/storage "
+        "v1.65+ reuses chunks of changed files only then; false models ext4/overlay stores.",
+    ),
+    platform: Optional[str] = typer.Option(
+        None, "--platform", help="OS/ARCH or OS/ARCH/VARIANT to pick from indexes (default: this machine's)."
+    ),
     creds: Optional[str] = typer.Option(None, "--creds", help=CREDS_HELP),
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help=TLS_HELP),
     cert_dir: Optional[str] = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP),
@@ -62,8 +78,13 @@ def estimate(
     options = transport_options(creds, tls_verify, cert_dir, authfile, timeout)
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(open_source(parse_ref(r), options)) for r in refs]
-        res = estimate_sources(sources[:-1], sources[-1], parse_bool(hard_links, "--hard-links"), platform,
-                               reflinks=parse_bool(reflinks, "--reflinks"))
+        res = estimate_sources(
+            sources[:-1],
+            sources[-1],
+            parse_bool(hard_links, "--hard-links"),
+            platform,
+            reflinks=parse_bool(reflinks, "--reflinks"),
+        )
     if json_out:
         typer.echo(json.dumps(res.to_json(), indent=2))
     else:

@@ -18,8 +18,11 @@ from converter.errors import BadInputError
 
 @app.command(epilog=EXIT_CODES_HELP)
 def inspect(
-    ref: str = typer.Argument(..., help="Image: oci:PATH[:TAG], oci-archive:PATH[:TAG], docker-archive:PATH[:NAME:TAG] "
-                              "or docker://HOST/REPO[:TAG|@DIGEST]."),
+    ref: str = typer.Argument(
+        ...,
+        help="Image: oci:PATH[:TAG], oci-archive:PATH[:TAG], docker-archive:PATH[:NAME:TAG] "
+        "or docker://HOST/REPO[:TAG|@DIGEST].",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     creds: Optional[str] = typer.Option(None, "--creds", help="USER:PASS for the registry."),
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help="Verify registry TLS (true/false)."),

@@ -16,10 +16,10 @@ from converter.image.registry import RegistryClient, RetryPolicy
 
 
 def _split_host(target: str) -> tuple[str, str]:
-    """"docker://host/ns" or "host/ns" -> (registry host, auth file key)."""
+    """ "docker://host/ns" or "host/ns" -> (registry host, auth file key)."""
     for prefix in ("docker://", "https://", "http://"):
         if target.startswith(prefix):
-            target = target[len(prefix):]
+            target = target[len(prefix) :]
     target = target.rstrip("/")
     if not target:
         raise UsageError("login needs a registry host, e.g. zconv login registry.example.com")
@@ -46,11 +46,19 @@ def login_registry(
         raise UsageError(f"login {host}: a username is required")
     if not password:
         raise UsageError(f"login {host}: a password is required")
-    with RegistryClient(host, creds=authmod.Credentials(username, password, source), tls_verify=tls_verify,
-                        cert_dir=cert_dir, retry=RetryPolicy(retries=2, delay=1.0)) as client:
+    with RegistryClient(
+        host,
+        creds=authmod.Credentials(username, password, source),
+        tls_verify=tls_verify,
+        cert_dir=cert_dir,
+        retry=RetryPolicy(retries=2, delay=1.0),
+    ) as client:
         client.check_login()
-    path = authmod.store_credentials(key, authmod.Credentials(username, password, "login"),
-                                     path=None if auth_file is None else pathlib.Path(auth_file))
+    path = authmod.store_credentials(
+        key,
+        authmod.Credentials(username, password, "login"),
+        path=None if auth_file is None else pathlib.Path(auth_file),
+    )
     return str(path)
 
 
@@ -58,9 +66,15 @@ def login_registry(
 def login(
     registry: str = typer.Argument(..., help="registry host[:port] (optionally /namespace)"),
     username: str = typer.Option(None, "--username", "-u", help="user name (prompted when missing)"),
-    password: str = typer.Option(None, "--password", "-p", help="password (prompted when missing; prefer --password-stdin)"),
+    password: str = typer.Option(
+        None, "--password", "-p", help="password (prompted when missing; prefer --password-stdin)"
+    ),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="read the password from standard input"),
-    authfile: str = typer.Option(None, "--authfile", help="auth file to write (default: $REGISTRY_AUTH_FILE or ${XDG_RUNTIME_DIR}/containers/auth.json)"),
+    authfile: str = typer.Option(
+        None,
+        "--authfile",
+        help="auth file to write (default: $REGISTRY_AUTH_FILE or ${XDG_RUNTIME_DIR}/containers/auth.json)",
+    ),
     tls_verify: str = typer.Option("true", "--tls-verify", help=TLS_HELP, metavar="BOOL"),
     cert_dir: str = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
 ) -> None:

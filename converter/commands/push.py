@@ -32,35 +32,72 @@ from converter.textsafe import printable
 
 @app.command()
 def push(
-    source: str = typer.Argument(..., help="image to push: oci:PATH[:TAG], oci-archive:..., docker-archive:..., docker://..."),
+    source: str = typer.Argument(
+        ..., help="image to push: oci:PATH[:TAG], oci-archive:..., docker-archive:..., docker://..."
+    ),
     destination: str = typer.Argument(..., help="docker://HOST[:PORT]/REPO[:TAG|@DIGEST]"),
     creds: str = typer.Option(None, "--creds", help=CREDS_HELP, metavar="USER:PASS"),
-    src_creds: str = typer.Option(None, "--src-creds", help="USER:PASSWORD for a docker:// source on another registry", metavar="USER:PASS"),
-    authfile: str = typer.Option(None, "--authfile", help="auth file to read credentials from (default: podman's lookup order)", metavar="PATH"),
+    src_creds: str = typer.Option(
+        None, "--src-creds", help="USER:PASSWORD for a docker:// source on another registry", metavar="USER:PASS"
+    ),
+    authfile: str = typer.Option(
+        None, "--authfile", help="auth file to read credentials from (default: podman's lookup order)", metavar="PATH"
+    ),
     tls_verify: str = typer.Option("true", "--tls-verify", help=TLS_HELP, metavar="BOOL"),
     cert_dir: str = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
-    src_tls_verify: str = typer.Option(None, "--src-tls-verify", metavar="BOOL",
-                                       help="Verify a docker:// source's TLS (default: --tls-verify)."),
-    dest_tls_verify: str = typer.Option(None, "--dest-tls-verify", metavar="BOOL",
-                                        help="Verify the destination registry's TLS (default: --tls-verify)."),
-    retry_times: int = typer.Option(None, "--retry-times", "--retry", min=0, max=100, metavar="N", help=RETRY_TIMES_HELP),
+    src_tls_verify: str = typer.Option(
+        None, "--src-tls-verify", metavar="BOOL", help="Verify a docker:// source's TLS (default: --tls-verify)."
+    ),
+    dest_tls_verify: str = typer.Option(
+        None, "--dest-tls-verify", metavar="BOOL", help="Verify the destination registry's TLS (default: --tls-verify)."
+    ),
+    retry_times: int = typer.Option(
+        None, "--retry-times", "--retry", min=0, max=100, metavar="N", help=RETRY_TIMES_HELP
+    ),
     retry_delay: str = typer.Option(None, "--retry-delay", metavar="DURATION", help=RETRY_DELAY_HELP),
-    timeout: float = typer.Option(None, "--timeout", min=0.1, help="seconds without progress before a request counts as failed (default 60)"),
-    chunk_size: int = typer.Option(DEFAULT_CHUNK_SIZE // (1024 * 1024), "--chunk-size", min=1, help="MiB; larger blobs are uploaded in resumable chunks"),
+    timeout: float = typer.Option(
+        None, "--timeout", min=0.1, help="seconds without progress before a request counts as failed (default 60)"
+    ),
+    chunk_size: int = typer.Option(
+        DEFAULT_CHUNK_SIZE // (1024 * 1024),
+        "--chunk-size",
+        min=1,
+        help="MiB; larger blobs are uploaded in resumable chunks",
+    ),
     jobs: int = typer.Option(3, "--jobs", "-j", min=1, max=16, help="blobs uploaded at the same time"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON report on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress messages"),
-    digestfile: str = typer.Option(None, "--digestfile", metavar="FILE", help=DIGESTFILE_HELP + " The digest "
-                                   "the tag points to: the index, or with --platform the chosen manifest."),
+    digestfile: str = typer.Option(
+        None,
+        "--digestfile",
+        metavar="FILE",
+        help=DIGESTFILE_HELP + " The digest the tag points to: the index, or with --platform the chosen manifest.",
+    ),
     platform: str = typer.Option(None, "--platform", metavar="OS/ARCH[/VARIANT]", help=PLATFORM_HELP),
     all_platforms: bool = typer.Option(False, "--all", help=ALL_HELP),
 ) -> None:
     """Push an image (or a whole index) to a registry with its blobs untouched; the tag is written last."""
     check_platform_flags(platform, all_platforms)
-    opts = transport_options(creds, dest_tls_verify or tls_verify, cert_dir, authfile, timeout,
-                             "--dest-tls-verify" if dest_tls_verify else "--tls-verify", retry_times, retry_delay)
-    sopts = transport_options(src_creds, src_tls_verify or tls_verify, cert_dir, authfile, timeout,
-                              "--src-tls-verify" if src_tls_verify else "--tls-verify", retry_times, retry_delay)
+    opts = transport_options(
+        creds,
+        dest_tls_verify or tls_verify,
+        cert_dir,
+        authfile,
+        timeout,
+        "--dest-tls-verify" if dest_tls_verify else "--tls-verify",
+        retry_times,
+        retry_delay,
+    )
+    sopts = transport_options(
+        src_creds,
+        src_tls_verify or tls_verify,
+        cert_dir,
+        authfile,
+        timeout,
+        "--src-tls-verify" if src_tls_verify else "--tls-verify",
+        retry_times,
+        retry_delay,
+    )
     lock = threading.Lock()
 
     def log(m: str) -> None:
@@ -70,8 +107,14 @@ def push(
                 sys.stderr.flush()
 
     report = push_image(
-        source, destination, options=opts, src_options=sopts,
-        chunk_size=chunk_size * 1024 * 1024, log=log, jobs=jobs, platform=platform,
+        source,
+        destination,
+        options=opts,
+        src_options=sopts,
+        chunk_size=chunk_size * 1024 * 1024,
+        log=log,
+        jobs=jobs,
+        platform=platform,
     )
     if digestfile:
         write_digestfile(digestfile, f"{report.digest}\n")
@@ -80,5 +123,8 @@ def push(
     elif not quiet:
         b = report.blobs
         where = report.destination if "@" in report.destination else f"{report.destination}@{report.digest}"
-        print(printable(f"pushed {where} ({b['uploaded']} uploaded, {b['mounted']} mounted, {b['skipped']} already there)"))
-
+        print(
+            printable(
+                f"pushed {where} ({b['uploaded']} uploaded, {b['mounted']} mounted, {b['skipped']} already there)"
+            )
+        )

@@ -20,10 +20,17 @@ from converter.errors import VerifyError
     "4/5 registry or authentication error; 64 usage error."
 )
 def verify(
-    ref: str = typer.Argument(..., help="Image: oci:PATH[:TAG], oci-archive:PATH[:TAG], docker-archive:PATH[:NAME:TAG] "
-                              "or docker://HOST/REPO[:TAG|@DIGEST]. Without a tag, every tagged image."),
-    full: bool = typer.Option(False, "--full", help="On a registry, also download every zstd:chunked layer and check "
-                              "payloads, chunks and DiffIDs (local images always get the full check)."),
+    ref: str = typer.Argument(
+        ...,
+        help="Image: oci:PATH[:TAG], oci-archive:PATH[:TAG], docker-archive:PATH[:NAME:TAG] "
+        "or docker://HOST/REPO[:TAG|@DIGEST]. Without a tag, every tagged image.",
+    ),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="On a registry, also download every zstd:chunked layer and check "
+        "payloads, chunks and DiffIDs (local images always get the full check).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
     creds: Optional[str] = typer.Option(None, "--creds", help=CREDS_HELP),
     tls_verify: str = typer.Option("true", "--tls-verify", metavar="BOOL", help=TLS_HELP),

@@ -81,7 +81,7 @@ def _normalize_key(key: str) -> str:
         return DOCKER_IO
     for prefix in ("https://", "http://"):
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
             # docker writes "https://host/v1/": only the host part counts then
             host, _, rest = key.partition("/")
             if rest.strip("/") in ("v1", "v2", ""):
@@ -140,8 +140,9 @@ def _read_json(path: Path) -> dict | None:
     return data
 
 
-def lookup_credentials(host: str, repository: str | None = None,
-                       auth_file: str | os.PathLike | None = None) -> Credentials | None:
+def lookup_credentials(
+    host: str, repository: str | None = None, auth_file: str | os.PathLike | None = None
+) -> Credentials | None:
     """Credentials for `host` (and optionally `host/repository`), or None."""
     host = _normalize_key(host)
     wanted = [host]
@@ -154,7 +155,7 @@ def lookup_credentials(host: str, repository: str | None = None,
         if data is None:
             continue
         auths = data if legacy else data.get("auths") or {}
-        normalized = {}
+        normalized: dict[str, dict] = {}
         for key, entry in auths.items():
             if isinstance(entry, dict):
                 normalized.setdefault(_normalize_key(key), entry)

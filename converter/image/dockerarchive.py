@@ -44,10 +44,10 @@ from converter.jsonload import load_json
 
 
 def _normalise_name(name: str) -> str:
-    """"docker.io/library/x:1" and "x:1" are the same image name."""
+    """ "docker.io/library/x:1" and "x:1" are the same image name."""
     for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/"):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     if ":" not in name.rsplit("/", 1)[-1]:
         name += ":latest"
@@ -111,7 +111,11 @@ class DockerArchiveSource(ImageSource):
         hashed: dict[str, tuple[str, int, bytes]] = {}
         for pos, item in enumerate(doc):
             where = f"{self.description}: manifest.json image {pos}"
-            if not isinstance(item, dict) or not isinstance(item.get("Config"), str) or not isinstance(item.get("Layers"), list):
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("Config"), str)
+                or not isinstance(item.get("Layers"), list)
+            ):
                 raise BadInputError(f"{where}: needs Config and Layers")
             config_bytes = self._read_member(item["Config"], MAX_CONFIG_SIZE, "config")
             config_desc = descriptor_for(DOCKER_CONFIG, config_bytes)
@@ -178,8 +182,12 @@ class DockerArchiveSource(ImageSource):
 
     def targets(self) -> list[tuple[str | None, Descriptor]]:
         if self.reference_tag is not None:
-            return [(self.reference_tag.rsplit(":", 1)[-1] if not self.reference_tag.startswith("@") else None,
-                     self.resolve(self.reference_tag))]
+            return [
+                (
+                    self.reference_tag.rsplit(":", 1)[-1] if not self.reference_tag.startswith("@") else None,
+                    self.resolve(self.reference_tag),
+                )
+            ]
         out: list[tuple[str | None, Descriptor]] = []
         for img in self._images:
             tag = img.repo_tags[0].rsplit(":", 1)[-1] if img.repo_tags else None

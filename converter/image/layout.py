@@ -276,6 +276,7 @@ class _LayoutReader(ImageSource):
                     return d
             # Any manifest in the layout may be named by digest.
             return None
+        assert name is not None  # parse_tag_or_digest gives a tag whenever it gives no digest
         hits = [d for d in self._entries if d.ref_name == name]
         if not hits:
             # podman/buildah archives name entries "localhost/app:1" or "docker.io/library/x:tag".
@@ -421,9 +422,7 @@ class TarIndex:
         except FileNotFoundError:
             raise BadInputError(f"{description}: no such file") from None
         if head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd":
-            raise BadInputError(
-                f"{description}: archive is compressed; decompress it first (gunzip / zstd -d)"
-            )
+            raise BadInputError(f"{description}: archive is compressed; decompress it first (gunzip / zstd -d)")
         try:
             with tarfile.open(path, "r:") as tf:
                 for m in tf:
@@ -467,7 +466,9 @@ class TarIndex:
             else:
                 raise FileNotFoundError(start)
             if target.startswith("/") or joined == ".." or joined.startswith("../"):
-                raise BadInputError(f"{self.description}: member {start!r} is a link out of the archive (to {target!r})")
+                raise BadInputError(
+                    f"{self.description}: member {start!r} is a link out of the archive (to {target!r})"
+                )
             name = _norm_member(joined, self.description) or ""
         raise BadInputError(f"{self.description}: member {start!r} is a link chain that does not end")
 
@@ -534,9 +535,7 @@ def _fsync_dir(path: str) -> None:
 
 
 def layout_index_bytes(entries: Iterable[Descriptor]) -> bytes:
-    return canonical_json(
-        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d.to_dict() for d in entries]}
-    )
+    return canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d.to_dict() for d in entries]})
 
 
 class LayoutSink(ImageSink):
@@ -593,7 +592,9 @@ class LayoutSink(ImageSink):
         # The caller computed the digest while writing the file; check the size.
         size = os.path.getsize(path)
         if size != desc.size:
-            raise ZconvError(f"{self.description}: blob {short(desc.digest)} file has {size} bytes, expected {desc.size}")
+            raise ZconvError(
+                f"{self.description}: blob {short(desc.digest)} file has {size} bytes, expected {desc.size}"
+            )
         if self.has_blob(desc):
             os.unlink(path)
             return
@@ -658,7 +659,9 @@ class LayoutSink(ImageSink):
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 os.replace(self._staged_path(digest), dst)
             except OSError as e:
-                raise ZconvError(f"{self.description}: cannot move blob {short(digest)} into place: {e.strerror}") from None
+                raise ZconvError(
+                    f"{self.description}: cannot move blob {short(digest)} into place: {e.strerror}"
+                ) from None
         for algo in {split_digest(d)[0] for d in self._staged}:
             _fsync_dir(os.path.join(root, "blobs", algo))
         write_file_atomic(os.path.join(root, INDEX_FILE), layout_index_bytes(self._entries(existing)))

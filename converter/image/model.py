@@ -11,7 +11,8 @@ And the two interfaces every place an image can live implements:
 
 The transformation (converter/convert.py) only talks to these interfaces; a
 new transport never touches it, and this module knows nothing of
-zstd:chunked internals.
+zstd:chunked internals (the zstd layer media types and the index annotation
+come from converter/chunked/format.py, the one place format knowledge lives).
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, Iterable, Mapping
 
+from converter.chunked.format import INDEX_ZSTD_ANNOTATION as INDEX_ZSTD_ANNOTATION  # re-exported: image code uses it
+from converter.chunked.format import (
+    LAYER_MEDIA_TYPE_GZIP,
+    LAYER_MEDIA_TYPE_ND_ZSTD,
+    LAYER_MEDIA_TYPE_TAR,
+    LAYER_MEDIA_TYPE_ZSTD,
+)
 from converter.errors import BadInputError, UsageError
 from converter.jsonload import MAX_INT64, load_json
 
@@ -32,12 +40,13 @@ from converter.jsonload import MAX_INT64, load_json
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+# The layer media types zstd:chunked cares about are format knowledge (chunked/format.py).
+OCI_LAYER_TAR = LAYER_MEDIA_TYPE_TAR
+OCI_LAYER_GZIP = LAYER_MEDIA_TYPE_GZIP
+OCI_LAYER_ZSTD = LAYER_MEDIA_TYPE_ZSTD
 OCI_LAYER_ND_TAR = "application/vnd.oci.image.layer.nondistributable.v1.tar"
 OCI_LAYER_ND_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-OCI_LAYER_ND_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+OCI_LAYER_ND_ZSTD = LAYER_MEDIA_TYPE_ND_ZSTD
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -71,7 +80,7 @@ FOREIGN_LAYER_TYPES = (OCI_LAYER_ND_TAR, OCI_LAYER_ND_GZIP, OCI_LAYER_ND_ZSTD, D
 # Annotation tags use in OCI layouts (index.json) and that podman's
 # add_compression puts on index entries of zstd instances.
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
-INDEX_ZSTD_ANNOTATION = "io.github.containers.compression.zstd"
+# (INDEX_ZSTD_ANNOTATION, the add_compression one, comes from chunked/format.py.)
 
 # Manifests and configs are small; refuse to read absurd ones into memory.
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
@@ -83,7 +92,7 @@ MAX_CONFIG_SIZE = 64 * 1024 * 1024
 _DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 
 
-def check_digest(digest: str, what: str = "digest") -> str:
+def check_digest(digest: object, what: str = "digest") -> str:
     """Return `digest` if it is a well-formed sha256/sha512 digest, else BadInputError.
 
     Well-formedness matters beyond neatness: the hex part becomes a file name
@@ -286,6 +295,20 @@ class Descriptor:
 # ------------------------------------------------------ manifests and indexes
 
 
+def _document_dict(doc: Manifest | Index, body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON of a manifest or index, keys in the order they are written:
+    schemaVersion, mediaType, artifactType, `body`, subject, annotations."""
+    out: dict[str, Any] = {"schemaVersion": 2, "mediaType": doc.media_type}
+    if doc.artifact_type:
+        out["artifactType"] = doc.artifact_type
+    out.update(body)
+    if doc.subject is not None:
+        out["subject"] = doc.subject.to_dict()
+    if doc.annotations:
+        out["annotations"] = _sorted_map(doc.annotations)
+    return out
+
+
 @dataclass(frozen=True)
 class Manifest:
     """An image manifest (OCI or Docker schema 2, `media_type` tells which)."""
@@ -298,16 +321,10 @@ class Manifest:
     artifact_type: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        out["config"] = self.config.to_dict()
-        out["layers"] = [layer.to_dict() for layer in self.layers]
-        if self.subject is not None:
-            out["subject"] = self.subject.to_dict()
-        if self.annotations:
-            out["annotations"] = _sorted_map(self.annotations)
-        return out
+        return _document_dict(
+            self,
+            {"config": self.config.to_dict(), "layers": [layer.to_dict() for layer in self.layers]},
+        )
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -324,15 +341,7 @@ class Index:
     artifact_type: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        out["manifests"] = [m.to_dict() for m in self.manifests]
-        if self.subject is not None:
-            out["subject"] = self.subject.to_dict()
-        if self.annotations:
-            out["annotations"] = _sorted_map(self.annotations)
-        return out
+        return _document_dict(self, {"manifests": [m.to_dict() for m in self.manifests]})
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -379,7 +388,9 @@ def parse_manifest_or_index(data: bytes, hint: str | None = None, where: str = "
     doc = _load_json(data, where)
     mt = detect_media_type(doc, hint)
     if mt in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
-        raise BadInputError(f"{where}: Docker schema 1 manifests are not supported (re-push the image with a current tool)")
+        raise BadInputError(
+            f"{where}: Docker schema 1 manifests are not supported (re-push the image with a current tool)"
+        )
     if doc.get("schemaVersion") != 2:
         raise BadInputError(f"{where}: unsupported schemaVersion {_brief(doc.get('schemaVersion'))}")
     ann = _annotations(doc, where)
@@ -468,7 +479,7 @@ class VerifyingReader(io.RawIOBase):
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readall(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             data = self.read(1 << 20)
             if not data:
@@ -479,9 +490,7 @@ class VerifyingReader(io.RawIOBase):
         if self._verified:
             return
         if self._count < self._size:
-            raise BadInputError(
-                f"{self.what}: blob is truncated ({self._count} of {self._size} bytes)"
-            )
+            raise BadInputError(f"{self.what}: blob is truncated ({self._count} of {self._size} bytes)")
         got = f"{self._digest.split(':')[0]}:{self._hash.hexdigest()}"
         if got != self._digest:
             raise BadInputError(f"{self.what}: blob digest mismatch (descriptor says {self._digest}, content is {got})")
@@ -617,13 +626,15 @@ class ImageSource(ABC):
     def read_blob(self, desc: Descriptor, limit: int = MAX_CONFIG_SIZE) -> bytes:
         """The whole (small) blob, verified; for configs and other JSON."""
         if desc.size > limit:
-            raise BadInputError(f"{self.description}: blob {short(desc.digest)} is {desc.size} bytes, over the {limit} limit")
+            raise BadInputError(
+                f"{self.description}: blob {short(desc.digest)} is {desc.size} bytes, over the {limit} limit"
+            )
         with self.open_blob(desc) as r:
             data = r.read(desc.size + 1)
             r.finish()
         return data
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: sources that hold nothing open need no close)
         pass
 
     def __enter__(self) -> ImageSource:
@@ -701,10 +712,10 @@ class ImageSink(ABC):
     def commit(self) -> None:
         """Make everything visible; tags last."""
 
-    def abort(self) -> None:
+    def abort(self) -> None:  # noqa: B027  (optional hook: a sink that stages nothing has nothing to remove)
         """Remove staged data; the destination stays as it was."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: sinks that hold nothing open need no close)
         pass
 
     def __enter__(self) -> ImageSink:
@@ -719,7 +730,7 @@ class ImageSink(ABC):
 
 
 def parse_tag_or_digest(tag: str) -> tuple[str | None, str | None]:
-    """"@sha256:..." / "sha256:..." -> (None, digest); anything else -> (tag, None)."""
+    """ "@sha256:..." / "sha256:..." -> (None, digest); anything else -> (tag, None)."""
     t = tag[1:] if tag.startswith("@") else tag
     if _DIGEST_RE.match(t):
         return None, t

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, cast
 
 from converter.errors import UsageError
 from converter.image.model import ImageSink, ImageSource, TransportOptions
@@ -132,7 +133,7 @@ def parse_docker_reference(text: str, *, default_tag: str | None = None) -> Dock
     raw = text
     for prefix in ("docker://", "//"):
         if text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
             break
     if not text:
         raise UsageError(f"{raw!r}: missing registry and repository after docker://")
@@ -146,7 +147,9 @@ def parse_docker_reference(text: str, *, default_tag: str | None = None) -> Dock
     if ":" in last:
         text, _, tag = text.rpartition(":")
         if not TAG_RE.match(tag):
-            raise UsageError(f"{raw!r}: invalid tag {tag!r} (letters, digits, '_', '.', '-'; at most 128, not starting with '.' or '-')")
+            raise UsageError(
+                f"{raw!r}: invalid tag {tag!r} (letters, digits, '_', '.', '-'; at most 128, not starting with '.' or '-')"
+            )
     parts = text.split("/")
     if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost" or parts[0].startswith("[")):
         host, repo_parts = parts[0], parts[1:]
@@ -160,7 +163,9 @@ def parse_docker_reference(text: str, *, default_tag: str | None = None) -> Dock
         repo_parts = ["library"] + repo_parts
     for comp in repo_parts:
         if not _REPO_COMPONENT_RE.match(comp):
-            raise UsageError(f"{raw!r}: invalid repository component {comp!r} (lowercase letters, digits, '.', '_', '-')")
+            raise UsageError(
+                f"{raw!r}: invalid repository component {comp!r} (lowercase letters, digits, '.', '_', '-')"
+            )
     repository = "/".join(repo_parts)
     if len(f"{host}/{repository}") > NAME_MAX:
         raise UsageError(f"{raw!r}: repository name longer than {NAME_MAX} characters")
@@ -215,55 +220,47 @@ def parse_ref(raw: str) -> ImageRef:
     return ImageRef("oci", raw, path=path, tag=tag)
 
 
-def open_source(ref: ImageRef | str, options: TransportOptions | None = None) -> ImageSource:
+def _open(ref: ImageRef | str, options: TransportOptions | None, role: str) -> Any:
+    """The source (`role` "source") or sink ("sink") of a reference; the
+    transport modules are imported only when used."""
     if isinstance(ref, str):
         ref = parse_ref(ref)
     options = options or TransportOptions()
-    if ref.transport == "oci":
-        from converter.image.layout import LayoutSource
-
-        return LayoutSource(ref.path, ref.tag, description=ref.raw)
-    if ref.transport == "oci-archive":
-        from converter.image.layout import OciArchiveSource
-
-        return OciArchiveSource(ref.path, ref.tag, description=ref.raw)
-    if ref.transport == "docker-archive":
-        from converter.image.dockerarchive import DockerArchiveSource
-
-        return DockerArchiveSource(ref.path, ref.tag, description=ref.raw)
-    if ref.transport == "docker":
+    t = ref.transport
+    if t == "docker":
         from converter.image import registry
 
-        return registry.open_source(ref, options)
-    if ref.transport == "containers-storage":
+        return registry.open_source(ref, options) if role == "source" else registry.open_sink(ref, options)
+    if t == "containers-storage":
+        if role == "sink":
+            raise UsageError(
+                f"{ref.raw!r}: containers-storage: is a source only (load the result with "
+                "`podman pull oci:DIR` or push it to a registry)"
+            )
         from converter.image.storage import StorageSource, parse_reference
 
         spec, image = parse_reference(ref.raw.partition(":")[2], ref.raw)
         return StorageSource(spec, image, description=ref.raw)
-    raise UsageError(f"{ref.raw!r}: unsupported transport {ref.transport!r}")
+    if t not in ("oci", "oci-archive", "docker-archive"):
+        raise UsageError(f"{ref.raw!r}: unsupported transport {ref.transport!r}")
+    if ref.path is None:  # parse_ref sets a path for every file transport; an ImageRef built by hand may not
+        raise UsageError(f"{ref.raw!r}: {t}: reference without a path")
+    from converter.image import dockerarchive, layout
+
+    opener: Any = {
+        ("oci", "source"): layout.LayoutSource,
+        ("oci", "sink"): layout.LayoutSink,
+        ("oci-archive", "source"): layout.OciArchiveSource,
+        ("oci-archive", "sink"): layout.OciArchiveSink,
+        ("docker-archive", "source"): dockerarchive.DockerArchiveSource,
+        ("docker-archive", "sink"): dockerarchive.DockerArchiveSink,
+    }[t, role]
+    return opener(ref.path, ref.tag, description=ref.raw)
+
+
+def open_source(ref: ImageRef | str, options: TransportOptions | None = None) -> ImageSource:
+    return cast(ImageSource, _open(ref, options, "source"))
 
 
 def open_sink(ref: ImageRef | str, options: TransportOptions | None = None) -> ImageSink:
-    if isinstance(ref, str):
-        ref = parse_ref(ref)
-    options = options or TransportOptions()
-    if ref.transport == "oci":
-        from converter.image.layout import LayoutSink
-
-        return LayoutSink(ref.path, ref.tag, description=ref.raw)
-    if ref.transport == "oci-archive":
-        from converter.image.layout import OciArchiveSink
-
-        return OciArchiveSink(ref.path, ref.tag, description=ref.raw)
-    if ref.transport == "docker-archive":
-        from converter.image.dockerarchive import DockerArchiveSink
-
-        return DockerArchiveSink(ref.path, ref.tag, description=ref.raw)
-    if ref.transport == "docker":
-        from converter.image import registry
-
-        return registry.open_sink(ref, options)
-    if ref.transport == "containers-storage":
-        raise UsageError(f"{ref.raw!r}: containers-storage: is a source only (load the result with "
-                         "`podman pull oci:DIR` or push it to a registry)")
-    raise UsageError(f"{ref.raw!r}: unsupported transport {ref.transport!r}")
+    return cast(ImageSink, _open(ref, options, "sink"))

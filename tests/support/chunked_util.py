@@ -17,9 +17,14 @@ import zstandard
 from converter.chunked.format import MANIFEST_CHECKSUM_KEY, MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY
 
 TYPES = {
-    tarfile.REGTYPE: "reg", tarfile.AREGTYPE: "reg", tarfile.LNKTYPE: "hardlink",
-    tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block",
-    tarfile.DIRTYPE: "dir", tarfile.FIFOTYPE: "fifo",
+    tarfile.REGTYPE: "reg",
+    tarfile.AREGTYPE: "reg",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.DIRTYPE: "dir",
+    tarfile.FIFOTYPE: "fifo",
 }
 
 
@@ -81,8 +86,11 @@ def check_against_tar(tar: bytes, blob: bytes, annotations: dict) -> dict:
         assert int(float(m.pax_headers.get("mtime", m.mtime))) == int(m.mtime)
         if m.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
             assert e.get("devMajor", 0) == m.devmajor and e.get("devMinor", 0) == m.devminor
-        xattrs = {k[len("SCHILY.xattr."):]: base64.b64encode(_raw(v)).decode()
-                  for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+        xattrs = {
+            k[len("SCHILY.xattr.") :]: base64.b64encode(_raw(v)).decode()
+            for k, v in m.pax_headers.items()
+            if k.startswith("SCHILY.xattr.")
+        }
         assert e.get("xattrs", {}) == xattrs
         data = tf.extractfile(m).read() if m.isreg() else b""
         contents[e["name"]] = data

@@ -51,9 +51,7 @@ class CorpusError(RuntimeError):
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if p.returncode != 0:
-        raise CorpusError(
-            f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-        )
+        raise CorpusError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
 
 
@@ -113,11 +111,20 @@ def tar_directory(root: Path, out: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     _run(
         [
-            "tar", "--create", "--file", str(tmp), "--directory", str(root),
-            "--sort=name", "--numeric-owner", "--format=posix",
+            "tar",
+            "--create",
+            "--file",
+            str(tmp),
+            "--directory",
+            str(root),
+            "--sort=name",
+            "--numeric-owner",
+            "--format=posix",
             "--pax-option=delete=atime,delete=ctime",
-            "--xattrs", "--xattrs-include=*",
-            "--", *names,
+            "--xattrs",
+            "--xattrs-include=*",
+            "--",
+            *names,
         ]
     )
     tmp.rename(out)
@@ -131,9 +138,7 @@ def debian_rootfs_tar(extra_packages: tuple[str, ...] = ()) -> Path:
     if os.geteuid() != 0:
         raise CorpusError("debootstrap needs root to build the Debian corpus")
     mirror = debian_mirror()
-    key = hashlib.sha256(
-        json.dumps([SUITE, "minbase", sorted(extra_packages), mirror]).encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([SUITE, "minbase", sorted(extra_packages), mirror]).encode()).hexdigest()[:16]
     label = "minbase" + ("+" + "+".join(sorted(extra_packages)) if extra_packages else "")
     out = CORPUS_DIR / f"debian-{SUITE}-{label}-{key}.tar"
     if out.exists():
@@ -197,9 +202,18 @@ def _gnu_tar_case(tmp: Path) -> bytes:
     out = tmp / "gnu.tar"
     _run(
         [
-            "tar", "--create", "--file", str(out), "--directory", str(root),
-            "--sort=name", "--numeric-owner", "--xattrs", "--xattrs-include=*",
-            "--", *sorted(os.listdir(root)),
+            "tar",
+            "--create",
+            "--file",
+            str(out),
+            "--directory",
+            str(root),
+            "--sort=name",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--",
+            *sorted(os.listdir(root)),
         ]
     )
     return out.read_bytes()
@@ -209,6 +223,7 @@ def _tarfile_case() -> bytes:
     """PAX archive by Python's tarfile: long names/links, xattrs, times, devices."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+
         def add(ti: tarfile.TarInfo, data: bytes | None = None) -> None:
             ti.mtime = ti.mtime or 1_700_000_000
             if data is not None:
@@ -228,9 +243,9 @@ def _tarfile_case() -> bytes:
         add(z, b"\0" * 70_000)
         e = tarfile.TarInfo("usr/empty")
         add(e, b"")
-        l = tarfile.TarInfo("usr/link-" + "y" * 120)
-        l.type, l.linkname = tarfile.SYMTYPE, "../" + "z" * 150
-        add(l)
+        sym = tarfile.TarInfo("usr/link-" + "y" * 120)
+        sym.type, sym.linkname = tarfile.SYMTYPE, "../" + "z" * 150
+        add(sym)
         h = tarfile.TarInfo("usr/hard")
         h.type, h.linkname = tarfile.LNKTYPE, "usr/" + "x" * 200 + ".txt"
         add(h)
@@ -238,7 +253,7 @@ def _tarfile_case() -> bytes:
         c.type, c.devmajor, c.devminor, c.mode = tarfile.CHRTYPE, 5, 0, 0o620
         add(c)
         u = tarfile.TarInfo("usr/\u00fcnicode-\u00e9.txt")
-        add(u, "utf-8 name\n".encode())
+        add(u, b"utf-8 name\n")
     return buf.getvalue()
 
 
@@ -366,7 +381,8 @@ def write_oci_image(
     index_path = layout / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {"schemaVersion": 2, "manifests": []}
     index["manifests"] = [
-        m for m in index.get("manifests", [])
+        m
+        for m in index.get("manifests", [])
         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag
     ]
     index["manifests"].append(

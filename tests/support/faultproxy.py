@@ -191,11 +191,13 @@ class FaultProxy:
 
     def requests(self, method: str | None = None, path: str | None = None) -> list[tuple[str, str, int | str]]:
         with self._lock:
-            return [e for e in self.log if (method is None or e[0] == method) and (path is None or re.search(path, e[1]))]
+            return [
+                e for e in self.log if (method is None or e[0] == method) and (path is None or re.search(path, e[1]))
+            ]
 
     # -- lifecycle
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
@@ -223,7 +225,7 @@ class FaultProxy:
         if self._listener is not None:
             self._listener.close()
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -236,7 +238,7 @@ class FaultProxy:
         while not self._stop.is_set():
             try:
                 conn, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -304,9 +306,7 @@ class FaultProxy:
                 if action == "status":
                     assert fault is not None
                     _copy_body(cfile, None, headers)
-                    body = (
-                        b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}'
-                    )
+                    body = b'{"errors":[{"code":"UNAVAILABLE","message":"injected fault","detail":null}]}'
                     self._record(method, path, fault.status)  # before answering: the client may act at once
                     extra = f"Retry-After: {fault.retry_after}\r\n" if fault.retry_after else ""
                     client.sendall(
@@ -324,7 +324,8 @@ class FaultProxy:
                 assert up_file is not None
                 if self.strip_request_headers:
                     kept = [
-                        ln for ln in head.split(b"\r\n")
+                        ln
+                        for ln in head.split(b"\r\n")
                         if ln.split(b":", 1)[0].strip().lower().decode("latin-1") not in self.strip_request_headers
                     ]
                     head = b"\r\n".join(kept)
@@ -359,8 +360,10 @@ class FaultProxy:
                 self._drain_response(up_file, method, status, resp_headers, client)
                 if resp_headers.get("connection", "").lower() == "close":
                     return
-        except (_Closed, OSError, ValueError) as e:
-            import os, traceback
+        except (_Closed, OSError, ValueError):
+            import os
+            import traceback
+
             if os.environ.get("FAULTPROXY_DEBUG"):
                 traceback.print_exc()
             return
@@ -374,7 +377,9 @@ class FaultProxy:
             self._slots.release()
 
     @staticmethod
-    def _drain_response(src: BinaryIO, method: str, status: int, headers: dict[str, str], dst: socket.socket | None) -> None:
+    def _drain_response(
+        src: BinaryIO, method: str, status: int, headers: dict[str, str], dst: socket.socket | None
+    ) -> None:
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return
         if "chunked" in headers.get("transfer-encoding", "").lower() or "content-length" in headers:

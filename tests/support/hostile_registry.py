@@ -56,17 +56,36 @@ class Answer:
     close: bool = False  # close the connection after the answer
 
     @staticmethod
-    def json(doc: object, status: int = 200, headers: list[tuple[str, str]] | None = None,
-             content_type: str = "application/json") -> "Answer":
+    def json(
+        doc: object,
+        status: int = 200,
+        headers: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Answer:
         return Answer(status, [("Content-Type", content_type)] + list(headers or []), json.dumps(doc).encode())
 
 
 Script = Callable[[Request], "Answer | None"]
 
-_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
-            301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect",
-            308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 416: "Range Not Satisfiable", 500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    206: "Partial Content",
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    416: "Range Not Satisfiable",
+    500: "Internal Server Error",
+}
 
 
 class HostileRegistry:
@@ -101,7 +120,7 @@ class HostileRegistry:
         with self._lock:
             return [r for r in self.requests if (method is None or r.method == method) and path_contains in r.path]
 
-    def start(self) -> "HostileRegistry":
+    def start(self) -> HostileRegistry:
         self._sock.listen(32)
         self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
@@ -121,7 +140,7 @@ class HostileRegistry:
             self._thread.join(5)
         self._sock.close()
 
-    def __enter__(self) -> "HostileRegistry":
+    def __enter__(self) -> HostileRegistry:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -131,7 +150,7 @@ class HostileRegistry:
         while not self._stop.is_set():
             try:
                 c, _ = self._sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             with self._lock:
                 self._conns.add(c)
@@ -243,7 +262,7 @@ class HostileRegistry:
                 for i in range(len(ans.body)):
                     if self._stop.is_set():
                         return False
-                    c.sendall(ans.body[i:i + 1])
+                    c.sendall(ans.body[i : i + 1])
                     time.sleep(ans.drip)
             else:
                 c.sendall(ans.body)
@@ -264,24 +283,44 @@ class TinyImage:
     """One config and one (non-chunked) layer blob, and their manifest, for scripts to serve."""
 
     layer: bytes = b"\x28\xb5\x2f\xfd" + b"not really a layer" * 10
-    config: bytes = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:' + b"0" * 64 + b'"]}}'
+    config: bytes = (
+        b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:' + b"0" * 64 + b'"]}}'
+    )
 
     @property
     def manifest(self) -> bytes:
-        return json.dumps({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(self.config), "size": len(self.config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": sha256(self.layer), "size": len(self.layer)}],
-        }).encode()
+        return json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": sha256(self.config),
+                    "size": len(self.config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+                        "digest": sha256(self.layer),
+                        "size": len(self.layer),
+                    }
+                ],
+            }
+        ).encode()
 
     def answer(self, req: Request) -> Answer | None:
         """What a plain anonymous registry would answer for this image (repository "r", tag "t")."""
         if req.path == "/v2/":
             return Answer.json({})
         if req.path.startswith("/v2/r/manifests/"):
-            return Answer(200, [("Content-Type", "application/vnd.oci.image.manifest.v1+json"),
-                                ("Docker-Content-Digest", sha256(self.manifest))], self.manifest)
+            return Answer(
+                200,
+                [
+                    ("Content-Type", "application/vnd.oci.image.manifest.v1+json"),
+                    ("Docker-Content-Digest", sha256(self.manifest)),
+                ],
+                self.manifest,
+            )
         for blob in (self.config, self.layer):
             if req.path == f"/v2/r/blobs/{sha256(blob)}":
                 return Answer(200, [("Content-Type", "application/octet-stream")], blob)

@@ -51,17 +51,14 @@ class InteropTool:
     binary: Path
 
     def _run(self, *args: str, timeout: float = 900) -> dict:
-        p = subprocess.run(
-            [str(self.binary), *args], capture_output=True, text=True, timeout=timeout
-        )
+        p = subprocess.run([str(self.binary), *args], capture_output=True, text=True, timeout=timeout)
         try:
             out = json.loads(p.stdout) if p.stdout.strip() else {}
         except json.JSONDecodeError:
             out = {}
         if p.returncode != 0 or "error" in out:
             raise InteropError(
-                f"zconv-interop {' '.join(args)} failed ({p.returncode}): "
-                f"{out.get('error') or p.stderr[-3000:]}"
+                f"zconv-interop {' '.join(args)} failed ({p.returncode}): {out.get('error') or p.stderr[-3000:]}"
             )
         return out
 
@@ -76,18 +73,33 @@ class InteropTool:
             opts.append("--tls-verify")
         return opts
 
-    def copy(self, src: str, dst: str, *, all_images: bool = False, creds: str | None = None,
-             cert_dir=None, tls_verify: bool = False) -> dict:
+    def copy(
+        self,
+        src: str,
+        dst: str,
+        *,
+        all_images: bool = False,
+        creds: str | None = None,
+        cert_dir=None,
+        tls_verify: bool = False,
+    ) -> dict:
         """containers/image copy without changing blobs (e.g. oci:DIR:TAG -> docker://HOST/R:T)."""
         extra = ["--all"] if all_images else []
         return self._run("copy", src, dst, *extra, *self._net_opts(creds, cert_dir, tls_verify))
 
-    def pull(self, src: str, root: str | os.PathLike, *, creds: str | None = None, cert_dir=None,
-             tls_verify: bool = False, log: str | os.PathLike | None = None) -> dict:
+    def pull(
+        self,
+        src: str,
+        root: str | os.PathLike,
+        *,
+        creds: str | None = None,
+        cert_dir=None,
+        tls_verify: bool = False,
+        log: str | os.PathLike | None = None,
+    ) -> dict:
         """Pull into the containers-storage store under `root` (reuse root across pulls)."""
         extra = ["--log", str(log)] if log else []
-        return self._run("pull", src, "--root", str(root), *extra,
-                         *self._net_opts(creds, cert_dir, tls_verify))
+        return self._run("pull", src, "--root", str(root), *extra, *self._net_opts(creds, cert_dir, tls_verify))
 
     def compress(self, tar: str | os.PathLike, out: str | os.PathLike, level: int | None = None) -> dict:
         """The reference zstd:chunked writer (containers/storage compressor) on a tar."""
@@ -118,8 +130,7 @@ def read_oci_image(layout: str | os.PathLike, tag: str) -> tuple[dict, dict]:
         raise InteropError(f"tag {tag} not in {layout}/index.json")
     doc = json.loads(blob_path(layout, desc["digest"]).read_bytes())
     if "manifests" in doc:  # an index: take the linux/amd64 (or the only) manifest
-        cands = [m for m in doc["manifests"]
-                 if m.get("platform", {}).get("architecture") in (None, "amd64")]
+        cands = [m for m in doc["manifests"] if m.get("platform", {}).get("architecture") in (None, "amd64")]
         doc = json.loads(blob_path(layout, cands[0]["digest"]).read_bytes())
     config = json.loads(blob_path(layout, doc["config"]["digest"]).read_bytes())
     return doc, config
@@ -163,7 +174,7 @@ def _norm_time(v: str) -> tuple[int, int] | str:
         main, _, rest = v.partition(".")
         if rest:
             frac = "".join(ch for ch in rest if ch.isdigit())
-            tz = rest[len(frac):]
+            tz = rest[len(frac) :]
         else:
             frac, tz = "", ""
             for sep in ("Z", "+", "-"):
@@ -239,7 +250,7 @@ def _xattrs_from_pax(pax: dict[str, str]) -> tuple[tuple[str, bytes], ...]:
     for k, v in pax.items():
         if k.startswith("SCHILY.xattr."):
             # tarfile decodes PAX values as UTF-8 with surrogateescape for raw bytes
-            out.append((k[len("SCHILY.xattr."):], v.encode("utf-8", "surrogateescape")))
+            out.append((k[len("SCHILY.xattr.") :], v.encode("utf-8", "surrogateescape")))
     return tuple(sorted(out))
 
 
@@ -257,8 +268,7 @@ def tar_tree(tar: str | os.PathLike | bytes) -> tuple[dict[str, Node], list[tupl
     inode_of: dict[str, int] = {}  # path -> inode group (regular files and their links)
     groups: dict[int, list[str]] = {}
     hardlinks: list[tuple[str, str]] = []
-    with fileobj, tarfile.open(fileobj=fileobj, mode="r:", encoding="utf-8",
-                               errors="surrogateescape") as tf:
+    with fileobj, tarfile.open(fileobj=fileobj, mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
         for ti in tf:
             name = _clean(ti.name)
             if not name:
@@ -282,8 +292,16 @@ def tar_tree(tar: str | os.PathLike | bytes) -> tuple[dict[str, Node], list[tupl
                     raise InteropError(f"hardlink {name!r} to missing {target!r}")
                 merged = dict(old.xattrs)
                 merged.update(xattrs)
-                node = Node(old.kind, perm, ti.uid, ti.gid, sha256=old.sha256, link=old.link,
-                            dev=old.dev, xattrs=tuple(sorted(merged.items())))
+                node = Node(
+                    old.kind,
+                    perm,
+                    ti.uid,
+                    ti.gid,
+                    sha256=old.sha256,
+                    link=old.link,
+                    dev=old.dev,
+                    xattrs=tuple(sorted(merged.items())),
+                )
                 gid = inode_of.setdefault(target, len(groups))
                 groups.setdefault(gid, [target])
                 groups[gid].append(name)
@@ -330,10 +348,13 @@ def dir_tree(root: str | os.PathLike) -> dict[str, Node]:
                     names = os.listxattr(full, follow_symlinks=False)
                 except OSError:
                     names = []
-                xattrs = tuple(sorted(
-                    (x, os.getxattr(full, x, follow_symlinks=False))
-                    for x in names if not x.startswith(_STORE_XATTR_PREFIXES)
-                ))
+                xattrs = tuple(
+                    sorted(
+                        (x, os.getxattr(full, x, follow_symlinks=False))
+                        for x in names
+                        if not x.startswith(_STORE_XATTR_PREFIXES)
+                    )
+                )
             perm = stat.S_IMODE(st.st_mode)
             m = st.st_mode
             if stat.S_ISREG(m):
@@ -353,8 +374,9 @@ def dir_tree(root: str | os.PathLike) -> dict[str, Node]:
                 else:
                     node = Node("char", perm, st.st_uid, st.st_gid, dev=dev, xattrs=xattrs)
             elif stat.S_ISBLK(m):
-                node = Node("block", perm, st.st_uid, st.st_gid,
-                            dev=(os.major(st.st_rdev), os.minor(st.st_rdev)), xattrs=xattrs)
+                node = Node(
+                    "block", perm, st.st_uid, st.st_gid, dev=(os.major(st.st_rdev), os.minor(st.st_rdev)), xattrs=xattrs
+                )
             elif stat.S_ISFIFO(m):
                 node = Node("fifo", perm, st.st_uid, st.st_gid, xattrs=xattrs)
             else:
@@ -385,7 +407,7 @@ def compare_tree_to_tar(diff_dir: str | os.PathLike, tar: str | os.PathLike | by
             diffs.append(f"{name}: pulled {got[name]} != tar {node}")
     implied = set()  # parents the tar did not list are created by the extractor
     for n in want:
-        while (n := os.path.dirname(n)):
+        while n := os.path.dirname(n):
             implied.add(n)
     for name in sorted(set(got) - set(want)):
         if not (name in implied and got[name].kind == "dir"):
@@ -408,19 +430,18 @@ def zconv_convert(src: str, dst: str, timeout: float = 1800) -> dict:
     """Run our CLI: zconv convert SRC DST --json. Fails loudly if the CLI is missing."""
     if not ZCONV.exists():
         raise InteropError(f"{ZCONV} not found: run `make setup` (pip install -e .)")
-    p = subprocess.run([str(ZCONV), "convert", src, dst, "--json"],
-                       capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run([str(ZCONV), "convert", src, dst, "--json"], capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
-        raise InteropError(f"zconv convert {src} {dst} failed ({p.returncode}):\n"
-                           f"{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+        raise InteropError(
+            f"zconv convert {src} {dst} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
+        )
     try:
         return json.loads(p.stdout)
     except json.JSONDecodeError:
         return {"stdout": p.stdout}
 
 
-def reference_convert(tool: InteropTool, tars: list[Path], layout: Path, tag: str,
-                      workdir: Path) -> dict:
+def reference_convert(tool: InteropTool, tars: list[Path], layout: Path, tag: str, workdir: Path) -> dict:
     """An OCI image of `tars` whose layers were written by the reference writer."""
     from support.corpus import LAYER_ZSTD, LayerBlob, sha256_file, write_oci_image
 

@@ -74,10 +74,22 @@ def make_self_signed_cert(directory: str | os.PathLike, name: str = "registry") 
     cert, key = d / f"{name}.crt", d / f"{name}.key"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
         ],
         check=True,
         capture_output=True,
@@ -199,11 +211,9 @@ class RegistryServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def start(self) -> "RegistryServer":
+    def start(self) -> RegistryServer:
         if not os.access(REGISTRY_BIN, os.X_OK):
-            raise RegistryStartError(
-                f"{REGISTRY_BIN} not found (Debian package docker-registry; run .ci/sysdeps)"
-            )
+            raise RegistryStartError(f"{REGISTRY_BIN} not found (Debian package docker-registry; run .ci/sysdeps)")
         for _attempt in range(3):  # the free port can be taken between probe and bind
             self.port = _free_port()
             self._write_config()
@@ -216,8 +226,10 @@ class RegistryServer:
                 cwd=self.workdir,
                 # docker-registry reads REGISTRY_* variables as configuration: a user's
                 # REGISTRY_AUTH_FILE (podman's) would become auth.file and stop it starting.
-                env={**{k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
-                     "OTEL_TRACES_EXPORTER": "none"},
+                env={
+                    **{k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
+                    "OTEL_TRACES_EXPORTER": "none",
+                },
             )
             log.close()
             deadline = time.monotonic() + self.start_timeout
@@ -235,9 +247,7 @@ class RegistryServer:
                 )
             if "address already in use" not in self._log_tail().lower():
                 break
-        raise RegistryStartError(
-            f"docker-registry exited with code {self.proc.returncode}; log:\n{self._log_tail()}"
-        )
+        raise RegistryStartError(f"docker-registry exited with code {self.proc.returncode}; log:\n{self._log_tail()}")
 
     def stop(self, remove: bool | None = None) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -253,7 +263,7 @@ class RegistryServer:
         if remove:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "RegistryServer":
+    def __enter__(self) -> RegistryServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

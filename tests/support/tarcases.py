@@ -56,8 +56,22 @@ def gnu_tar(fmt: str, extra: list[str] | None = None) -> bytes:
         root.mkdir()
         _tree(root)
         out = Path(d) / "out.tar"
-        cmd = ["tar", f"--format={fmt}", "--sort=name", "--numeric-owner", "--owner=0", "--group=0",
-               "-cf", str(out), "-C", str(root)] + (extra or []) + ["."]
+        cmd = (
+            [
+                "tar",
+                f"--format={fmt}",
+                "--sort=name",
+                "--numeric-owner",
+                "--owner=0",
+                "--group=0",
+                "-cf",
+                str(out),
+                "-C",
+                str(root),
+            ]
+            + (extra or [])
+            + ["."]
+        )
         subprocess.run(cmd, check=True, capture_output=True)
         return out.read_bytes()
 
@@ -81,8 +95,7 @@ def python_tar(fmt: int) -> bytes:
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
         _add(tf, "usr", tarfile.DIRTYPE, mode=0o755)
         _add(tf, "usr/bin", tarfile.DIRTYPE, mode=0o755)
-        _add(tf, "usr/bin/prog", data=_rand(200_000, 7), mode=0o755, uid=1000, gid=1000,
-             uname="user", gname="users")
+        _add(tf, "usr/bin/prog", data=_rand(200_000, 7), mode=0o755, uid=1000, gid=1000, uname="user", gname="users")
         _add(tf, "usr/bin/prog2", tarfile.LNKTYPE, linkname="usr/bin/prog")
         _add(tf, "usr/bin/sl", tarfile.SYMTYPE, linkname="prog", mode=0o777)
         _add(tf, "dev", tarfile.DIRTYPE, mode=0o755)
@@ -135,8 +148,11 @@ def _gnu_nonutf8_tar() -> bytes:
         with open(os.path.join(os.fsencode(root), b"caf\xe9", b"f\xff"), "wb") as f:
             f.write(b"latin-1 name\n")
         out = Path(d) / "out.tar"
-        subprocess.run(["tar", "--format=gnu", "--sort=name", "-cf", str(out), "-C", str(root), "."],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["tar", "--format=gnu", "--sort=name", "-cf", str(out), "-C", str(root), "."],
+            check=True,
+            capture_output=True,
+        )
         return out.read_bytes()
 
 
@@ -163,8 +179,11 @@ def _gnu_ustar_short() -> bytes:
         (root / "dir").mkdir()
         (root / "dir" / "b").write_bytes(_rand(100_000, 11))
         out = Path(d) / "out.tar"
-        subprocess.run(["tar", "--format=ustar", "--sort=name", "--mtime=@1700000000", "-cf", str(out),
-                        "-C", str(root), "."], check=True, capture_output=True)
+        subprocess.run(
+            ["tar", "--format=ustar", "--sort=name", "--mtime=@1700000000", "-cf", str(out), "-C", str(root), "."],
+            check=True,
+            capture_output=True,
+        )
         return out.read_bytes()
 
 
@@ -175,8 +194,7 @@ def unrepresentable_cases() -> dict[str, tuple[bytes, str]]:
         _add(tf, "etc/passwd", data=b"one\n")
         _add(tf, "./etc/passwd", data=b"two\n")
     glob = io.BytesIO()
-    with tarfile.open(fileobj=glob, mode="w", format=tarfile.PAX_FORMAT,
-                      pax_headers={"comment": "global"}) as tf:
+    with tarfile.open(fileobj=glob, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "global"}) as tf:
         _add(tf, "file", data=b"x\n")
     cont = io.BytesIO()
     with tarfile.open(fileobj=cont, mode="w", format=tarfile.GNU_FORMAT) as tf:
@@ -188,11 +206,13 @@ def unrepresentable_cases() -> dict[str, tuple[bytes, str]]:
             fh.seek(4 << 20)
             fh.write(b"end")
         out = Path(d) / "s.tar"
-        subprocess.run(["tar", "--format=gnu", "-S", "-cf", str(out), "-C", str(f.parent), "."],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["tar", "--format=gnu", "-S", "-cf", str(out), "-C", str(f.parent), "."], check=True, capture_output=True
+        )
         sparse_gnu = out.read_bytes()
-        subprocess.run(["tar", "--format=posix", "-S", "-cf", str(out), "-C", str(f.parent), "."],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["tar", "--format=posix", "-S", "-cf", str(out), "-C", str(f.parent), "."], check=True, capture_output=True
+        )
         sparse_pax = out.read_bytes()
     return {
         "duplicate-path": (dup.getvalue(), "appears twice"),

@@ -26,11 +26,11 @@ from operator import attrgetter
 from typing import IO, Any, Iterable, Iterator, Union
 
 from converter.chunked import tarstream
-from converter.chunked.format import INT64_MAX, TYPE_CHUNK, TYPE_REG
+from converter.chunked.format import INT64_MAX, TYPE_CHUNK, TYPE_NAMES, TYPE_REG, XATTR_PREFIX
 from converter.chunked.reader.access import bad
 from converter.chunked.reader.toc import TocEntry, format_time, normalize_time
 from converter.chunked.tarstream import HEADER_ONLY_TYPES, TarHeader
-from converter.chunked.toc import TYPE_NAMES, XATTR_PREFIX, go_clean
+from converter.chunked.toc import go_clean
 from converter.errors import BadInputError
 
 # The decoded tar-split: bytes, or a binary file read from its start.

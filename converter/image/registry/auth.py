@@ -16,6 +16,7 @@ import requests
 
 from converter.errors import AuthError, BadInputError
 from converter.image import auth as credentials
+from converter.image.auth import Credentials
 from converter.image.registry.errors import error_detail
 from converter.image.registry.http import Transport, is_local_host, origin, resolve_url
 from converter.jsonload import load_json
@@ -38,13 +39,14 @@ def parse_challenge(raw: str | None) -> Challenge | None:
 class Authenticator:
     """Credentials, the registry's challenge and the bearer tokens of one registry; its own lock."""
 
-    def __init__(self, transport: Transport, *, creds: "str | credentials.Credentials | None" = None,
-                 auth_file: str | None = None) -> None:
+    def __init__(
+        self, transport: Transport, *, creds: str | Credentials | None = None, auth_file: str | None = None
+    ) -> None:
         self.t = transport
         self.host = transport.host
         self._auth_file = auth_file
         self._creds_arg = credentials.parse_creds(creds) if isinstance(creds, str) and creds else creds or None
-        self._creds_cache: dict[str, credentials.Credentials | None] = {}
+        self._creds_cache: dict[str, Credentials | None] = {}
         self._challenge: Challenge | None = None
         self._challenge_seen = False
         self.tokens: dict[tuple[str, ...], str] = {}
@@ -56,7 +58,9 @@ class Authenticator:
             self.t.ping()
             with self._lock:
                 if not self._challenge_seen:
-                    self._challenge = parse_challenge(self.t.ping_challenge) if self.t.ping_challenge is not None else None
+                    self._challenge = (
+                        parse_challenge(self.t.ping_challenge) if self.t.ping_challenge is not None else None
+                    )
                     self._challenge_seen = True
         return self._challenge
 
@@ -66,7 +70,7 @@ class Authenticator:
             self._challenge = value
             self._challenge_seen = True
 
-    def credentials(self, repository: str | None = None) -> credentials.Credentials | None:
+    def credentials(self, repository: str | None = None) -> Credentials | None:
         if self._creds_arg:
             return self._creds_arg
         key = repository or ""
@@ -96,7 +100,7 @@ class Authenticator:
             tok = self.tokens[key]
         return {"Authorization": f"Bearer {tok}"} if tok else {}
 
-    def realm_url(self, realm: str | None, creds: credentials.Credentials | None) -> str:
+    def realm_url(self, realm: str | None, creds: Credentials | None) -> str:
         """The token server's URL, checked against the credential policy."""
         if not realm:
             raise AuthError(f"registry {self.host}: bearer challenge without a realm")
@@ -118,7 +122,7 @@ class Authenticator:
                 )
         return url
 
-    def fetch_token(self, params: dict[str, str], scopes: tuple[str, ...], creds: credentials.Credentials | None) -> str:
+    def fetch_token(self, params: dict[str, str], scopes: tuple[str, ...], creds: Credentials | None) -> str:
         realm = self.realm_url(params.get("realm"), creds)
         query: list[tuple[str, str]] = []
         if params.get("service"):
@@ -130,8 +134,9 @@ class Authenticator:
             headers["Authorization"] = "Basic " + oras_auth_utils.get_basic_auth(creds.username, creds.password)
         url = realm + ("&" if "?" in realm else "?") + "&".join(f"{k}={quote(v, safe='')}" for k, v in query)
         shown = realm.split("?")[0][:200]
-        resp = self.t.with_retries(lambda: self.t.send("GET", url, headers, None, False, auth_origin=origin(realm)),
-                                   f"token server {shown}")
+        resp = self.t.with_retries(
+            lambda: self.t.send("GET", url, headers, None, False, auth_origin=origin(realm)), f"token server {shown}"
+        )
         if resp.status_code in (401, 403):
             who = f"user {creds.username!r} (from {creds.source})" if creds else "anonymous access"
             raise AuthError(f"registry {self.host}: authentication failed for {who}: {error_detail(resp)}")
@@ -152,7 +157,9 @@ class Authenticator:
         creds = self.credentials(repository)
         detail = error_detail(resp)
         if creds is None:
-            return AuthError(f"{what}: authentication required ({detail}); use `zconv login {self.host}` or --creds USER:PASS")
+            return AuthError(
+                f"{what}: authentication required ({detail}); use `zconv login {self.host}` or --creds USER:PASS"
+            )
         if resp.status_code == 403:
             return AuthError(f"{what}: access denied for user {creds.username!r} (from {creds.source}): {detail}")
         return AuthError(f"{what}: authentication failed for user {creds.username!r} (from {creds.source}): {detail}")

@@ -7,6 +7,7 @@ the upload before the registry could commit it.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
@@ -18,12 +19,13 @@ import urllib3
 
 from converter.errors import BadInputError, RegistryError
 from converter.image.model import check_digest, new_hasher, short
+from converter.image.registry.core import ClientCore
 from converter.image.registry.errors import Transient, check_status, conn_error_text, error_codes, error_detail
 from converter.image.registry.http import FileSlice, deadline_expired, resolve_url
 from converter.image.registry.upload_sessions import range_end
 
 if TYPE_CHECKING:
-    from converter.image.registry.client import RegistryClient
+    pass
 
 READ_BLOCK = 1024 * 1024
 
@@ -47,7 +49,9 @@ class LocalBlobCheck:
                 while self.pos < offset:
                     data = f.read(min(READ_BLOCK, offset - self.pos))
                     if not data:
-                        raise BadInputError(f"{self.what}: local blob file is shorter than the {self.size} bytes its descriptor declares")
+                        raise BadInputError(
+                            f"{self.what}: local blob file is shorter than the {self.size} bytes its descriptor declares"
+                        )
                     self._h.update(data)
                     self.pos += len(data)
 
@@ -55,7 +59,9 @@ class LocalBlobCheck:
         if offset != self.pos:
             self._rehash_to(offset)
         if len(data) < wanted:
-            raise BadInputError(f"{self.what}: local blob file is shorter than the {self.size} bytes its descriptor declares; upload aborted")
+            raise BadInputError(
+                f"{self.what}: local blob file is shorter than the {self.size} bytes its descriptor declares; upload aborted"
+            )
         self._h.update(data)
         self.pos += len(data)
         if self.pos == self.size:
@@ -87,31 +93,43 @@ class _CheckedSlice(FileSlice):
         return data
 
 
-class BlobsMixin:
+class BlobsMixin(ClientCore):
     """Blob operations of RegistryClient (self is the client)."""
 
-    def blob_size(self: "RegistryClient", repo: str, digest: str, push: bool = False) -> int | None:
+    def blob_size(self, repo: str, digest: str, push: bool = False) -> int | None:
         """Size of the blob if the repository has it (HEAD), else None."""
         resp = self.request(
-            "HEAD", f"/v2/{repo}/blobs/{digest}", repository=repo,
-            scopes=self._push(repo) if push else self._pull(repo), what=f"{self.host}/{repo}: checking for blob {short(digest)}",
+            "HEAD",
+            f"/v2/{repo}/blobs/{digest}",
+            repository=repo,
+            scopes=self._push(repo) if push else self._pull(repo),
+            what=f"{self.host}/{repo}: checking for blob {short(digest)}",
         )
         resp.close()
         if resp.status_code == 404:
             return None
-        check_status(resp, 200, what=f"{self.host}/{repo}", action=f"HEAD blob {short(digest)} failed",
-                     auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"))
+        check_status(
+            resp,
+            200,
+            what=f"{self.host}/{repo}",
+            action=f"HEAD blob {short(digest)} failed",
+            auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
+        )
         try:
             return int(resp.headers.get("Content-Length", "-1"))
         except ValueError:
             return -1
 
-    def mount_blob(self: "RegistryClient", repo: str, digest: str, from_repo: str) -> str | None:
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> str | None:
         """Cross-repository mount. "mounted", or an upload URL to use instead (or None)."""
         path = f"/v2/{repo}/blobs/uploads/?" + f"mount={digest}&from={requests.utils.quote(from_repo, safe='/')}"
         resp = self.request(
-            "POST", path, repository=repo, scopes=self._push(repo, from_repo),
-            headers={"Content-Length": "0"}, what=f"{self.host}/{repo}: mount {short(digest)} from {from_repo}",
+            "POST",
+            path,
+            repository=repo,
+            scopes=self._push(repo, from_repo),
+            headers={"Content-Length": "0"},
+            what=f"{self.host}/{repo}: mount {short(digest)} from {from_repo}",
         )
         resp.close()
         if resp.status_code == 201:
@@ -120,7 +138,7 @@ class BlobsMixin:
             return self._location(resp, repo)
         return None
 
-    def _location(self: "RegistryClient", resp: requests.Response, repo: str) -> str:
+    def _location(self, resp: requests.Response, repo: str) -> str:
         """The upload session's URL; relative ones resolved against the registry, non-http(s) refused."""
         loc = resp.headers.get("Location")
         if not loc:
@@ -131,28 +149,43 @@ class BlobsMixin:
             raise RegistryError(f"{self.host}/{repo}: unusable upload Location {loc[:200]!r} (not an http(s) URL)")
         return url
 
-    def _start_upload(self: "RegistryClient", repo: str) -> str:
+    def _start_upload(self, repo: str) -> str:
         resp = self.request(
-            "POST", f"/v2/{repo}/blobs/uploads/", repository=repo, scopes=self._push(repo),
-            headers={"Content-Length": "0"}, what=f"{self.host}/{repo}: starting a blob upload",
+            "POST",
+            f"/v2/{repo}/blobs/uploads/",
+            repository=repo,
+            scopes=self._push(repo),
+            headers={"Content-Length": "0"},
+            what=f"{self.host}/{repo}: starting a blob upload",
         )
         resp.close()
-        check_status(resp, 202, what=f"{self.host}/{repo}", action="cannot start a blob upload",
-                     auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"))
+        check_status(
+            resp,
+            202,
+            what=f"{self.host}/{repo}",
+            action="cannot start a blob upload",
+            auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
+        )
         return self._location(resp, repo)
 
-    def _cancel_upload(self: "RegistryClient", repo: str, location: str | None) -> None:
+    def _cancel_upload(self, repo: str, location: str | None) -> None:
         """Best effort: DELETE the upload session so nothing half-sent lingers."""
         if not location:
             return
         try:
-            self.request("DELETE", location, repository=repo, scopes=self._push(repo), retry=False,
-                         what=f"{self.host}/{repo}: cancelling an upload").close()
+            self.request(
+                "DELETE",
+                location,
+                repository=repo,
+                scopes=self._push(repo),
+                retry=False,
+                what=f"{self.host}/{repo}: cancelling an upload",
+            ).close()
         except (Transient, RegistryError):
             pass
 
     def push_blob(
-        self: "RegistryClient",
+        self,
         repo: str,
         digest: str,
         size: int,
@@ -213,7 +246,7 @@ class BlobsMixin:
                 location = None
                 resume_at = 0
 
-    def _earlier_session(self: "RegistryClient", repo: str, digest: str, size: int) -> tuple[int, str] | None:
+    def _earlier_session(self, repo: str, digest: str, size: int) -> tuple[int, str] | None:
         """(offset, location) of an upload an earlier run left in the registry, if it is still usable."""
         loc = self.uploads.location(repo, digest)
         if loc is None:
@@ -229,7 +262,7 @@ class BlobsMixin:
         self._log(f"{self.host}/{repo}: blob {short(digest)}: continuing an earlier run's upload at byte {status[0]}")
         return status
 
-    def _check_done(self: "RegistryClient", resp: requests.Response, repo: str, digest: str) -> None:
+    def _check_done(self, resp: requests.Response, repo: str, digest: str) -> None:
         resp.close()
         if resp.status_code in (201, 204):
             got = resp.headers.get("Docker-Content-Digest")
@@ -238,12 +271,19 @@ class BlobsMixin:
             return
         codes = error_codes(resp)
         if resp.status_code not in (401, 403) and ("DIGEST_INVALID" in codes or "SIZE_INVALID" in codes):
-            raise BadInputError(f"{self.host}/{repo}: registry rejected blob {short(digest)}: {error_detail(resp)} (source content does not match its digest)")
-        check_status(resp, what=f"{self.host}/{repo}", action=f"upload of blob {short(digest)} failed",
-                     auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"))
+            raise BadInputError(
+                f"{self.host}/{repo}: registry rejected blob {short(digest)}: {error_detail(resp)} (source content does not match its digest)"
+            )
+        check_status(
+            resp,
+            what=f"{self.host}/{repo}",
+            action=f"upload of blob {short(digest)} failed",
+            auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
+        )
 
-    def _put_monolithic(self: "RegistryClient", repo: str, location: str, digest: str, size: int,
-                        open_file: Callable[[], BinaryIO], check: LocalBlobCheck) -> None:
+    def _put_monolithic(
+        self, repo: str, location: str, digest: str, size: int, open_file: Callable[[], BinaryIO], check: LocalBlobCheck
+    ) -> None:
         url = oras.utils.append_url_params(location, {"digest": digest})
         files: list[BinaryIO] = []
 
@@ -254,9 +294,14 @@ class BlobsMixin:
 
         try:
             resp = self.request(
-                "PUT", url, repository=repo, scopes=self._push(repo),
+                "PUT",
+                url,
+                repository=repo,
+                scopes=self._push(repo),
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                body=body, retry=False, what=f"{self.host}/{repo}: uploading blob {short(digest)}",
+                body=body,
+                retry=False,
+                what=f"{self.host}/{repo}: uploading blob {short(digest)}",
             )
         finally:
             for f in files:
@@ -266,11 +311,17 @@ class BlobsMixin:
         self._check_done(resp, repo, digest)
         self.count("bytes_uploaded", size)
 
-    def _upload_offset(self: "RegistryClient", repo: str, location: str) -> tuple[int, str] | None:
+    def _upload_offset(self, repo: str, location: str) -> tuple[int, str] | None:
         """Where the registry's upload session stands (GET upload status), None if it is gone."""
         try:
-            resp = self.request("GET", location, repository=repo, scopes=self._push(repo), retry=False,
-                                what=f"{self.host}/{repo}: upload status")
+            resp = self.request(
+                "GET",
+                location,
+                repository=repo,
+                scopes=self._push(repo),
+                retry=False,
+                what=f"{self.host}/{repo}: upload status",
+            )
         except Transient:
             return None
         resp.close()
@@ -282,8 +333,16 @@ class BlobsMixin:
             end = 0
         return end, self._location(resp, repo) if resp.headers.get("Location") else location
 
-    def _put_chunked(self: "RegistryClient", repo: str, location: str, digest: str, size: int,
-                     open_file: Callable[[], BinaryIO], start: int = 0, check: LocalBlobCheck | None = None) -> None:
+    def _put_chunked(
+        self,
+        repo: str,
+        location: str,
+        digest: str,
+        size: int,
+        open_file: Callable[[], BinaryIO],
+        start: int = 0,
+        check: LocalBlobCheck | None = None,
+    ) -> None:
         what = f"{self.host}/{repo}: uploading blob {short(digest)}"
         check = check or LocalBlobCheck(digest, size, open_file, what)
         offset = start
@@ -293,13 +352,18 @@ class BlobsMixin:
                 n = min(self.chunk_size, size - offset)
                 try:
                     resp = self.request(
-                        "PATCH", location, repository=repo, scopes=self._push(repo),
+                        "PATCH",
+                        location,
+                        repository=repo,
+                        scopes=self._push(repo),
                         headers={
                             "Content-Type": "application/octet-stream",
                             "Content-Range": f"{offset}-{offset + n - 1}",
                             "Content-Length": str(n),
                         },
-                        body=lambda o=offset, n=n: _CheckedSlice(f, o, n, check), retry=False, what=what,
+                        body=functools.partial(_CheckedSlice, f, offset, n, check),
+                        retry=False,
+                        what=what,
                     )
                 except Transient as e:
                     # Resume: ask the session where it stands; restart only if it is gone.
@@ -322,8 +386,13 @@ class BlobsMixin:
                     continue
                 if resp.status_code in (404, 400) and "BLOB_UPLOAD_UNKNOWN" in error_codes(resp):
                     raise Transient("upload session expired")
-                check_status(resp, 202, what=what, action="chunk upload failed",
-                             auth_failed=lambda r: self._auth_failed(r, repo, what))
+                check_status(
+                    resp,
+                    202,
+                    what=what,
+                    action="chunk upload failed",
+                    auth_failed=lambda r: self._auth_failed(r, repo, what),
+                )
                 location = self._location(resp, repo)
                 end = range_end(resp)
                 offset = end if end is not None else offset + n
@@ -333,32 +402,45 @@ class BlobsMixin:
             check._rehash_to(size)
         check.verify()
         url = oras.utils.append_url_params(location, {"digest": digest})
-        resp = self.request("PUT", url, repository=repo, scopes=self._push(repo),
-                            headers={"Content-Length": "0"}, retry=False, what=what)
+        resp = self.request(
+            "PUT",
+            url,
+            repository=repo,
+            scopes=self._push(repo),
+            headers={"Content-Length": "0"},
+            retry=False,
+            what=what,
+        )
         if resp.status_code not in (201, 204):
             self.uploads.forget(repo, digest)  # a refused final PUT ends the session
         self._check_done(resp, repo, digest)
         self.uploads.forget(repo, digest)
 
-    def open_blob(self: "RegistryClient", repo: str, digest: str, size: int | None = None) -> "BlobStream":
+    def open_blob(self, repo: str, digest: str, size: int | None = None) -> BlobStream:
         """A streaming, digest-verifying reader of the blob (resumes with Range after drops)."""
         check_digest(digest)
         return BlobStream(self, repo, digest, size)
 
-    def get_range(self: "RegistryClient", repo: str, digest: str, offset: int, length: int) -> bytes:
+    def get_range(self, repo: str, digest: str, offset: int, length: int) -> bytes:
         """Bytes [offset, offset+length) of a blob; RegistryError if Range is not honoured."""
         if length == 0:
             return b""
         resp = self.request(
-            "GET", f"/v2/{repo}/blobs/{digest}", repository=repo, scopes=self._pull(repo),
+            "GET",
+            f"/v2/{repo}/blobs/{digest}",
+            repository=repo,
+            scopes=self._pull(repo),
             headers={"Range": f"bytes={offset}-{offset + length - 1}", "Accept-Encoding": "identity"},
-            stream=True, what=f"{self.host}/{repo}@{short(digest)}",
+            stream=True,
+            what=f"{self.host}/{repo}@{short(digest)}",
         )
         with resp:
             if resp.status_code == 206:
                 data = read_body(resp, length + 1, f"{self.host}/{repo}@{short(digest)}")
                 if len(data) != length:
-                    raise RegistryError(f"{self.host}/{repo}@{short(digest)}: range request returned {len(data)} bytes, expected {length}")
+                    raise RegistryError(
+                        f"{self.host}/{repo}@{short(digest)}: range request returned {len(data)} bytes, expected {length}"
+                    )
                 return data
             if resp.status_code == 200:
                 # No Range support: skip to the offset (slow but correct).
@@ -375,11 +457,15 @@ class BlobsMixin:
             self._raise_for_blob(resp, repo, digest)
         raise AssertionError("unreachable")
 
-    def _raise_for_blob(self: "RegistryClient", resp: requests.Response, repo: str, digest: str) -> None:
-        check_status(resp, what=f"{self.host}/{repo}", action=f"GET blob {short(digest)} failed",
-                     auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
-                     name_unknown=f"{self.host}/{repo}: repository not found",
-                     not_found=f"{self.host}/{repo}: blob {digest} not found")
+    def _raise_for_blob(self, resp: requests.Response, repo: str, digest: str) -> None:
+        check_status(
+            resp,
+            what=f"{self.host}/{repo}",
+            action=f"GET blob {short(digest)} failed",
+            auth_failed=lambda r: self._auth_failed(r, repo, f"{self.host}/{repo}"),
+            name_unknown=f"{self.host}/{repo}: repository not found",
+            not_found=f"{self.host}/{repo}: blob {digest} not found",
+        )
 
 
 def read_body(resp: requests.Response, n: int, what: str) -> bytes:
@@ -402,7 +488,7 @@ class BlobStream(io.RawIOBase):
     the retry budget) when the registry honours it.
     """
 
-    def __init__(self, client: "RegistryClient", repo: str, digest: str, size: int | None) -> None:
+    def __init__(self, client: ClientCore, repo: str, digest: str, size: int | None) -> None:
         super().__init__()
         self._c = client
         self._repo = repo
@@ -421,8 +507,15 @@ class BlobStream(io.RawIOBase):
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-        resp = self._c.request("GET", f"/v2/{self._repo}/blobs/{self._digest}", repository=self._repo,
-                               scopes=self._c._pull(self._repo), headers=headers, stream=True, what=self._what)
+        resp = self._c.request(
+            "GET",
+            f"/v2/{self._repo}/blobs/{self._digest}",
+            repository=self._repo,
+            scopes=self._c._pull(self._repo),
+            headers=headers,
+            stream=True,
+            what=self._what,
+        )
         if offset and resp.status_code == 206:
             cr = resp.headers.get("Content-Range", "")
             m = re.match(r"bytes[ =](\d{1,19})-", cr)
@@ -432,7 +525,9 @@ class BlobStream(io.RawIOBase):
         elif resp.status_code != 200 or offset:
             try:
                 if offset and resp.status_code == 200:
-                    raise RegistryError(f"{self._what}: connection dropped at byte {offset} and the registry does not resume (no Range support)")
+                    raise RegistryError(
+                        f"{self._what}: connection dropped at byte {offset} and the registry does not resume (no Range support)"
+                    )
                 self._c._raise_for_blob(resp, self._repo, self._digest)
             finally:
                 resp.close()
@@ -470,7 +565,9 @@ class BlobStream(io.RawIOBase):
             if self._size is not None and self._pos < self._size:
                 # connection closed early without an exception
                 self._resp.close()  # type: ignore[union-attr]
-                self._c._backoff(self._attempt, Transient(f"download ended at byte {self._pos} of {self._size}"), self._what)
+                self._c._backoff(
+                    self._attempt, Transient(f"download ended at byte {self._pos} of {self._size}"), self._what
+                )
                 self._attempt += 1
                 self._open(self._pos)
                 return self.readinto(b)

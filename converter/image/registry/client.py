@@ -42,8 +42,16 @@ class RegistryClient(BlobsMixin, ManifestsMixin, RangeCheckMixin):
         self.host = host
         self.api_host = "registry-1.docker.io" if host == "docker.io" else host
         self.chunk_size = chunk_size
-        self.http = Transport(host, self.api_host, tls_verify=tls_verify, cert_dir=cert_dir, plain_http=plain_http,
-                              retry=retry, timeout=timeout, log=log)
+        self.http = Transport(
+            host,
+            self.api_host,
+            tls_verify=tls_verify,
+            cert_dir=cert_dir,
+            plain_http=plain_http,
+            retry=retry,
+            timeout=timeout,
+            log=log,
+        )
         self.auth = Authenticator(self.http, creds=creds, auth_file=auth_file)
         self.uploads = UploadSessions(self.api_host)
 
@@ -78,7 +86,7 @@ class RegistryClient(BlobsMixin, ManifestsMixin, RangeCheckMixin):
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "RegistryClient":
+    def __enter__(self) -> RegistryClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -169,8 +177,13 @@ class RegistryClient(BlobsMixin, ManifestsMixin, RangeCheckMixin):
             self.auth.fetch_token(params, (), creds)
             return
         resp = self.request("GET", "/v2/", repository=None, what=f"registry {self.host}")
-        check_status(resp, *range(200, 400), what=f"registry {self.host}", action="login check failed",
-                     auth_failed=lambda r: self.auth.failed(r, None, f"registry {self.host}"))
+        check_status(
+            resp,
+            *range(200, 400),
+            what=f"registry {self.host}",
+            action="login check failed",
+            auth_failed=lambda r: self.auth.failed(r, None, f"registry {self.host}"),
+        )
 
     @staticmethod
     def _pull(repo: str) -> tuple[str, ...]:

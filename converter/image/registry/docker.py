@@ -29,8 +29,8 @@ from converter.image.model import (
 )
 from converter.image.refs import DockerReference, parse_docker_reference
 from converter.image.registry.client import RegistryClient
-from converter.jsonload import load_json
 from converter.image.registry.http import RetryPolicy
+from converter.jsonload import load_json
 
 Reference = DockerReference  # the name registry code used before
 
@@ -40,8 +40,14 @@ def parse_reference(text: str) -> DockerReference:
     return parse_docker_reference(text)
 
 
-def client_for(ref: Reference, options: TransportOptions | None, *, retry: RetryPolicy | None = None,
-               timeout: float | None = None, log: Callable[[str], None] | None = None) -> RegistryClient:
+def client_for(
+    ref: Reference,
+    options: TransportOptions | None,
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RegistryClient:
     o = options or TransportOptions()
     extra: dict[str, Any] = {}
     for name in ("retry", "timeout", "chunk_size"):
@@ -52,8 +58,16 @@ def client_for(ref: Reference, options: TransportOptions | None, *, retry: Retry
         extra["retry"] = retry
     if timeout is not None:
         extra["timeout"] = timeout
-    return RegistryClient(ref.host, creds=o.creds, tls_verify=o.tls_verify, cert_dir=o.cert_dir,
-                          plain_http=o.plain_http, log=log, auth_file=o.auth_file, **extra)
+    return RegistryClient(
+        ref.host,
+        creds=o.creds,
+        tls_verify=o.tls_verify,
+        cert_dir=o.cert_dir,
+        plain_http=o.plain_http,
+        log=log,
+        auth_file=o.auth_file,
+        **extra,
+    )
 
 
 def _range_check(client: RegistryClient, repository: str, desc: Descriptor) -> RangeCheck:
@@ -68,8 +82,13 @@ class DockerSource(ImageSource):
 
     remote = True
 
-    def __init__(self, reference: "str | Reference", options: TransportOptions | None = None, *,
-                 client: RegistryClient | None = None) -> None:
+    def __init__(
+        self,
+        reference: str | Reference,
+        options: TransportOptions | None = None,
+        *,
+        client: RegistryClient | None = None,
+    ) -> None:
         self.ref = parse_reference(reference) if isinstance(reference, str) else reference
         self.description = f"docker://{self.ref}"
         self.reference_tag = f"@{self.ref.digest}" if self.ref.digest else self.ref.tag
@@ -112,7 +131,9 @@ class DockerSource(ImageSource):
         if data is None:
             data, _, _ = self.client.get_manifest(self.repository, desc.digest)
         if len(data) != desc.size:
-            raise BadInputError(f"{self.description}: manifest {short(desc.digest)} is {len(data)} bytes, descriptor says {desc.size}")
+            raise BadInputError(
+                f"{self.description}: manifest {short(desc.digest)} is {len(data)} bytes, descriptor says {desc.size}"
+            )
         return data
 
     def open_blob(self, desc: Descriptor) -> VerifyingReader:
@@ -121,7 +142,9 @@ class DockerSource(ImageSource):
 
     def read_blob_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > desc.size:
-            raise BadInputError(f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes")
+            raise BadInputError(
+                f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes"
+            )
         return self.client.get_range(self.repository, desc.digest, offset, length)
 
     def check_range_requests(self, desc: Descriptor) -> RangeCheck:
@@ -136,8 +159,14 @@ class DockerSource(ImageSource):
 class DockerSink(ImageSink):
     """Writes to a registry repository. Tags are PUT only by commit(), after every blob and manifest."""
 
-    def __init__(self, reference: "str | Reference", options: TransportOptions | None = None, *,
-                 client: RegistryClient | None = None, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        reference: str | Reference,
+        options: TransportOptions | None = None,
+        *,
+        client: RegistryClient | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.ref = parse_reference(reference) if isinstance(reference, str) else reference
         if self.ref.digest and self.ref.tag:
             raise UsageError(f"docker://{self.ref}: a destination takes a tag or a digest, not both")
@@ -209,8 +238,9 @@ class DockerSink(ImageSink):
         size = os.path.getsize(path)
         if size != desc.size:
             raise BadInputError(f"{path}: blob {short(desc.digest)} is {size} bytes, descriptor says {desc.size}")
-        how = self.client.push_blob(self.repository, desc.digest, desc.size, lambda: open(path, "rb"),
-                                    mount_from=self.mount_sources)
+        how = self.client.push_blob(
+            self.repository, desc.digest, desc.size, lambda: open(path, "rb"), mount_from=self.mount_sources
+        )
         self._record(desc, how)
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO) -> None:
@@ -228,7 +258,9 @@ class DockerSink(ImageSink):
         try:
             with os.fdopen(fd, "wb") as out:
                 copy_verified(stream, out, desc, f"{self.description}: source")
-            how = self.client.push_blob(self.repository, desc.digest, desc.size, lambda: open(tmp, "rb"), known_absent=True)
+            how = self.client.push_blob(
+                self.repository, desc.digest, desc.size, lambda: open(tmp, "rb"), known_absent=True
+            )
             self._record(desc, how)
         finally:
             try:
@@ -238,7 +270,9 @@ class DockerSink(ImageSink):
 
     def put_manifest(self, desc: Descriptor, data: bytes) -> None:
         if len(data) > MAX_MANIFEST_SIZE:
-            raise BadInputError(f"{self.description}: manifest {short(desc.digest)} is {len(data)} bytes, over the {MAX_MANIFEST_SIZE}-byte limit registries accept")
+            raise BadInputError(
+                f"{self.description}: manifest {short(desc.digest)} is {len(data)} bytes, over the {MAX_MANIFEST_SIZE}-byte limit registries accept"
+            )
         if sha256_digest(data) != desc.digest and not desc.digest.startswith("sha512:"):
             raise BadInputError(f"{self.description}: manifest bytes do not match {desc.digest}")
         self.client.put_manifest(self.repository, desc.digest, data, desc.media_type)
@@ -255,7 +289,9 @@ class DockerSink(ImageSink):
         for tag, desc in self._pending_tags.items():
             data_mt = self._manifests.get(desc.digest)
             if data_mt is None:
-                raise RegistryError(f"{self.description}: tag {tag} points at manifest {short(desc.digest)} that was not pushed")
+                raise RegistryError(
+                    f"{self.description}: tag {tag} points at manifest {short(desc.digest)} that was not pushed"
+                )
             data, mt = data_mt
             self.client.put_manifest(self.repository, tag, data, mt)
             self._log(f"tagged {self.host}/{self.repository}:{tag} -> {desc.digest}")
@@ -287,6 +323,8 @@ def open_source(ref: Any, options: TransportOptions | None = None) -> DockerSour
     return DockerSource(_from_image_ref(ref), options)
 
 
-def open_sink(ref: Any, options: TransportOptions | None = None, *, log: Callable[[str], None] | None = None) -> DockerSink:
+def open_sink(
+    ref: Any, options: TransportOptions | None = None, *, log: Callable[[str], None] | None = None
+) -> DockerSink:
     """Entry point used by converter.image.refs for docker:// destinations."""
     return DockerSink(_from_image_ref(ref), options, log=log)

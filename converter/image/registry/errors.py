@@ -26,7 +26,9 @@ class Transient(Exception):
 class RegistryHTTPError(RegistryError):
     """The registry answered a request with a status the caller cannot use."""
 
-    def __init__(self, message: str, *, status: int, codes: Iterable[str] = (), method: str = "", url: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int, codes: Iterable[str] = (), method: str = "", url: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.codes = frozenset(codes)
@@ -46,8 +48,10 @@ def printable(text: str, limit: int = 300) -> str:
     text = text[:limit]
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
-                   for c in text)
+    return "".join(
+        c if c.isprintable() else _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+        for c in text
+    )
 
 
 def _error_doc(resp: requests.Response) -> Any:
@@ -57,7 +61,7 @@ def _error_doc(resp: requests.Response) -> Any:
         return cached
     doc = None
     try:
-        if resp._content is False:  # type: ignore[attr-defined]  # streamed and not read yet
+        if resp._content is False:  # streamed and not read yet (a private field of requests.Response)
             data = resp.raw.read(MAX_ERROR_BODY + 1, decode_content=True) or b""
         else:
             data = resp.content or b""
@@ -101,7 +105,11 @@ def conn_error_text(e: BaseException) -> str:
     text = str(e)
     if "Connection refused" in text or "ECONNREFUSED" in text:
         return "connection refused"
-    if "Name or service not known" in text or "nodename nor servname" in text or "Temporary failure in name resolution" in text:
+    if (
+        "Name or service not known" in text
+        or "nodename nor servname" in text
+        or "Temporary failure in name resolution" in text
+    ):
         return "host name not found"
     if isinstance(e, requests.exceptions.Timeout):
         return "timed out"
@@ -138,13 +146,16 @@ def check_status(
     if status in ok:
         return resp
     req = resp.request
-    meta = {"status": status, "codes": error_codes(resp), "method": req.method or "" if req else "",
-            "url": (req.url or "") if req else ""}
+    codes = error_codes(resp)
+    method = req.method or "" if req else ""
+    url = (req.url or "") if req else ""
     resp.close()
     if status in (401, 403) and auth_failed is not None:
         raise auth_failed(resp)
-    if status == 404 and name_unknown and "NAME_UNKNOWN" in meta["codes"]:
-        raise RegistryHTTPError(name_unknown, **meta)  # type: ignore[arg-type]
+    if status == 404 and name_unknown and "NAME_UNKNOWN" in codes:
+        raise RegistryHTTPError(name_unknown, status=status, codes=codes, method=method, url=url)
     if status == 404 and not_found:
-        raise RegistryHTTPError(not_found, **meta)  # type: ignore[arg-type]
-    raise RegistryHTTPError(f"{what}: {action}: {error_detail(resp)}", **meta)  # type: ignore[arg-type]
+        raise RegistryHTTPError(not_found, status=status, codes=codes, method=method, url=url)
+    raise RegistryHTTPError(
+        f"{what}: {action}: {error_detail(resp)}", status=status, codes=codes, method=method, url=url
+    )

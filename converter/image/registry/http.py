@@ -21,8 +21,8 @@ retries every exception with long sleeps and reads blobs into memory).
 
 from __future__ import annotations
 
+import functools
 import glob
-import heapq
 import io
 import os
 import socket
@@ -245,7 +245,7 @@ _current = threading.local()  # the Deadline of the request this thread is sendi
 
 
 class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
-    def request(self, *a: Any, **kw: Any) -> Any:  # type: ignore[override]
+    def request(self, *a: Any, **kw: Any) -> Any:
         d = getattr(_current, "deadline", None)
         if d is not None:
             d.conn = self
@@ -253,7 +253,7 @@ class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
 
 
 class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *a: Any, **kw: Any) -> Any:  # type: ignore[override]
+    def request(self, *a: Any, **kw: Any) -> Any:
         d = getattr(_current, "deadline", None)
         if d is not None:
             d.conn = self
@@ -366,7 +366,7 @@ class Transport:
         self.session.trust_env = True
         # Redirects are followed by send(), under its policy; requests must not even parse them
         # (with allow_redirects=False it still prepares the next request from the Location).
-        self.session.get_redirect_target = lambda resp: None  # type: ignore[method-assign]
+        self.session.get_redirect_target = lambda resp: None
         self._verify: bool | str = tls_verify
         certs = self._cert_dir(cert_dir)
         if certs and tls_verify:
@@ -459,11 +459,22 @@ class Transport:
         for scheme in schemes:
             url = f"{scheme}://{self.api_host}/v2/"
             try:
-                resp = self.with_retries(lambda: self.send("GET", url, {}, None, False, auth_origin=None, ssl_errors=True),
-                                         f"cannot connect to registry {self.host}")
+                resp = self.with_retries(
+                    functools.partial(self.send, "GET", url, {}, None, False, auth_origin=None, ssl_errors=True),
+                    f"cannot connect to registry {self.host}",
+                )
             except requests.exceptions.SSLError as e:
                 text = str(e)
-                plain_server = any(s in text for s in ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure", "packet length too long", "http request"))
+                plain_server = any(
+                    s in text
+                    for s in (
+                        "WRONG_VERSION_NUMBER",
+                        "wrong version number",
+                        "record layer failure",
+                        "packet length too long",
+                        "http request",
+                    )
+                )
                 if scheme == "https" and "http" in schemes and plain_server:
                     last = e
                     continue
@@ -482,7 +493,9 @@ class Transport:
             resp.close()
             self.scheme = scheme
             return
-        raise RegistryError(f"cannot reach registry {self.host}: {conn_error_text(last) if last else 'no usable scheme'}")
+        raise RegistryError(
+            f"cannot reach registry {self.host}: {conn_error_text(last) if last else 'no usable scheme'}"
+        )
 
     def registry_origin(self) -> tuple[str, str, int]:
         return origin(self.base_url)
@@ -543,8 +556,14 @@ class Transport:
         _current.deadline = d
         try:
             resp = self.session.request(
-                method, url, headers=headers, data=body, stream=True, verify=self._verify,
-                timeout=(min(self.timeout, 30.0), self.timeout), allow_redirects=False,
+                method,
+                url,
+                headers=headers,
+                data=body,
+                stream=True,
+                verify=self._verify,
+                timeout=(min(self.timeout, 30.0), self.timeout),
+                allow_redirects=False,
             )
             d.response = resp
             resp._zconv_deadline = d  # type: ignore[attr-defined]
@@ -556,8 +575,8 @@ class Transport:
                 if len(data) > MAX_ANSWER:
                     resp.close()
                     raise RegistryError(f"{_shown(url)}: answer over {MAX_ANSWER} bytes")
-                resp._content = data  # type: ignore[attr-defined]
-                resp._content_consumed = True  # type: ignore[attr-defined]
+                resp._content = data  # requests keeps the read body in this private field
+                resp._content_consumed = True
                 resp.close()
                 d.done = True
             return resp
@@ -573,8 +592,16 @@ class Transport:
             d.done = True
             if d.expired:
                 raise Transient(f"no complete answer within {self.timeout:g}s (timed out)") from None
-            if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                              requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError, OSError)):
+            if isinstance(
+                e,
+                (
+                    requests.exceptions.ConnectionError,
+                    requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError,
+                    OSError,
+                ),
+            ):
                 raise Transient(conn_error_text(e)) from None
             raise RegistryError(f"{method} {_shown(url)}: {type(e).__name__}: {conn_error_text(e)}") from None
         finally:

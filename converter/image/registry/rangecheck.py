@@ -6,14 +6,15 @@ from typing import TYPE_CHECKING, Callable
 
 from converter.image.model import RangeCheck, short
 from converter.image.registry.blobs import read_body
+from converter.image.registry.core import ClientCore
 
 if TYPE_CHECKING:
-    from converter.image.registry.client import RegistryClient
+    pass
 
 
-class RangeCheckMixin:
+class RangeCheckMixin(ClientCore):
     def check_range_requests(
-        self: "RegistryClient", repo: str, digest: str, size: int, read_local: Callable[[int, int], bytes] | None = None
+        self, repo: str, digest: str, size: int, read_local: Callable[[int, int], bytes] | None = None
     ) -> RangeCheck:
         """Does the registry answer HTTP Range requests correctly for this blob?
 
@@ -28,11 +29,21 @@ class RangeCheckMixin:
         a = size // 3
         b = min(size - 1, a + 4095)
         problems: list[str] = []
-        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", repository=repo, scopes=self._pull(repo),
-                            headers={"Range": f"bytes={a}-{b}", "Accept-Encoding": "identity"}, stream=True, what=what)
+        resp = self.request(
+            "GET",
+            f"/v2/{repo}/blobs/{digest}",
+            repository=repo,
+            scopes=self._pull(repo),
+            headers={"Range": f"bytes={a}-{b}", "Accept-Encoding": "identity"},
+            stream=True,
+            what=what,
+        )
         with resp:
             if resp.status_code == 200:
-                return RangeCheck(False, f"{what}: registry ignores HTTP Range requests (answered 200 with the whole blob); partial pulls will download whole layers")
+                return RangeCheck(
+                    False,
+                    f"{what}: registry ignores HTTP Range requests (answered 200 with the whole blob); partial pulls will download whole layers",
+                )
             if resp.status_code != 206:
                 self._raise_for_blob(resp, repo, digest)
             data = read_body(resp, b - a + 2, what)
@@ -45,8 +56,15 @@ class RangeCheckMixin:
                 problems.append(f"bytes {a}-{b} differ from the blob's content")
         # multi-range, as containers/storage sends for chunked pulls
         c = max(0, size - 100)
-        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", repository=repo, scopes=self._pull(repo),
-                            headers={"Range": f"bytes=0-9,{c}-{size - 1}", "Accept-Encoding": "identity"}, stream=True, what=what)
+        resp = self.request(
+            "GET",
+            f"/v2/{repo}/blobs/{digest}",
+            repository=repo,
+            scopes=self._pull(repo),
+            headers={"Range": f"bytes=0-9,{c}-{size - 1}", "Accept-Encoding": "identity"},
+            stream=True,
+            what=what,
+        )
         with resp:
             body = read_body(resp, 1 << 20, what)
             ctype = resp.headers.get("Content-Type", "")
@@ -59,10 +77,13 @@ class RangeCheckMixin:
                 if "multipart/byteranges" in ctype:
                     if not all(w in body for w in want):
                         problems.append("multi-range response does not hold the requested bytes")
-                elif body not in (read_local(0, size - c + 10 if c <= 10 else 0), ):
+                elif body not in (read_local(0, size - c + 10 if c <= 10 else 0),):
                     # a server may coalesce overlapping ranges into one part
                     if not (c <= 10 and body == read_local(0, size)):
                         problems.append(f"multi-range response is not multipart ({ctype[:80] or 'no Content-Type'})")
         if problems:
-            return RangeCheck(False, f"{what}: registry answers HTTP Range requests incorrectly: {'; '.join(problems)}; partial pulls will fall back to full downloads")
+            return RangeCheck(
+                False,
+                f"{what}: registry answers HTTP Range requests incorrectly: {'; '.join(problems)}; partial pulls will fall back to full downloads",
+            )
         return RangeCheck(True, f"{what}: HTTP Range requests answered correctly")
