@@ -98,8 +98,10 @@ def blob_size(reg: RegistryServer, digest: str) -> int:
 def links(reg: RegistryServer) -> set[tuple[str, str]]:
     """(repository, blob digest) pairs the registry holds: a blob uploaded or mounted into a repository."""
     root = reg.storage_dir / "docker/registry/v2/repositories"
-    return {(str(p.parent.parent.parent.parent.relative_to(root)), "sha256:" + p.parent.name)
-            for p in root.glob("**/_layers/sha256/*/link")}
+    return {
+        (str(p.parent.parent.parent.parent.relative_to(root)), "sha256:" + p.parent.name)
+        for p in root.glob("**/_layers/sha256/*/link")
+    }
 
 
 def measure(proxy: FaultProxy, reg: RegistryServer, fn) -> dict:  # type: ignore[no-untyped-def]
@@ -118,13 +120,20 @@ def measure(proxy: FaultProxy, reg: RegistryServer, fn) -> dict:  # type: ignore
     uploads = sum(1 for m, path, st in log if m == "PUT" and "/blobs/uploads/" in path and st == 201)
     mounts = sum(1 for m, path, st in log if m == "POST" and path.endswith("/blobs/uploads/") and st == 201)
     new = links(reg) - before_links
-    return {"seconds": seconds, "requests": len(log), "blobs_uploaded": uploads, "mounts": mounts,
-            "new_links": new, "out": out}
+    return {
+        "seconds": seconds,
+        "requests": len(log),
+        "blobs_uploaded": uploads,
+        "mounts": mounts,
+        "new_links": new,
+        "out": out,
+    }
 
 
 def run_cmd(args: list[str], cache: Path) -> str:
-    p = subprocess.run(ZCONV + args, capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "ZCONV_CACHE_DIR": str(cache)})
+    p = subprocess.run(
+        ZCONV + args, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "ZCONV_CACHE_DIR": str(cache)}
+    )
     if p.returncode != 0:
         raise SystemExit(f"bench_sync: zconv {' '.join(args)} failed ({p.returncode}): {p.stderr[-2000:]}")
     return p.stdout
@@ -136,21 +145,43 @@ def main() -> None:
     ap.add_argument("--tags", type=int, default=4)
     ap.add_argument("--base-mib", type=float, default=16.0)
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="zconv-bench-sync-") as td, RegistryServer() as reg, \
-            FaultProxy(upstream_port=reg.port) as proxy:
+    with (
+        tempfile.TemporaryDirectory(prefix="zconv-bench-sync-") as td,
+        RegistryServer() as reg,
+        FaultProxy(upstream_port=reg.port) as proxy,
+    ):
         work = Path(td)
         env_home = work / "home"
-        os.environ.update({"HOME": str(env_home), "XDG_CACHE_HOME": str(env_home / ".cache"),
-                           "REGISTRY_AUTH_FILE": str(work / "auth.json")})
+        os.environ.update(
+            {
+                "HOME": str(env_home),
+                "XDG_CACHE_HOME": str(env_home / ".cache"),
+                "REGISTRY_AUTH_FILE": str(work / "auth.json"),
+            }
+        )
         host = proxy.host
         pairs, spec = push_all(work, host, a.repos, a.tags, a.base_mib)
-        print(f"bench_sync: {a.repos} repositories x {a.tags} tags on {host}; layers: base {a.base_mib:g} MiB (shared), "
-              f"{a.base_mib / 5:g} MiB per repository, {a.base_mib / 32:g} MiB per tag (tar sizes)")
+        print(
+            f"bench_sync: {a.repos} repositories x {a.tags} tags on {host}; layers: base {a.base_mib:g} MiB (shared), "
+            f"{a.base_mib / 5:g} MiB per repository, {a.base_mib / 32:g} MiB per tag (tar sizes)"
+        )
 
         def one_by_one(prefix: str, extra: list[str]) -> list[dict]:
-            return [json.loads(run_cmd(["convert", "--json", *extra, f"docker://{host}/{repo}:{tag}",
-                                        f"docker://{host}/{prefix}/{repo}:{tag}"], work / f"cache-{prefix}"))
-                    for repo, tag in pairs]
+            return [
+                json.loads(
+                    run_cmd(
+                        [
+                            "convert",
+                            "--json",
+                            *extra,
+                            f"docker://{host}/{repo}:{tag}",
+                            f"docker://{host}/{prefix}/{repo}:{tag}",
+                        ],
+                        work / f"cache-{prefix}",
+                    )
+                )
+                for repo, tag in pairs
+            ]
 
         def sync(prefix: str, extra: list[str], cache: str) -> str:
             return run_cmd(["sync", str(spec), f"docker://{host}/{prefix}", "--json", *extra], work / cache)
@@ -175,28 +206,40 @@ def main() -> None:
                 r["layers_converted"] = sum(rec["layers_converted"] for rec in recs)
             else:
                 prefix = "one" if "no-cache" in name else "onecache"
-                mounted = {(f"{prefix}/{repo}", layer["new_digest"]) for (repo, _), rep in zip(pairs, r["out"])
-                           for layer in rep["layers"] if layer["action"] == "mounted"}
+                mounted = {
+                    (f"{prefix}/{repo}", layer["new_digest"])
+                    for (repo, _), rep in zip(pairs, r["out"])
+                    for layer in rep["layers"]
+                    if layer["action"] == "mounted"
+                }
                 up = r["new_links"] - mounted
                 r["bytes_uploaded"] = sum(blob_size(reg, d) for _, d in up)
-                r["layers_converted"] = sum(1 for rep in r["out"] for layer in rep["layers"] if layer["action"] == "converted")
+                r["layers_converted"] = sum(
+                    1 for rep in r["out"] for layer in rep["layers"] if layer["action"] == "converted"
+                )
                 assert r["mounts"] == len(mounted) and len(up) == r["blobs_uploaded"], (name, r["mounts"], len(mounted))
         assert rows["sync rerun"]["bytes_uploaded"] == 0 and rows["sync rerun"]["blobs_uploaded"] == 0
         print(f"{'':30} {'seconds':>8} {'requests':>9} {'converted':>9} {'blobs up':>9} {'mounted':>8} {'MiB up':>8}")
         for name, r in rows.items():
-            print(f"{name:30} {r['seconds']:8.2f} {r['requests']:9d} {r['layers_converted']:9d} {r['blobs_uploaded']:9d} "
-                  f"{r['mounts']:8d} {r['bytes_uploaded'] / (1 << 20):8.1f}")
+            print(
+                f"{name:30} {r['seconds']:8.2f} {r['requests']:9d} {r['layers_converted']:9d} {r['blobs_uploaded']:9d} "
+                f"{r['mounts']:8d} {r['bytes_uploaded'] / (1 << 20):8.1f}"
+            )
         sy = rows["sync (first run)"]
         for base in ("one by one, --no-cache", "one by one, cache"):
             ob = rows[base]
-            print(f"first sync against {base}: {ob['seconds'] / sy['seconds']:.1f}x faster, "
-                  f"{ob['requests'] / sy['requests']:.2f}x the requests, "
-                  f"{ob['bytes_uploaded'] / max(sy['bytes_uploaded'], 1):.1f}x the bytes uploaded, "
-                  f"layers converted {ob['layers_converted']} against {sy['layers_converted']}")
+            print(
+                f"first sync against {base}: {ob['seconds'] / sy['seconds']:.1f}x faster, "
+                f"{ob['requests'] / sy['requests']:.2f}x the requests, "
+                f"{ob['bytes_uploaded'] / max(sy['bytes_uploaded'], 1):.1f}x the bytes uploaded, "
+                f"layers converted {ob['layers_converted']} against {sy['layers_converted']}"
+            )
         print(f"sync --jobs 2 against sync: {sy['seconds'] / rows['sync --jobs 2 (first run)']['seconds']:.2f}x faster")
         rr = rows["sync rerun"]
-        print(f"rerun: {rr['seconds']:.2f}s, {rr['requests']} requests for {len(pairs)} tags "
-              f"({rr['requests'] / len(pairs):.1f} per tag), {rr['bytes_uploaded']} bytes uploaded")
+        print(
+            f"rerun: {rr['seconds']:.2f}s, {rr['requests']} requests for {len(pairs)} tags "
+            f"({rr['requests'] / len(pairs):.1f} per tag), {rr['bytes_uploaded']} bytes uploaded"
+        )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,13 @@ from converter.progress import Progress
 # What the decoders (gzip, zstd, tar) raise on a corrupt or truncated layer: bad input, exit 2.
 # BadGzipFile is an OSError, so it must be caught before OSError (local trouble, exit 1).
 _DECODER_ERRORS: tuple[type[Exception], ...] = (
-    EOFError, zlib.error, isal_zlib.error, zstandard.ZstdError, gzip.BadGzipFile, tarfile.TarError, ValueError,
+    EOFError,
+    zlib.error,
+    isal_zlib.error,
+    zstandard.ZstdError,
+    gzip.BadGzipFile,
+    tarfile.TarError,
+    ValueError,
 )  # type: ignore[assignment]  # isal's stubs declare its error class as an Exception instance
 
 # Index entries with this annotation are attestations/signatures (buildx), not images.
@@ -105,11 +111,34 @@ class LayerReport:
     action: str
 
     @classmethod
-    def of(cls, old: Descriptor, new: Descriptor, name: str, index: int, diff_id: str | None, chunked: bool,
-           reason: str | None, started: float, action: str) -> LayerReport:
+    def of(
+        cls,
+        old: Descriptor,
+        new: Descriptor,
+        name: str,
+        index: int,
+        diff_id: str | None,
+        chunked: bool,
+        reason: str | None,
+        started: float,
+        action: str,
+    ) -> LayerReport:
         """The report of layer `old` (`index` of image `name`) written as `new`, timed from `started`."""
-        return cls(name, index, old.digest, old.size, old.media_type, new.digest, new.size, new.media_type,
-                   diff_id, chunked, reason, time.monotonic() - started, action)
+        return cls(
+            name,
+            index,
+            old.digest,
+            old.size,
+            old.media_type,
+            new.digest,
+            new.size,
+            new.media_type,
+            diff_id,
+            chunked,
+            reason,
+            time.monotonic() - started,
+            action,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,7 +184,10 @@ class ConvertReport:
     frames: dict[str, Any] | None = None  # chunks and bytes from the cache, from --reuse-from, compressed
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"images": [i.to_json() for i in self.images], "layers": [r.to_json() for r in self.layers]}
+        out: dict[str, Any] = {
+            "images": [i.to_json() for i in self.images],
+            "layers": [r.to_json() for r in self.layers],
+        }
         if self.range_check is not None:
             out["range_check"] = self.range_check
         if self.frames is not None:
@@ -206,8 +238,15 @@ class _CountingReader:
 
 
 class Converter:
-    def __init__(self, src: ImageSource, dst: ImageSink, options: ConvertOptions, progress: Progress | None = None,
-                 frames: Any = None, memo: Any = None) -> None:
+    def __init__(
+        self,
+        src: ImageSource,
+        dst: ImageSink,
+        options: ConvertOptions,
+        progress: Progress | None = None,
+        frames: Any = None,
+        memo: Any = None,
+    ) -> None:
         self.src = src
         self.frames = frames  # converter.cache.sources.FrameSources (the writer's FrameStore) or None
         self.memo = memo  # converter.cache.memo.LayerMemo or None
@@ -231,7 +270,11 @@ class Converter:
             )
         results: list[tuple[str | None, Descriptor]] = []
         for tag, desc in targets:
-            label = f"{self.src.description}" if tag is None or tag == self.src.reference_tag else f"{self.src.description} (tag {tag})"
+            label = (
+                f"{self.src.description}"
+                if tag is None or tag == self.src.reference_tag
+                else f"{self.src.description} (tag {tag})"
+            )
             new = self._convert_top(desc, label)
             out_tag = self.dst.reference_tag if self.dst.reference_tag is not None else tag
             if out_tag is not None and out_tag.startswith("@"):
@@ -273,7 +316,9 @@ class Converter:
         self._copy_tree(desc, label)
         plat = config_platform(config)
         orig = Descriptor(desc.media_type, desc.digest, desc.size, platform=plat)
-        zstd = Descriptor(new.media_type, new.digest, new.size, annotations={INDEX_ZSTD_ANNOTATION: "true"}, platform=plat)
+        zstd = Descriptor(
+            new.media_type, new.digest, new.size, annotations={INDEX_ZSTD_ANNOTATION: "true"}, platform=plat
+        )
         return self._put_index(Index(OCI_INDEX, (orig, zstd), self._source_annotation({}, desc)))
 
     def _source_annotation(self, annotations: Any, source: Descriptor) -> Any:
@@ -305,7 +350,9 @@ class Converter:
                 converted.append(child)
                 continue
             if child.media_type not in INDEX_TYPES and child.media_type not in MANIFEST_TYPES:
-                raise BadInputError(f"{child_label}: unknown media type {child.media_type!r} in index {short(desc.digest)}")
+                raise BadInputError(
+                    f"{child_label}: unknown media type {child.media_type!r} in index {short(desc.digest)}"
+                )
             new, _ = descend(child, child_label)
             if self.opts.dual and new.digest != child.digest:
                 self._copy_tree(child, child_label, node.depth + 1)
@@ -319,8 +366,13 @@ class Converter:
                 artifact_type=child.artifact_type,
             )
             converted.append(entry)
-        new_index = Index(OCI_INDEX, tuple(originals + converted), self._source_annotation(index.annotations, desc),
-                          index.subject, index.artifact_type)
+        new_index = Index(
+            OCI_INDEX,
+            tuple(originals + converted),
+            self._source_annotation(index.annotations, desc),
+            index.subject,
+            index.artifact_type,
+        )
         return self._put_index(new_index), None
 
     # ------------------------------------------------------------------ manifests
@@ -338,9 +390,7 @@ class Converter:
             return self._manifests[desc.digest], config_data
         diff_ids = config_diff_ids(config_data)
         if diff_ids is not None and len(diff_ids) != len(manifest.layers):
-            raise BadInputError(
-                f"{where}: {len(manifest.layers)} layers but the config lists {len(diff_ids)} diff_ids"
-            )
+            raise BadInputError(f"{where}: {len(manifest.layers)} layers but the config lists {len(diff_ids)} diff_ids")
         new_layers = []
         for i, layer in enumerate(manifest.layers):
             name = layer_name(label, i, len(manifest.layers), layer)
@@ -350,8 +400,12 @@ class Converter:
         if not self.dst.has_blob(config):
             self.dst.put_blob_bytes(config, config_data)
         new_manifest = Manifest(
-            OCI_MANIFEST, config, tuple(new_layers), self._source_annotation(manifest.annotations, desc),
-            manifest.subject, manifest.artifact_type,
+            OCI_MANIFEST,
+            config,
+            tuple(new_layers),
+            self._source_annotation(manifest.annotations, desc),
+            manifest.subject,
+            manifest.artifact_type,
         )
         data = new_manifest.to_bytes()
         new = descriptor_for(OCI_MANIFEST, data)
@@ -368,7 +422,7 @@ class Converter:
         except BadInputError as e:
             msg = e.message
             prefix = f"{self.src.description}: "
-            raise BadInputError(f"{name}: {msg[len(prefix):] if msg.startswith(prefix) else msg}") from None
+            raise BadInputError(f"{name}: {msg[len(prefix) :] if msg.startswith(prefix) else msg}") from None
         r.what = name
         return r
 
@@ -405,8 +459,15 @@ class Converter:
             put(node)
 
         if desc.digest not in self._copied:
-            walk(self.src, desc, label, on_manifest, on_index, where=lambda d, _: f"{label} {short(d.digest)}",
-                 depth=depth)
+            walk(
+                self.src,
+                desc,
+                label,
+                on_manifest,
+                on_index,
+                where=lambda d, _: f"{label} {short(d.digest)}",
+                depth=depth,
+            )
 
     def _convert_layer(self, layer: Descriptor, name: str, index: int, diff_id: str | None) -> Descriptor:
         if layer.digest in self._layers:
@@ -421,8 +482,9 @@ class Converter:
             # Non-distributable layers are fetched by clients from their URLs; leave them alone.
             if not layer.urls:
                 self._copy_blob(layer, name)
-            rep = LayerReport.of(layer, layer, name, index, diff_id, False, "non-distributable layer kept as is",
-                                 started, "foreign")
+            rep = LayerReport.of(
+                layer, layer, name, index, diff_id, False, "non-distributable layer kept as is", started, "foreign"
+            )
             self._layers[layer.digest] = (layer, rep)
             self.report.layers.append(rep)
             return layer
@@ -460,8 +522,13 @@ class Converter:
             with os.fdopen(fd, "w+b") as out:
                 try:
                     result = convert_layer(
-                        open_src, out, level=self.opts.level, threads=self.opts.threads,
-                        strict=self.opts.strict, name=name, frames=self.frames,
+                        open_src,
+                        out,
+                        level=self.opts.level,
+                        threads=self.opts.threads,
+                        strict=self.opts.strict,
+                        name=name,
+                        frames=self.frames,
                     )
                     if readers:
                         readers[-1].finish()  # checks size and digest even if the writer stopped early
@@ -486,20 +553,33 @@ class Converter:
             ann.update(result.annotations)
             if result.chunked:
                 ann[ENCODER_ANNOTATION] = encoder
-            new = Descriptor(result.media_type or OCI_LAYER_ZSTD, result.digest, result.size, annotations=ann,
-                             urls=layer.urls)
+            new = Descriptor(
+                result.media_type or OCI_LAYER_ZSTD, result.digest, result.size, annotations=ann, urls=layer.urls
+            )
             self.dst.put_blob_file(new, tmp)
             if self.memo is not None and memo_key is not None:
                 from converter.cache.memo import MemoLayer
 
-                self.memo.put(memo_key, MemoLayer(new.digest, new.size, result.diff_id, new.media_type,
-                                                  {**result.annotations, **({ENCODER_ANNOTATION: encoder} if result.chunked else {})},
-                                                  result.chunked, result.reason, result.tar_size))
+                self.memo.put(
+                    memo_key,
+                    MemoLayer(
+                        new.digest,
+                        new.size,
+                        result.diff_id,
+                        new.media_type,
+                        {**result.annotations, **({ENCODER_ANNOTATION: encoder} if result.chunked else {})},
+                        result.chunked,
+                        result.reason,
+                        result.tar_size,
+                    ),
+                )
                 self._remember(new)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        rep = LayerReport.of(layer, new, name, index, result.diff_id, result.chunked, result.reason, started, "converted")
+        rep = LayerReport.of(
+            layer, new, name, index, result.diff_id, result.chunked, result.reason, started, "converted"
+        )
         self._layers[layer.digest] = (new, rep)
         self.report.layers.append(rep)
         self.progress.layer_done(rep.old_size, rep.new_size, rep.chunked, rep.reason, rep.seconds)
@@ -512,15 +592,20 @@ class Converter:
         if loc is not None and self.memo is not None:
             self.memo.remember_blob(loc[0], loc[1], desc.digest)
 
-    def _from_memo(self, layer: Descriptor, name: str, index: int, diff_id: str | None, key: str,
-                   started: float) -> Descriptor | None:
+    def _from_memo(
+        self, layer: Descriptor, name: str, index: int, diff_id: str | None, key: str, started: float
+    ) -> Descriptor | None:
         """An earlier run converted this layer: if the destination holds (or can mount) the result, use it unread."""
         hit = self.memo.get(key)
         if hit is None or (self.opts.strict and not hit.chunked):
             return None
         if diff_id is not None and hit.diff_id != diff_id:
             return None
-        ann = {k: v for k, v in layer.annotations.items() if k not in CHUNKED_ANNOTATIONS and not k.startswith(LEGACY_PREFIX)}
+        ann = {
+            k: v
+            for k, v in layer.annotations.items()
+            if k not in CHUNKED_ANNOTATIONS and not k.startswith(LEGACY_PREFIX)
+        }
         ann.update(hit.annotations)
         new = Descriptor(hit.media_type, hit.digest, hit.size, annotations=ann, urls=layer.urls)
         if self.dst.has_blob(new):
@@ -535,7 +620,9 @@ class Converter:
         rep = LayerReport.of(layer, new, name, index, hit.diff_id, hit.chunked, hit.reason, started, action)
         self._layers[layer.digest] = (new, rep)
         self.report.layers.append(rep)
-        self.progress.note(f"{name}: converted before, {'already at the destination' if action == 'present' else 'mounted'}")
+        self.progress.note(
+            f"{name}: converted before, {'already at the destination' if action == 'present' else 'mounted'}"
+        )
         return new
 
 

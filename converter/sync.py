@@ -110,7 +110,7 @@ def _split_docker(text: str, what: str) -> tuple[str, str]:
     """docker://HOST[/PATH] -> (HOST, PATH); PATH may be empty."""
     if not text.startswith("docker://"):
         raise UsageError(f"{what} {text!r}: expected docker://HOST/REPO (or a YAML file for the source)")
-    rest = text[len("docker://"):].rstrip("/")
+    rest = text[len("docker://") :].rstrip("/")
     host, _, path = rest.partition("/")
     if not host or not ("." in host or ":" in host or host == "localhost" or host.startswith("[")):
         raise UsageError(f"{what} {text!r}: name the registry host (docker://HOST[:PORT]/...)")
@@ -120,7 +120,9 @@ def _split_docker(text: str, what: str) -> tuple[str, str]:
 def _check_repo(path: str, raw: str, what: str) -> None:
     for comp in path.split("/"):
         if not _REPO_COMPONENT_RE.match(comp):
-            raise UsageError(f"{what} {raw!r}: invalid repository component {comp!r} (lowercase letters, digits, '.', '_', '-')")
+            raise UsageError(
+                f"{what} {raw!r}: invalid repository component {comp!r} (lowercase letters, digits, '.', '_', '-')"
+            )
 
 
 def _check_regex(regex: str | None, where: str) -> None:
@@ -158,15 +160,15 @@ def parse_source(src: str, base: TransportOptions, tags_regex: str | None = None
 def load_yaml(path: str, base: TransportOptions, tags_regex: str | None = None) -> list[RepoSpec]:
     """The YAML shape of `skopeo sync --src yaml`:
 
-        registry.example.com:
-          images:
-            busybox: []            # every tag
-            redis: ["1.0", "2.0"]  # these tags
-          images-by-tag-regex:
-            nginx: ^1\\.13\\.[12]-alpine$
-          credentials: {username: john, password: secret}   # only ever sent to this registry
-          tls-verify: true
-          cert-dir: /etc/certs
+    registry.example.com:
+      images:
+        busybox: []            # every tag
+        redis: ["1.0", "2.0"]  # these tags
+      images-by-tag-regex:
+        nginx: ^1\\.13\\.[12]-alpine$
+      credentials: {username: john, password: secret}   # only ever sent to this registry
+      tls-verify: true
+      cert-dir: /etc/certs
     """
     import yaml
 
@@ -183,7 +185,9 @@ def load_yaml(path: str, base: TransportOptions, tags_regex: str | None = None) 
     for host, conf in doc.items():
         where = f"{path}: registry {host}"
         if not isinstance(host, str) or not isinstance(conf, dict):
-            raise BadInputError(f"{where}: expected a mapping (images, images-by-tag-regex, credentials, tls-verify, cert-dir)")
+            raise BadInputError(
+                f"{where}: expected a mapping (images, images-by-tag-regex, credentials, tls-verify, cert-dir)"
+            )
         _split_docker(f"docker://{host}", f"{path}: registry")
         unknown = set(conf) - {"images", "images-by-tag-regex", "credentials", "tls-verify", "cert-dir"}
         if unknown:
@@ -191,7 +195,11 @@ def load_yaml(path: str, base: TransportOptions, tags_regex: str | None = None) 
         opts = base
         creds = conf.get("credentials")
         if creds is not None:
-            if not isinstance(creds, dict) or not isinstance(creds.get("username"), str) or not isinstance(creds.get("password"), str):
+            if (
+                not isinstance(creds, dict)
+                or not isinstance(creds.get("username"), str)
+                or not isinstance(creds.get("password"), str)
+            ):
                 raise BadInputError(f"{where}: credentials need a username and a password")
             opts = replace(opts, creds=f"{creds['username']}:{creds['password']}")
         if "tls-verify" in conf:
@@ -209,13 +217,17 @@ def load_yaml(path: str, base: TransportOptions, tags_regex: str | None = None) 
             if tags is None or tags == []:
                 specs.append(RepoSpec(host, str(repo), None, (tags_regex,) if tags_regex else (), opts))
                 continue
-            if not isinstance(tags, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in tags):
+            if not isinstance(tags, list) or not all(
+                isinstance(t, (str, int)) and not isinstance(t, bool) for t in tags
+            ):
                 # A float would lose digits (1.10 -> "1.1"): tags that look like numbers must be quoted.
-                raise BadInputError(f"{where}: repository {repo}: expected a list of tags (quote tags like \"1.10\")")
+                raise BadInputError(f'{where}: repository {repo}: expected a list of tags (quote tags like "1.10")')
             tags = [str(t) for t in tags]
             for t in tags:
                 if not _TAG_RE.match(t):
-                    raise BadInputError(f"{where}: repository {repo}: {t!r} is not a tag (sync converts tags, not digests)")
+                    raise BadInputError(
+                        f"{where}: repository {repo}: {t!r} is not a tag (sync converts tags, not digests)"
+                    )
             specs.append(RepoSpec(host, str(repo), tuple(tags), (tags_regex,) if tags_regex else (), opts))
         for repo, regex in by_regex.items():
             _check_repo(str(repo), str(repo), f"{where}: repository")
@@ -248,7 +260,9 @@ class Destination:
             raise UsageError(f"--suffix {suffix!r}: a tag suffix may only hold letters, digits, '_', '.' and '-'")
         if dest is None:
             if not suffix and not dual:
-                raise UsageError("no destination: give docker://HOST/PREFIX, or convert in place with --suffix SUFFIX or --dual")
+                raise UsageError(
+                    "no destination: give docker://HOST/PREFIX, or convert in place with --suffix SUFFIX or --dual"
+                )
             return cls(None, "", suffix, dual)
         host, prefix = _split_docker(dest, "destination")
         if ":" in prefix.rsplit("/", 1)[-1] or "@" in prefix:
@@ -291,7 +305,9 @@ def shard_from_env(env: dict[str, str] | None = None) -> tuple[int, int] | None:
         return None
     count = env.get(SHARD_COUNT_ENV)
     if not count:
-        raise UsageError(f"${K8S_INDEX_ENV} is set but not the shard count: set ${SHARD_COUNT_ENV} to the Job's completions, or pass --shard I/N")
+        raise UsageError(
+            f"${K8S_INDEX_ENV} is set but not the shard count: set ${SHARD_COUNT_ENV} to the Job's completions, or pass --shard I/N"
+        )
     return parse_shard(f"{index}/{count}", f"${K8S_INDEX_ENV}/${SHARD_COUNT_ENV}")
 
 
@@ -405,12 +421,21 @@ class RunState:
                 self._memo_dir = tempfile.mkdtemp(prefix="zconv-sync-memo-")
                 self.memo = LayerMemo(self._memo_dir)
             except (OSError, sqlite3.Error) as e:  # no writable temp dir: every image converts its layers itself
-                logging.getLogger("zconv").warning("no layer memo for this run (%s): shared layers are converted "
-                                                   "again for every image", e)
+                logging.getLogger("zconv").warning(
+                    "no layer memo for this run (%s): shared layers are converted again for every image", e
+                )
 
     def client(self, host: str, options: TransportOptions) -> RegistryClient:
-        key = (host, options.creds, options.tls_verify, options.cert_dir, options.auth_file, options.plain_http,
-               options.retry, options.timeout)
+        key = (
+            host,
+            options.creds,
+            options.tls_verify,
+            options.cert_dir,
+            options.auth_file,
+            options.plain_http,
+            options.retry,
+            options.timeout,
+        )
         with self._lock:
             c = self._clients.get(key)
             if c is None:
@@ -479,8 +504,14 @@ class _SyncConverter(Converter):
     it in the memo), and the range check is made once per registry.
     """
 
-    def __init__(self, state: RunState, src: DockerSource, dst: DockerSink, options: ConvertOptions,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        state: RunState,
+        src: DockerSource,
+        dst: DockerSink,
+        options: ConvertOptions,
+        progress: Progress | None = None,
+    ) -> None:
         super().__init__(src, dst, options, progress, frames=state.frames, memo=state.memo)
         self.state = state
 
@@ -504,8 +535,15 @@ class _SyncConverter(Converter):
 def _fetch_manifest(client: RegistryClient, repo: str, ref: str) -> tuple[bytes, str] | None:
     """(bytes, media type) of the manifest `ref` names, None when the tag or repository does not exist."""
     what = f"{client.host}/{repo}:{ref}"
-    resp = client.request("GET", f"/v2/{repo}/manifests/{ref}", repository=repo,
-                          scopes=(f"repository:{repo}:pull",), headers={"Accept": _ACCEPT}, stream=True, what=what)
+    resp = client.request(
+        "GET",
+        f"/v2/{repo}/manifests/{ref}",
+        repository=repo,
+        scopes=(f"repository:{repo}:pull",),
+        headers={"Accept": _ACCEPT},
+        stream=True,
+        what=what,
+    )
     with resp:
         if resp.status_code == 404:
             return None
@@ -567,12 +605,16 @@ class Syncer:
             probe = Item(spec.host, spec.repository, "latest")
             if destination.in_place(probe) and not destination.dual:
                 # The converted image would replace its own source, and look like a new source next run.
-                raise UsageError(f"docker://{spec.host}/{spec.repository}: the destination is the source itself; "
-                                 "convert in place with --dual, or next to it with --suffix")
+                raise UsageError(
+                    f"docker://{spec.host}/{spec.repository}: the destination is the source itself; "
+                    "convert in place with --dual, or next to it with --suffix"
+                )
             if destination.in_place(probe) and options.platform:
                 # The source tag would lose its other platforms.
-                raise UsageError(f"docker://{spec.host}/{spec.repository}: --platform would replace a multi-platform "
-                                 "source tag with one platform; give a destination or use --suffix")
+                raise UsageError(
+                    f"docker://{spec.host}/{spec.repository}: --platform would replace a multi-platform "
+                    "source tag with one platform; give a destination or use --suffix"
+                )
         self.sources = sources
         self.destination = destination
         self.options = replace(options, dual=destination.dual, record_source=True)
@@ -606,8 +648,15 @@ class Syncer:
                     if on_failure is None:
                         raise
                     where = f"docker://{spec.host}/{spec.repository}"
-                    on_failure(SyncRecord(where, "", "failed", reason=f"listing tags: {' '.join(e.message.split())}",
-                                          exit_code=e.exit_code))
+                    on_failure(
+                        SyncRecord(
+                            where,
+                            "",
+                            "failed",
+                            reason=f"listing tags: {' '.join(e.message.split())}",
+                            exit_code=e.exit_code,
+                        )
+                    )
                     continue
             rxs = [re.compile(r) for r in spec.regexes]
             for tag in tags:
@@ -663,7 +712,9 @@ class Syncer:
             return _Plan(item, dest, source_digest, dest_digest, False, f"already converted from {source_digest}")
         if recorded is None:
             return _Plan(item, dest, source_digest, dest_digest, True, "destination tag was not written by zconv sync")
-        return _Plan(item, dest, source_digest, dest_digest, True, f"source moved (destination was converted from {recorded})")
+        return _Plan(
+            item, dest, source_digest, dest_digest, True, f"source moved (destination was converted from {recorded})"
+        )
 
     def _instance(self, item: Item, client: RegistryClient, digest: str) -> str:
         """The digest of the manifest --platform chooses in the index `digest` (a manifest's own digest)."""
@@ -693,7 +744,12 @@ class Syncer:
             src.close()
         uploaded = sink.uploaded()
         return SyncRecord(
-            item.ref, self._dest_ref(p.dest), "converted", p.source_digest, report.images[0].digest, p.reason,
+            item.ref,
+            self._dest_ref(p.dest),
+            "converted",
+            p.source_digest,
+            report.images[0].digest,
+            p.reason,
             bytes_uploaded=sum(sink.sizes.get(d, 0) for d in uploaded),
             blobs_uploaded=uploaded,
             blobs_mounted=sum(1 for how in sink.results.values() if how == "mounted"),
@@ -732,8 +788,7 @@ class Syncer:
         started = time.monotonic()
         summary = SyncSummary()
         try:
-            items, summary.total_items = self.items(
-                (lambda rec: self._emit(rec, summary)) if self.keep_going else None)
+            items, summary.total_items = self.items((lambda rec: self._emit(rec, summary)) if self.keep_going else None)
             self.planned = len(items)
             if not self.dry_run and items:
                 self.state.open_cache()

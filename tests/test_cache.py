@@ -158,8 +158,9 @@ def test_truncated_pack_and_damaged_index(tmp_path):
 
 
 def _zconv(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "converter.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "converter.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+    )
 
 
 def test_concurrent_writers_and_a_killed_run(tmp_path):
@@ -174,8 +175,10 @@ def test_concurrent_writers_and_a_killed_run(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     # two runs sharing the cache at the same time
-    procs = [_zconv("convert", "--cache-dir", str(cache), "--json", f"oci:{src}", f"oci:{tmp_path / f'c{i}'}")
-             for i in range(2)]
+    procs = [
+        _zconv("convert", "--cache-dir", str(cache), "--json", f"oci:{src}", f"oci:{tmp_path / f'c{i}'}")
+        for i in range(2)
+    ]
     outs = [pr.communicate(timeout=300) for pr in procs]
     for pr, (_, err) in zip(procs, outs):
         assert pr.returncode == 0, err.decode()
@@ -213,8 +216,11 @@ def test_cache_command_info_prune_clear(tmp_path):
     convert(src, tmp_path / "o2", cache)
 
     def run(*args: str) -> str:
-        r = subprocess.run([sys.executable, "-m", "converter.cli", "cache", *args, "--cache-dir", str(cache)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "converter.cli", "cache", *args, "--cache-dir", str(cache)],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
         return r.stdout
 

@@ -22,14 +22,14 @@ import zlib
 from pathlib import Path
 
 import pytest
-from support.corpus import LayerBlob, write_oci_image
-from support.registry import RegistryServer
 
 from converter.commands.push import push_image
 from converter.convert import SOURCE_DIGEST_ANNOTATION
 from converter.errors import UsageError
 from converter.image.registry import RegistryClient
 from converter.sync import Item, parse_shard, shard_from_env, shard_of
+from support.corpus import LayerBlob, write_oci_image
+from support.registry import RegistryServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TOC_KEY = "io.github.containers.zstd-chunked.manifest-checksum"
@@ -81,7 +81,11 @@ def zconv(*args: str, env: dict | None = None, timeout: float = 600) -> subproce
     e.update(env or {})
     return subprocess.run(
         [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())", *args],
-        capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -199,12 +203,16 @@ def test_first_sync_converts_rerun_skips_moved_tag_reconverted(reg, tmp_path):
     # move 1.1: only it is converted again
     publish(tmp_path, host, "app", ["1.1"], salt="-moved")
     dry = zconv("sync", f"docker://{host}/app", f"docker://{host}/zstd", "--json", "--dry-run")
-    assert by_action(records(dry)) == {"would-convert": {f"docker://{host}/app:1.1"},
-                                       "skipped": {f"docker://{host}/app:1.0", f"docker://{host}/app:2.0"}}
+    assert by_action(records(dry)) == {
+        "would-convert": {f"docker://{host}/app:1.1"},
+        "skipped": {f"docker://{host}/app:1.0", f"docker://{host}/app:2.0"},
+    }
     third = zconv("sync", f"docker://{host}/app", f"docker://{host}/zstd", "--json")
     recs3 = records(third)
-    assert by_action(recs3) == {"converted": {f"docker://{host}/app:1.1"},
-                                "skipped": {f"docker://{host}/app:1.0", f"docker://{host}/app:2.0"}}
+    assert by_action(recs3) == {
+        "converted": {f"docker://{host}/app:1.1"},
+        "skipped": {f"docker://{host}/app:1.0", f"docker://{host}/app:2.0"},
+    }
     moved = next(r for r in recs3 if r["action"] == "converted")
     assert "source moved" in moved["reason"]
     # only its new top layer is converted: base and app layer are in the layer memo and in zstd/app
@@ -220,7 +228,8 @@ def test_suffix_in_place_never_takes_outputs_as_sources(reg, tmp_path):
     p = zconv("sync", f"docker://{host}/svc", "--suffix", "-zstd", "--json", "--jobs", "2")
     assert p.returncode == 0, p.stderr
     assert {(r["source"], r["destination"], r["action"]) for r in records(p)} == {
-        (f"docker://{host}/svc:{t}", f"docker://{host}/svc:{t}-zstd", "converted") for t in ("1.2", "1.3")}
+        (f"docker://{host}/svc:{t}", f"docker://{host}/svc:{t}-zstd", "converted") for t in ("1.2", "1.3")
+    }
     # both images at once, sharing two layers: each distinct layer converted once (one job waits for the other)
     assert sum(r["layers_converted"] for r in records(p)) == 2 + 2, p.stdout
     with RegistryClient(host) as c:
@@ -255,16 +264,15 @@ def test_yaml_source_with_regex_and_shards_cover_everything(reg, tmp_path):
     publish(tmp_path, host, "team/b", ["v1", "v2"])
     spec = tmp_path / "sync.yaml"
     spec.write_text(
-        f"{host}:\n"
-        "  images:\n"
-        "    team/a: []\n"
-        "  images-by-tag-regex:\n"
-        "    team/b: ^v[0-9]+$\n"
-        "  tls-verify: false\n"
+        f"{host}:\n  images:\n    team/a: []\n  images-by-tag-regex:\n    team/b: ^v[0-9]+$\n  tls-verify: false\n"
     )
     everything = zconv("sync", str(spec), f"docker://{host}/mirror", "--dry-run", "--json", "--tags", "^v")
-    want = {f"docker://{host}/team/a:v1", f"docker://{host}/team/a:v2",
-            f"docker://{host}/team/b:v1", f"docker://{host}/team/b:v2"}
+    want = {
+        f"docker://{host}/team/a:v1",
+        f"docker://{host}/team/a:v2",
+        f"docker://{host}/team/b:v1",
+        f"docker://{host}/team/b:v2",
+    }
     assert by_action(records(everything)) == {"would-convert": want}, everything.stderr
     seen: list[str] = []
     for i in range(3):
@@ -316,8 +324,17 @@ def test_killed_run_resumes_without_redoing_anything(reg, tmp_path):
         # With --jobs 1 the layers go up in order: t0 base, mid, top a, top b; t1 top a, top b; t2 top a;
         # then t2's top b: its upload is held (never forwarded) and the process killed meanwhile.
         hold = proxy.add(Fault("stall", method="PUT", path="^/v2/out/big/blobs/uploads/", after=7))
-        cmd = [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())",
-               "sync", f"docker://{host}/big", f"docker://{host}/out", "--json", "--jobs", "1"]
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from converter.cli import main; sys.exit(main())",
+            "sync",
+            f"docker://{host}/big",
+            f"docker://{host}/out",
+            "--json",
+            "--jobs",
+            "1",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         try:
             deadline = time.monotonic() + 300
@@ -330,7 +347,9 @@ def test_killed_run_resumes_without_redoing_anything(reg, tmp_path):
             out, err = proc.communicate()
         first = [json.loads(line) for line in out.splitlines() if line.strip()]
         assert [(r["source"], r["action"]) for r in first] == [
-            (f"docker://{host}/big:t0", "converted"), (f"docker://{host}/big:t1", "converted")], err
+            (f"docker://{host}/big:t0", "converted"),
+            (f"docker://{host}/big:t1", "converted"),
+        ], err
         assert sum(r["layers_converted"] for r in first) == 4 + 2
         blobs_before = registry_blobs(reg)
 
@@ -395,15 +414,31 @@ def test_cache_options_memo_across_runs_and_no_cache(reg, tmp_path):
     # --cache-dir: the memo persists; a later run into another prefix converts nothing and mounts the
     # converted layers from the repository the first run put them in (configs from the source)
     cache = tmp_path / "cache"
-    assert converted(zconv("sync", src, f"docker://{host}/c1", "--json", "--cache-dir", str(cache),
-                           "--cache-max-size", "64M", env=unused))[0] == 2 + 2
+    assert (
+        converted(
+            zconv(
+                "sync",
+                src,
+                f"docker://{host}/c1",
+                "--json",
+                "--cache-dir",
+                str(cache),
+                "--cache-max-size",
+                "64M",
+                env=unused,
+            )
+        )[0]
+        == 2 + 2
+    )
     assert (cache / "memo.db").exists() and not (tmp_path / "unused").exists()
     again = zconv("sync", src, f"docker://{host}/c2", "--json", "--cache-dir", str(cache))
     converted(again)
     first, second = records(again)
     # 1: its 3 layers mounted from c1/mc, its config from mc; 2: base and app layer already in c2/mc
     assert [(r["layers_converted"], r["layers_reused"], r["blobs_mounted"]) for r in (first, second)] == [
-        (0, 3, 3 + 1), (0, 3, 1 + 1)], (first, second)
+        (0, 3, 3 + 1),
+        (0, 3, 1 + 1),
+    ], (first, second)
     assert all(r["blobs_uploaded"] == [] and r["bytes_uploaded"] == 0 for r in (first, second))
     doc, _ = manifest_of(host, "c2/mc", "2")
     assert doc["layers"] == manifest_of(host, "c1/mc", "2")[0]["layers"]
@@ -422,8 +457,10 @@ def test_keep_going_past_a_missing_repository(reg, tmp_path):
     p = zconv("sync", str(spec), f"docker://{host}/m", "--json", "--keep-going")
     recs = records(p)
     assert p.returncode == 4, p.stderr  # registry error
-    assert [(r["source"], r["action"]) for r in recs] == [(f"docker://{host}/gone", "failed"),
-                                                          (f"docker://{host}/here:1", "converted")]
+    assert [(r["source"], r["action"]) for r in recs] == [
+        (f"docker://{host}/gone", "failed"),
+        (f"docker://{host}/here:1", "converted"),
+    ]
     assert "not found" in recs[0]["reason"]
 
 
@@ -481,11 +518,16 @@ def test_yaml_source_errors_name_the_file_and_the_problem(tmp_path):
             load_yaml(str(f), TransportOptions())
         assert needle in e.value.message and str(f) in e.value.message, (text, e.value.message)
     ok = tmp_path / "ok.yaml"
-    ok.write_text("reg.example:\n  images:\n    app: [\"1.10\", 2]\n    all: []\n"
-                  "  images-by-tag-regex:\n    api: ^v\n  credentials: {username: u, password: p}\n")
+    ok.write_text(
+        'reg.example:\n  images:\n    app: ["1.10", 2]\n    all: []\n'
+        "  images-by-tag-regex:\n    api: ^v\n  credentials: {username: u, password: p}\n"
+    )
     specs = load_yaml(str(ok), TransportOptions(), "x$")
     assert [(s.repository, s.tags, s.regexes, s.options.creds) for s in specs] == [
-        ("app", ("1.10", "2"), ("x$",), "u:p"), ("all", None, ("x$",), "u:p"), ("api", None, ("^v", "x$"), "u:p")]
+        ("app", ("1.10", "2"), ("x$",), "u:p"),
+        ("all", None, ("x$",), "u:p"),
+        ("api", None, ("^v", "x$"), "u:p"),
+    ]
 
 
 def test_text_output_counts_and_summarises(reg, tmp_path):

@@ -17,11 +17,11 @@ import subprocess
 import sys
 
 import yaml
-from support.registry import RegistryServer
 from test_sync import ROOT, isolated_auth, layer_tar, make_image  # noqa: F401  (fixture)
 
 from converter.commands.push import push_image
 from converter.image.model import TransportOptions
+from support.registry import RegistryServer
 
 JOB_YAML = ROOT / "deploy" / "kubernetes" / "sync-job.yaml"
 GITHUB_MATRIX = ROOT / "examples" / "ci" / "sync-matrix.github.yml"
@@ -71,10 +71,16 @@ def test_indexed_job_shards_are_disjoint_and_complete(tmp_path):
         for repo, tags in pushed.items():
             for i, tag in enumerate(tags):
                 make_image(layout, tag, [base, layer_tar(f"{repo}-{tag}", 50 + i, files=2, size=3000)])
-                push_image(f"oci:{layout}:{tag}", f"docker://{reg.host}/{repo}:{tag}", options=creds,
-                           check_ranges=False, warn=lambda m: None)
+                push_image(
+                    f"oci:{layout}:{tag}",
+                    f"docker://{reg.host}/{repo}:{tag}",
+                    options=creds,
+                    check_ranges=False,
+                    warn=lambda m: None,
+                )
         expected = {f"docker://{reg.host}/team/app:{t}" for t in pushed["team/app"]} | {
-            f"docker://{reg.host}/team/api:{t}" for t in ("v1.0", "v1.1", "v2.0")}  # the ConfigMap's regex
+            f"docker://{reg.host}/team/api:{t}" for t in ("v1.0", "v1.1", "v2.0")
+        }  # the ConfigMap's regex
 
         # What the volumes would hold, at local paths.
         sources = tmp_path / "sync.yaml"
@@ -84,17 +90,27 @@ def test_indexed_job_shards_are_disjoint_and_complete(tmp_path):
         auth.parent.mkdir()
         auth.write_text(json.dumps({"auths": {reg.host: {"auth": base64.b64encode(b"syncer:pw").decode()}}}))
 
-        local = {"ZCONV_SYNC_SOURCE": str(sources), "REGISTRY_AUTH_FILE": str(auth),
-                 "ZCONV_SYNC_DEST": f"docker://{reg.host}/zstd", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+        local = {
+            "ZCONV_SYNC_SOURCE": str(sources),
+            "REGISTRY_AUTH_FILE": str(auth),
+            "ZCONV_SYNC_DEST": f"docker://{reg.host}/zstd",
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        }
         procs = []
         for index in range(n):
-            env = {**os.environ, **{e["name"]: e["value"] for e in c["env"]}, **local,
-                   "JOB_COMPLETION_INDEX": str(index)}
+            env = {
+                **os.environ,
+                **{e["name"]: e["value"] for e in c["env"]},
+                **local,
+                "JOB_COMPLETION_INDEX": str(index),
+            }
             env.pop("ZCONV_SHARD", None)
             argv = [expand(a, env) for a in c["command"] + c["args"]]
             assert argv[0] == "zconv"
             argv = [sys.executable, "-c", "import sys; from converter.cli import main; sys.exit(main())", *argv[1:]]
-            procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            procs.append(
+                subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
         outs = [p.communicate(timeout=600) for p in procs]
         per_shard: list[set[str]] = []
         for p, (out, err) in zip(procs, outs):

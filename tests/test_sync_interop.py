@@ -4,8 +4,6 @@ containers/storage through tests/interop), for each kind of destination."""
 from __future__ import annotations
 
 import pytest
-from support.interop import assert_no_mounts_under, compare_tree_to_tar
-from support.registry import RegistryServer
 from test_interop import assert_partial_pull
 from test_sync import (  # noqa: F401
     isolated_auth,
@@ -16,6 +14,9 @@ from test_sync import (  # noqa: F401
     records,
     zconv,
 )
+
+from support.interop import assert_no_mounts_under, compare_tree_to_tar
+from support.registry import RegistryServer
 
 pytestmark = pytest.mark.interop
 
@@ -36,7 +37,7 @@ def test_sync_output_is_partially_pulled(mode, interop, tmp_path):
         assert p.returncode == 0, p.stderr
         (rec,) = records(p)
         assert rec["action"] == "converted"
-        repo_tag = rec["destination"][len(f"docker://{host}/"):]
+        repo_tag = rec["destination"][len(f"docker://{host}/") :]
         repo, tag = repo_tag.rsplit(":", 1)
         doc, _ = manifest_of(host, repo, tag)
         if mode == "dual":

@@ -201,7 +201,9 @@ class FrameCache:
                 self.hits.add(zstandard.frame_content_size(frame), ln)
             if bad:
                 self.dropped += len(bad)
-                log.warning("frame cache %s: %d damaged entr%s dropped", self.root, len(bad), "y" if len(bad) == 1 else "ies")
+                log.warning(
+                    "frame cache %s: %d damaged entr%s dropped", self.root, len(bad), "y" if len(bad) == 1 else "ies"
+                )
                 self._delete_keys(bad)
             self.misses += len(keys) - len(out)
         return out

@@ -133,10 +133,12 @@ class LayerMemo:
                 # Bounded like the frames: oldest rows go first.
                 self._db.execute(
                     "delete from layers where key in (select key from layers order by used desc limit -1 offset ?)",
-                    (MAX_LAYERS,))
+                    (MAX_LAYERS,),
+                )
                 self._db.execute(
                     "delete from blobs where rowid in (select rowid from blobs order by seen desc limit -1 offset ?)",
-                    (MAX_BLOBS,))
+                    (MAX_BLOBS,),
+                )
             except sqlite3.DatabaseError:
                 pass
             self._db.close()

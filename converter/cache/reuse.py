@@ -137,8 +137,13 @@ class ReuseFrames:
         try:
             return start, src.read_blob_range(layer, start, end - start)
         except ZconvError as e:
-            log.warning("--reuse-from: layer %s: range %d+%d not read (%s); compressing instead",
-                        short(layer.digest), start, end - start, e)
+            log.warning(
+                "--reuse-from: layer %s: range %d+%d not read (%s); compressing instead",
+                short(layer.digest),
+                start,
+                end - start,
+                e,
+            )
             return start, None
 
     def close(self) -> None:

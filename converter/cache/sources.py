@@ -72,7 +72,8 @@ class FrameSources:
         return {
             "cache": self.cache.hits.to_json() if self.cache is not None else None,
             "reuse": {**reuse.to_json(), "requests": requests, "fetched_bytes": fetched, "rejected": rejected}
-            if self.remotes else None,
+            if self.remotes
+            else None,
             "compressed": self.compressed.to_json(),
             "min_frame": self.min_frame,  # smaller frames are always compressed, and not counted here
         }
