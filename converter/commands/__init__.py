@@ -95,6 +95,30 @@ def parse_bool(value: str, option: str) -> bool:
     raise UsageError(f"{option} takes true or false, not {value!r}")
 
 
+def side_options(
+    side: str,
+    creds: str | None,
+    tls_verify: str,
+    side_tls_verify: str | None,
+    cert_dir: str | None,
+    authfile: str | None,
+    timeout: float | None,
+    retry_times: int | None,
+    retry_delay: str | None,
+) -> TransportOptions:
+    """The options of one side ("src" or "dest") of a copy: --SIDE-tls-verify, when given, wins over --tls-verify."""
+    return transport_options(
+        creds,
+        side_tls_verify or tls_verify,
+        cert_dir,
+        authfile,
+        timeout,
+        f"--{side}-tls-verify" if side_tls_verify else "--tls-verify",
+        retry_times,
+        retry_delay,
+    )
+
+
 def transport_options(
     creds: str | None,
     tls_verify: str,

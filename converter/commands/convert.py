@@ -21,7 +21,7 @@ from converter.commands import (
     RETRY_TIMES_HELP,
     TIMEOUT_HELP,
     check_platform_flags,
-    transport_options,
+    side_options,
     write_digestfile,
 )
 from converter.errors import UsageError, ZconvError
@@ -165,15 +165,8 @@ def convert(
     if estimate_against and not summary:
         raise UsageError("--estimate-against needs --summary FILE (it is part of the summary)")
     progress = Progress(enabled=False if (quiet or json_out) else None)
-    dst_options = transport_options(
-        dest_creds or creds,
-        dest_tls_verify or tls_verify,
-        cert_dir,
-        authfile,
-        timeout,
-        "--dest-tls-verify" if dest_tls_verify else "--tls-verify",
-        retry_times,
-        retry_delay,
+    dst_options = side_options(
+        "dest", dest_creds or creds, tls_verify, dest_tls_verify, cert_dir, authfile, timeout, retry_times, retry_delay
     )
     started = time.monotonic()
     report = convert_refs(
@@ -192,15 +185,8 @@ def convert(
             reuse_from=tuple(reuse_from or ()),
         ),
         progress,
-        src_options=transport_options(
-            src_creds or creds,
-            src_tls_verify or tls_verify,
-            cert_dir,
-            authfile,
-            timeout,
-            "--src-tls-verify" if src_tls_verify else "--tls-verify",
-            retry_times,
-            retry_delay,
+        src_options=side_options(
+            "src", src_creds or creds, tls_verify, src_tls_verify, cert_dir, authfile, timeout, retry_times, retry_delay
         ),
         dst_options=dst_options,
     )

@@ -22,7 +22,7 @@ from converter.commands import (
     RETRY_TIMES_HELP,
     TLS_HELP,
     check_platform_flags,
-    transport_options,
+    side_options,
     write_digestfile,
 )
 from converter.image.registry import DEFAULT_CHUNK_SIZE
@@ -78,25 +78,11 @@ def push(
 ) -> None:
     """Push an image (or a whole index) to a registry with its blobs untouched; the tag is written last."""
     check_platform_flags(platform, all_platforms)
-    opts = transport_options(
-        creds,
-        dest_tls_verify or tls_verify,
-        cert_dir,
-        authfile,
-        timeout,
-        "--dest-tls-verify" if dest_tls_verify else "--tls-verify",
-        retry_times,
-        retry_delay,
+    opts = side_options(
+        "dest", creds, tls_verify, dest_tls_verify, cert_dir, authfile, timeout, retry_times, retry_delay
     )
-    sopts = transport_options(
-        src_creds,
-        src_tls_verify or tls_verify,
-        cert_dir,
-        authfile,
-        timeout,
-        "--src-tls-verify" if src_tls_verify else "--tls-verify",
-        retry_times,
-        retry_delay,
+    sopts = side_options(
+        "src", src_creds, tls_verify, src_tls_verify, cert_dir, authfile, timeout, retry_times, retry_delay
     )
     lock = threading.Lock()
 

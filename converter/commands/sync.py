@@ -22,7 +22,7 @@ from converter.commands import (
     TIMEOUT_HELP,
     TLS_HELP,
     check_platform_flags,
-    transport_options,
+    side_options,
     write_digestfile,
 )
 from converter.errors import UsageError
@@ -181,25 +181,11 @@ def sync(
     check_platform_flags(platform, all_platforms)
     if digestfile and dry_run:
         raise UsageError("--digestfile records what a run wrote; --dry-run writes nothing")
-    src_opts = transport_options(
-        src_creds or creds,
-        src_tls_verify or tls_verify,
-        cert_dir,
-        authfile,
-        timeout,
-        "--src-tls-verify" if src_tls_verify else "--tls-verify",
-        retry_times,
-        retry_delay,
+    src_opts = side_options(
+        "src", src_creds or creds, tls_verify, src_tls_verify, cert_dir, authfile, timeout, retry_times, retry_delay
     )
-    dst_opts = transport_options(
-        dest_creds or creds,
-        dest_tls_verify or tls_verify,
-        cert_dir,
-        authfile,
-        timeout,
-        "--dest-tls-verify" if dest_tls_verify else "--tls-verify",
-        retry_times,
-        retry_delay,
+    dst_opts = side_options(
+        "dest", dest_creds or creds, tls_verify, dest_tls_verify, cert_dir, authfile, timeout, retry_times, retry_delay
     )
     dest = Destination.parse(destination, suffix, dual)
     specs = parse_source(source, src_opts, tags)
