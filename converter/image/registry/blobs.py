@@ -425,34 +425,25 @@ class BlobsMixin(ClientCore):
         """Bytes [offset, offset+length) of a blob; RegistryError if Range is not honoured."""
         if length == 0:
             return b""
-        resp = self.request(
-            "GET",
-            f"/v2/{repo}/blobs/{digest}",
-            repository=repo,
-            scopes=self._pull(repo),
-            headers={"Range": f"bytes={offset}-{offset + length - 1}", "Accept-Encoding": "identity"},
-            stream=True,
-            what=f"{self.host}/{repo}@{short(digest)}",
-        )
+        what = f"{self.host}/{repo}@{short(digest)}"
+        resp = self.get_blob_ranges(repo, digest, f"{offset}-{offset + length - 1}", what)
         with resp:
             if resp.status_code == 206:
-                data = read_body(resp, length + 1, f"{self.host}/{repo}@{short(digest)}")
+                data = read_body(resp, length + 1, what)
                 if len(data) != length:
-                    raise RegistryError(
-                        f"{self.host}/{repo}@{short(digest)}: range request returned {len(data)} bytes, expected {length}"
-                    )
+                    raise RegistryError(f"{what}: range request returned {len(data)} bytes, expected {length}")
                 return data
             if resp.status_code == 200:
                 # No Range support: skip to the offset (slow but correct).
                 skip = offset
                 while skip:
-                    got = read_body(resp, min(skip, 1 << 20), f"{self.host}/{repo}@{short(digest)}")
+                    got = read_body(resp, min(skip, 1 << 20), what)
                     if not got:
                         break
                     skip -= len(got)
-                data = read_body(resp, length, f"{self.host}/{repo}@{short(digest)}")
+                data = read_body(resp, length, what)
                 if len(data) != length:
-                    raise RegistryError(f"{self.host}/{repo}@{short(digest)}: blob shorter than requested range")
+                    raise RegistryError(f"{what}: blob shorter than requested range")
                 return data
             self._raise_for_blob(resp, repo, digest)
         raise AssertionError("unreachable")

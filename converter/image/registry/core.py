@@ -1,7 +1,8 @@
 """What the mixins of RegistryClient (blobs, manifests, rangecheck) use of the client.
 
-Declarations for the type checker only: RegistryClient (client.py) defines
-them all. The mixins subclass ClientCore instead of annotating `self` with
+Declarations for the type checker only, except get_blob_ranges (shared by
+the blob and range-check mixins): RegistryClient (client.py) defines the
+rest. The mixins subclass ClientCore instead of annotating `self` with
 RegistryClient, which the type checker cannot accept (RegistryClient is a
 subclass of the mixin, not a supertype of it).
 """
@@ -56,3 +57,15 @@ class ClientCore:
         def _push(repo: str, *mount_from: str) -> tuple[str, ...]: ...
 
         def _raise_for_blob(self, resp: requests.Response, repo: str, digest: str) -> None: ...
+
+    def get_blob_ranges(self, repo: str, digest: str, ranges: str, what: str) -> requests.Response:
+        """A streamed GET of byte ranges of a blob ("0-9,100-199"); identity encoding, so offsets are the blob's."""
+        return self.request(
+            "GET",
+            f"/v2/{repo}/blobs/{digest}",
+            repository=repo,
+            scopes=self._pull(repo),
+            headers={"Range": f"bytes={ranges}", "Accept-Encoding": "identity"},
+            stream=True,
+            what=what,
+        )

@@ -29,15 +29,7 @@ class RangeCheckMixin(ClientCore):
         a = size // 3
         b = min(size - 1, a + 4095)
         problems: list[str] = []
-        resp = self.request(
-            "GET",
-            f"/v2/{repo}/blobs/{digest}",
-            repository=repo,
-            scopes=self._pull(repo),
-            headers={"Range": f"bytes={a}-{b}", "Accept-Encoding": "identity"},
-            stream=True,
-            what=what,
-        )
+        resp = self.get_blob_ranges(repo, digest, f"{a}-{b}", what)
         with resp:
             if resp.status_code == 200:
                 return RangeCheck(
@@ -56,15 +48,7 @@ class RangeCheckMixin(ClientCore):
                 problems.append(f"bytes {a}-{b} differ from the blob's content")
         # multi-range, as containers/storage sends for chunked pulls
         c = max(0, size - 100)
-        resp = self.request(
-            "GET",
-            f"/v2/{repo}/blobs/{digest}",
-            repository=repo,
-            scopes=self._pull(repo),
-            headers={"Range": f"bytes=0-9,{c}-{size - 1}", "Accept-Encoding": "identity"},
-            stream=True,
-            what=what,
-        )
+        resp = self.get_blob_ranges(repo, digest, f"0-9,{c}-{size - 1}", what)
         with resp:
             body = read_body(resp, 1 << 20, what)
             ctype = resp.headers.get("Content-Type", "")
