@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import sys
 import tarfile
@@ -36,9 +37,10 @@ from support import corpus  # noqa: E402
 from support.registry import RegistryServer  # noqa: E402
 
 
-def zconv(*args: str) -> tuple[float, float, dict]:
-    dt, rss, out = run_child([sys.executable, "-m", "converter.cli", "convert", "--json", "--quiet", *args])
-    return dt, rss, json.loads(out)
+def zconv(*args: str) -> tuple[float, float, dict, float]:
+    """Wall seconds, peak RSS (MiB), the --json report and CPU seconds of one `zconv convert`."""
+    dt, rss, out, cpu = run_child([sys.executable, "-m", "converter.cli", "convert", "--json", "--quiet", *args])
+    return dt, rss, json.loads(out), cpu
 
 
 def tree(path: Path) -> dict[str, bytes]:
@@ -84,20 +86,20 @@ def main() -> int:
         with RegistryServer() as reg:
             zconv("--no-cache", s1, f"docker://{reg.host}/bench:v1")
             for r in range(a.rounds):
-                dt, rss, _ = run_child([interop, "compress", str(tars["v2"]), "--out", str(work / "ref.zst")])
-                keep("reference", seconds=dt, rss_mib=rss, size=(work / "ref.zst").stat().st_size)
+                dt, rss, _, cpu = run_child([interop, "compress", str(tars["v2"]), "--out", str(work / "ref.zst")])
+                keep("reference", seconds=dt, cpu=cpu, rss_mib=rss, size=(work / "ref.zst").stat().st_size)
                 for name in ("cold", "warm", "reuse"):
                     shutil.rmtree(work / name, ignore_errors=True)
-                dt, rss, cold = zconv("--no-cache", s2, f"oci:{work / 'cold'}")
-                keep("cold", seconds=dt, rss_mib=rss)
+                dt, rss, cold, cpu = zconv("--no-cache", s2, f"oci:{work / 'cold'}")
+                keep("cold", seconds=dt, cpu=cpu, rss_mib=rss)
                 cache = work / f"cache{r}"
                 zconv("--cache-dir", str(cache), s1, f"oci:{work / f'fill{r}'}")
-                dt, rss, warm = zconv("--cache-dir", str(cache), s2, f"oci:{work / 'warm'}")
-                keep("warm", seconds=dt, rss_mib=rss, frames=warm["frames"])
-                dt, rss, reuse = zconv(
+                dt, rss, warm, cpu = zconv("--cache-dir", str(cache), s2, f"oci:{work / 'warm'}")
+                keep("warm", seconds=dt, cpu=cpu, rss_mib=rss, frames=warm["frames"])
+                dt, rss, reuse, cpu = zconv(
                     "--no-cache", "--reuse-from", f"docker://{reg.host}/bench:v1", s2, f"oci:{work / 'reuse'}"
                 )
-                keep("reuse", seconds=dt, rss_mib=rss, frames=reuse["frames"])
+                keep("reuse", seconds=dt, cpu=cpu, rss_mib=rss, frames=reuse["frames"])
                 want = tree(work / "cold")
                 assert tree(work / "warm") == want, "warm output differs from cold"
                 assert tree(work / "reuse") == want, "reuse output differs from cold"
@@ -118,12 +120,18 @@ def main() -> int:
                     ]
                 )
             zconv("--cache-dir", str(cache), f"docker://{reg.host}/app-src:v1", f"docker://{reg.host}/app:v1")
-            dt, rss, rb = zconv(
+            dt, rss, rb, cpu = zconv(
                 "--cache-dir", str(cache), f"docker://{reg.host}/app-src:v2", f"docker://{reg.host}/app:v2"
             )
             actions = [layer["action"] for layer in rb["layers"]]
             uploaded = sum(layer["new_size"] for layer in rb["layers"] if layer["action"] == "converted")
-            res["rebuild"] = {"seconds": dt, "rss_mib": rss, "actions": actions, "layer_bytes_uploaded": uploaded}
+            res["rebuild"] = {
+                "seconds": dt,
+                "cpu": cpu,
+                "rss_mib": rss,
+                "actions": actions,
+                "layer_bytes_uploaded": uploaded,
+            }
             assert actions[0] == "present", f"base layer was {actions[0]}, not skipped"
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -134,6 +142,7 @@ def main() -> int:
         "reference_over_reuse": ref["seconds"] / reuse["seconds"],
         "reference_over_cold": ref["seconds"] / cold["seconds"],
         "cold_over_warm": cold["seconds"] / warm["seconds"],
+        "reference_over_warm_cpu": ref["cpu"] / warm["cpu"],
     }
     if a.json:
         print(json.dumps({"results": res, "ratios": ratios}, indent=2))
@@ -143,7 +152,7 @@ def main() -> int:
     )
     for name in ("reference", "cold", "warm", "reuse", "rebuild"):
         m = res[name]
-        print(f"  {name:10s} {m['seconds']:7.2f} s  peak RSS {m['rss_mib']:6.0f} MiB")
+        print(f"  {name:10s} {m['seconds']:7.2f} s  CPU {m['cpu']:6.2f} s  peak RSS {m['rss_mib']:6.0f} MiB")
     for name in ("warm", "reuse"):
         f = res[name]["frames"]
         src = f["cache"] if name == "warm" else f["reuse"]
@@ -156,6 +165,7 @@ def main() -> int:
         f"  rebuild: layers {res['rebuild']['actions']}, {res['rebuild']['layer_bytes_uploaded']} layer bytes uploaded"
     )
     print(f"reference / warm:   {ratios['reference_over_warm']:.2f}x  (target >= 10)")
+    print(f"  in CPU seconds:   {ratios['reference_over_warm_cpu']:.2f}x  (load average {os.getloadavg()[0]:.2f})")
     print(f"reference / reuse:  {ratios['reference_over_reuse']:.2f}x")
     print(f"cold / warm:        {ratios['cold_over_warm']:.2f}x")
     return 0

@@ -5,8 +5,8 @@ or broken into one BadInputError line naming `where`:
 
 * size: more than `max_size` bytes is refused before anything is parsed;
 * nesting: deeper than `max_depth` arrays/objects is refused before parsing,
-  by a scan of the brackets outside strings (regular expressions and numpy,
-  no Python loop per byte and no recursion), so a deep document can never
+  by a scan of the brackets outside strings (regular expressions and a
+  running sum in C loops, no Python code per byte and no recursion), so a deep document can never
   raise RecursionError in the parser or in code that walks the result later;
 * text: the bytes must be UTF-8; `\\uD800`-style escapes that leave a lone
   surrogate are refused (such a string cannot be encoded again and would
@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import accumulate
 from typing import Any
-
-import numpy as np
 
 from converter.errors import BadInputError
 
@@ -38,10 +37,10 @@ MAX_INT64 = 2**63 - 1
 # linear even on input made of thousands of unclosed quotes.
 _STRING_RE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 # An escape of a UTF-16 surrogate somewhere (cheap pre-check before walking the parsed tree).
 _SURROGATE_ESCAPE_RE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
 
 
 def _reject_constant(name: str) -> Any:
@@ -56,13 +55,12 @@ def _parse_float(text: str) -> float:
 
 
 def nesting_depth(data: bytes) -> int:
-    """Deepest nesting of arrays/objects in `data` (strings skipped); no recursion, no per-byte loop."""
+    """Deepest nesting of arrays/objects in `data` (strings skipped); no recursion, no per-byte Python code."""
     brackets = _STRING_RE.sub(b"", data).translate(None, _NOT_BRACKETS)
     if not brackets:
         return 0
-    arr = np.frombuffer(brackets, dtype=np.uint8)
-    steps = np.where(np.isin(arr, _OPEN), 1, -1).astype(np.int64)
-    return int(np.cumsum(steps).max())
+    # A running sum of +1/-1 over the brackets alone, in C loops (map, accumulate, max).
+    return max(accumulate(map(_STEP.__getitem__, brackets)))
 
 
 def _has_lone_surrogate(doc: Any) -> bool:

@@ -1,8 +1,8 @@
 """Opening a layer blob as a tar stream, whatever its compression.
 
 The compression is read from the magic bytes, not trusted from the media
-type. gzip goes through isal's threaded reader (decompression runs in its
-own thread, next to the conversion). zstd is decoded frame by frame with
+type. Decoding runs in a thread of its own (ReadAhead), next to the
+conversion; gzip is decoded by isal. zstd is decoded frame by frame with
 bounded output per step, so a truncated blob is an error (python-zstandard's
 stream reader ends silently on a truncated frame) and a decompression bomb
 cannot balloon memory.
@@ -10,13 +10,15 @@ cannot balloon memory.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import queue
+import threading
 from typing import BinaryIO
 
 import zstandard
-from isal import igzip_threaded
+from isal import igzip
 
-from converter.chunked.tarstream import ByteReader
 from converter.errors import BadInputError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -218,13 +220,96 @@ class ZstdStream:
         _close_wrapped(self._f)
 
 
-def open_tar_stream(raw: BinaryIO, what: str) -> tuple[ByteReader, str]:
-    """Wrap a blob stream so that reading it yields the uncompressed tar."""
+class ReadAhead:
+    """Reads a decoded stream ahead in a thread of its own, hashing every byte it reads.
+
+    The thread does the decompression and the sha256 of the tar (the DiffID),
+    so the thread that parses the tar only takes finished blocks: on two
+    cores the parsing thread is the one that sets the pace. `sha256` is
+    complete once read() has returned b"" (end of stream). Whatever the
+    source raises is raised again by read(), at the same place in the stream.
+    """
+
+    BLOCK = 1 << 20
+    DEPTH = 8  # blocks decoded ahead at most (memory: DEPTH x BLOCK)
+
+    def __init__(self, f, also_close=None) -> None:
+        self._f = f
+        self._also_close = also_close  # the stream under `f`, when closing `f` leaves it open
+        self.sha256 = hashlib.sha256()
+        self._q: queue.Queue = queue.Queue(self.DEPTH)
+        self._stop = threading.Event()
+        self._block = b""
+        self._p = 0
+        self._end: BaseException | bool = False  # True at end of stream, or what the source raised
+        self._thread = threading.Thread(target=self._run, name="zconv-decode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        read, update, put = self._f.read, self.sha256.update, self._put
+        try:
+            while not self._stop.is_set():
+                b = read(self.BLOCK)
+                if not b:
+                    break
+                update(b)
+                put(b)
+            put(None)
+        except BaseException as e:  # handed to the reading thread, which raises it
+            put(e)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, n: int = -1, /) -> bytes:
+        """Up to n bytes (at most one block's worth); b"" at the end of the stream."""
+        if self._p >= len(self._block):
+            if self._end is not False:
+                if self._end is True:
+                    return b""
+                raise self._end
+            item = self._q.get()
+            if item is None or isinstance(item, BaseException):
+                self._end = True if item is None else item
+                return self.read(n)
+            self._block, self._p = item, 0
+        p, block = self._p, self._block
+        if p == 0 and (n < 0 or n >= len(block)):
+            self._p = len(block)
+            return block
+        end = len(block) if n < 0 else min(len(block), p + n)
+        self._p = end
+        return block[p:end]
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            while True:  # unblock a thread waiting to put
+                self._q.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join(timeout=5)
+        _close_wrapped(self._f)
+        if self._also_close is not None:
+            _close_wrapped(self._also_close)
+
+
+def open_tar_stream(raw: BinaryIO, what: str) -> tuple[ReadAhead, str]:
+    """Wrap a blob stream so that reading it yields the uncompressed tar.
+
+    The result's `sha256` hashes the whole uncompressed stream (complete
+    once it has been read to its end).
+    """
     head = raw.read(4)
     kind = detect_compression(head)
     src = _Prefixed(head, raw)
     if kind == "gzip":
-        return igzip_threaded.open(src, "rb", threads=1), kind
+        return ReadAhead(igzip.IGzipFile(fileobj=src, mode="rb"), also_close=src), kind
     if kind == "zstd":
-        return ZstdStream(src, what), kind
-    return src, kind
+        return ReadAhead(ZstdStream(src, what)), kind
+    return ReadAhead(src), kind

@@ -288,11 +288,14 @@ class CountingReader:
 
     BUF = 1 << 20
 
-    def __init__(self, f: ByteReader, what: str) -> None:
+    def __init__(self, f: ByteReader, what: str, sha256=None) -> None:
+        """`sha256`: a hash the source itself updates with every byte it yields (read ahead in
+        another thread); then this reader does not hash again and `sha256` is that object."""
         self._f = f
         self.what = what
         self.offset = 0
-        self.sha256 = hashlib.sha256()
+        self._hashing = sha256 is None
+        self.sha256 = hashlib.sha256() if sha256 is None else sha256
         self.tap: Callable[[bytes], None] | None = None  # sees every byte read
         self._in = 0  # bytes taken from the source
         self._buf = b""
@@ -311,7 +314,8 @@ class CountingReader:
                 raise BadInputError(f"{self.what}: corrupt zstd stream at tar offset {self._in}: {e}") from None
             raise
         if b:
-            self.sha256.update(b)
+            if self._hashing:
+                self.sha256.update(b)
             self._in += len(b)
         return b
 

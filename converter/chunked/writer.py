@@ -657,7 +657,7 @@ def convert_layer(
         """Run `write(tar, out)` over a fresh read of the source."""
         with open_src() as raw:
             stream, kind = open_tar_stream(raw, name)
-            src = CountingReader(stream, name)
+            src = CountingReader(stream, name, sha256=stream.sha256)
             try:
                 w = _HashingWriter(out)
                 write(TarStream(src), w)

@@ -12,7 +12,6 @@ from converter.cli_app import app
 from converter.commands import CERT_DIR_HELP, TLS_HELP, parse_bool
 from converter.errors import UsageError
 from converter.image import auth as authmod
-from converter.image.registry import RegistryClient, RetryPolicy
 
 
 def _split_host(target: str) -> tuple[str, str]:
@@ -46,6 +45,8 @@ def login_registry(
         raise UsageError(f"login {host}: a username is required")
     if not password:
         raise UsageError(f"login {host}: a password is required")
+    from converter.image.registry import RegistryClient, RetryPolicy  # the HTTP stack: only when used
+
     with RegistryClient(
         host,
         creds=authmod.Credentials(username, password, source),

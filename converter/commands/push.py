@@ -25,8 +25,7 @@ from converter.commands import (
     side_options,
     write_digestfile,
 )
-from converter.image.registry import DEFAULT_CHUNK_SIZE
-from converter.push import push_image
+from converter.image.model import DEFAULT_CHUNK_SIZE
 from converter.textsafe import printable
 
 
@@ -91,6 +90,8 @@ def push(
             with lock:  # blobs upload in several threads: whole lines only
                 sys.stderr.write(printable(m) + "\n")
                 sys.stderr.flush()
+
+    from converter.push import push_image  # the HTTP stack, imported only by the commands that use it
 
     report = push_image(
         source,

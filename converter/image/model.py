@@ -526,6 +526,11 @@ def verify_bytes(data: bytes, desc: Descriptor, what: str) -> bytes:
 # ------------------------------------------------------------------ transport options
 
 
+# Blobs above this go up to registries in PATCH chunks (here, not in the registry package, so that
+# command-line defaults can name it without importing the HTTP stack).
+DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class TransportOptions:
     """Options that only some transports use (today: registries)."""

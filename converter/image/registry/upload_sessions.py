@@ -18,7 +18,7 @@ import threading
 
 import requests
 
-DEFAULT_CHUNK_SIZE = 32 * 1024 * 1024  # blobs above this go up in PATCH chunks
+from converter.image.model import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE  # re-exported: the registry layer's default
 
 
 def range_end(resp: requests.Response) -> int | None:
