@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from converter import cli
 from converter.image.registry import http as registry_http
-from support.fuzzing import fuzz_settings
+from support.fuzzing import fuzz_settings, tried
 from support.hostile_registry import Answer, HostileRegistry, Request, TinyImage, sha256
 
 DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 64}
@@ -208,6 +208,7 @@ def test_fuzz_registry_answers_never_crash_or_hang(hostile):
     @fuzz_settings()
     @given(plan=st.fixed_dictionaries({k: answers for k in ("ping", "token", "manifest", "config", "blob", "other")}))
     def run(plan: dict[str, Answer | None]) -> None:
+        tried("registry answers (CLI)")
         PLAN.clear()
         PLAN.update(plan)
         out, err = io.StringIO(), io.StringIO()
