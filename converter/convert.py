@@ -50,7 +50,7 @@ from converter.image.model import (
     parse_config,
     short,
 )
-from converter.imageread import Node, config_diff_ids, config_platform, layer_name, walk
+from converter.imageread import DOCKER_REFERENCE_TYPE, Node, config_diff_ids, config_platform, layer_name, walk
 from converter.progress import Progress
 
 # What the decoders (gzip, zstd, tar) raise on a corrupt or truncated layer: bad input, exit 2.
@@ -64,9 +64,6 @@ _DECODER_ERRORS: tuple[type[Exception], ...] = (
     tarfile.TarError,
     ValueError,
 )  # type: ignore[assignment]  # isal's stubs declare its error class as an Exception instance
-
-# Index entries with this annotation are attestations/signatures (buildx), not images.
-DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
 
 # With ConvertOptions.record_source, every manifest and index we write names the
 # digest of the source manifest or index it was converted from, so `zconv sync`

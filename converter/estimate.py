@@ -55,8 +55,8 @@ from converter.chunked.format import (
 )
 from converter.chunked.reader import ChunkedLayer, TocEntry, load_layer
 from converter.errors import BadInputError, UsageError
-from converter.image.model import INDEX_ZSTD_ANNOTATION, Descriptor, ImageSource, Index, Manifest, Platform, short
-from converter.imageread import Node, layer_access, layer_name, parse_platform, walk
+from converter.image.model import Descriptor, ImageSource, Index, Manifest, Platform, short
+from converter.imageread import Node, layer_access, layer_name, parse_platform, pick_instance, walk
 from converter.progress import human
 from converter.textsafe import printable_lines
 
@@ -359,27 +359,10 @@ def select_image(src: ImageSource, plat: Platform) -> tuple[str, Manifest]:
 
     def on_index(node: Node, descend: Callable[[Descriptor, str], tuple[str, Manifest]]) -> tuple[str, Manifest]:
         assert isinstance(node.doc, Index)
-        # As containers/image's chooseInstance: matching platform first, then
-        # entries without a platform; zstd instances (podman's annotation)
-        # before others; then index order.
-        ranked = []
-        for pos, m in enumerate(node.doc.manifests):
-            if m.platform is None:
-                prio = 1
-            elif (
-                m.platform.os == plat.os
-                and m.platform.architecture == plat.architecture
-                and (plat.variant is None or m.platform.variant in (None, plat.variant))
-            ):
-                prio = 0
-            else:
-                continue
-            is_zstd = m.annotations.get(INDEX_ZSTD_ANNOTATION) == "true"
-            ranked.append(((prio, not is_zstd, pos), m))
-        if not ranked:
+        child = pick_instance(node.doc.manifests, plat)
+        if child is None:
             have = ", ".join(str(m.platform) for m in node.doc.manifests if m.platform) or "none"
             raise UsageError(f"{node.label}: no image for {plat} (has: {have}); use --platform")
-        child = min(ranked, key=lambda r: r[0])[1]
         return descend(child, f"{src.description} [{child.platform}]" if child.platform else node.label)
 
     return walk(src, desc, src.description, on_manifest, on_index)

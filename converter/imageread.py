@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform as _platform
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from converter.chunked.reader import BlobAccess, load_toc
 from converter.errors import BadInputError, UsageError
@@ -60,13 +60,37 @@ def read_node(src: ImageSource, desc: Descriptor, label: str, depth: int = 0, wh
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
 
 
+def pick_instance(manifests: Iterable[Descriptor], want: Platform) -> Descriptor | None:
+    """The entry of an index for platform `want`, ranked as containers/image's chooseInstance.
+
+    Matching platform first, then entries without one; zstd instances
+    (podman's annotation) before others; then index order. Attestation
+    manifests (docker's reference-type annotation) are never chosen. None if nothing matches.
+    """
+    ranked = []
+    for pos, m in enumerate(manifests):
+        if m.annotations.get(DOCKER_REFERENCE_TYPE):
+            continue
+        p = m.platform
+        if p is None:
+            prio = 1
+        elif (
+            p.os == want.os
+            and p.architecture == want.architecture
+            and (want.variant is None or p.variant in (None, want.variant))
+        ):
+            prio = 0
+        else:
+            continue
+        ranked.append(((prio, m.annotations.get(INDEX_ZSTD_ANNOTATION) != "true", pos), m))
+    return min(ranked, key=lambda r: r[0])[1] if ranked else None
+
+
 def choose_instance(src: ImageSource, desc: Descriptor, label: str, platform: str) -> tuple[Descriptor, str]:
     """The manifest of an index (nested ones followed) for `platform` (OS/ARCH[/VARIANT]), and its label.
 
-    Ranked as containers/image's chooseInstance (and convert --platform):
-    matching platform first, then entries without one; zstd instances
-    (podman's annotation) before others; then index order. No match is a
-    BadInputError naming the platforms the index has. A manifest is returned as it is.
+    Ranked by pick_instance. No match is a BadInputError naming the platforms
+    the index has. A manifest is returned as it is.
     """
     want = parse_platform(platform)
     depth = 0
@@ -75,26 +99,11 @@ def choose_instance(src: ImageSource, desc: Descriptor, label: str, platform: st
         depth += 1
         if not isinstance(index, Index):
             return desc, label
-        ranked = []
-        for pos, m in enumerate(index.manifests):
-            if m.annotations.get(DOCKER_REFERENCE_TYPE):
-                continue
-            p = m.platform
-            if p is None:
-                prio = 1
-            elif (
-                p.os == want.os
-                and p.architecture == want.architecture
-                and (want.variant is None or p.variant in (None, want.variant))
-            ):
-                prio = 0
-            else:
-                continue
-            ranked.append(((prio, m.annotations.get(INDEX_ZSTD_ANNOTATION) != "true", pos), m))
-        if not ranked:
+        best = pick_instance(index.manifests, want)
+        if best is None:
             have = ", ".join(str(m.platform) for m in index.manifests if m.platform) or "none"
             raise BadInputError(f"{label}: no image for {platform} (it has: {have})")
-        desc = min(ranked, key=lambda r: r[0])[1]
+        desc = best
         label = f"{label} [{desc.platform}]" if desc.platform else label
     return desc, label
 
