@@ -254,6 +254,32 @@ def test_slow_drip_through_the_cli_is_one_line(tmp_path):
     _one_line_error(r, 4, r"(stalled|timed out)")
 
 
+def test_login_to_a_stalling_registry_is_one_line_within_its_timeout(tmp_path):
+    def script(req: Request) -> Answer | None:
+        if req.path.startswith("/token"):  # the token endpoint trickles its answer
+            return Answer(200, [("Content-Type", "application/json")], b'{"token": "' + b"t" * 64 + b'"}', drip=0.4)
+        return Answer(401, [("WWW-Authenticate", 'Bearer realm="/token",service="r"')], b"{}")
+
+    with HostileRegistry(script) as reg:
+        started = time.monotonic()
+        r = _zconv(
+            "login",
+            reg.host,
+            "--username",
+            "u",
+            "--password",
+            "p",
+            "--authfile",
+            str(tmp_path / "auth.json"),
+            "--timeout",
+            "0.5",
+            timeout=60,
+        )
+        assert time.monotonic() - started < 30
+    _one_line_error(r, 4, r"(stalled|timed out)")
+    assert not (tmp_path / "auth.json").exists()
+
+
 def test_redirect_loop_and_too_many_redirects_are_one_line():
     img = TinyImage()
 

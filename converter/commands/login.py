@@ -9,7 +9,7 @@ import sys
 import typer
 
 from converter.cli_app import app
-from converter.commands import CERT_DIR_HELP, TLS_HELP, parse_bool
+from converter.commands import CERT_DIR_HELP, TIMEOUT_HELP, TLS_HELP, parse_bool
 from converter.errors import UsageError
 from converter.image import auth as authmod
 
@@ -35,10 +35,12 @@ def login_registry(
     cert_dir: str | None = None,
     auth_file: str | None = None,
     source: str = "--password",
+    timeout: float = 60.0,
 ) -> str:
     """Check the credentials against the registry, then store them; returns the auth file path.
 
     `source` says where the password came from, for the message when the registry rejects it.
+    Two retries only, a second apart: a person is waiting, and a rejected password is not retried.
     """
     host, key = _split_host(target)
     if not username:
@@ -53,6 +55,7 @@ def login_registry(
         tls_verify=tls_verify,
         cert_dir=cert_dir,
         retry=RetryPolicy(retries=2, delay=1.0),
+        timeout=timeout,
     ) as client:
         client.check_login()
     path = authmod.store_credentials(
@@ -78,6 +81,7 @@ def login(
     ),
     tls_verify: str = typer.Option("true", "--tls-verify", help=TLS_HELP, metavar="BOOL"),
     cert_dir: str = typer.Option(None, "--cert-dir", help=CERT_DIR_HELP, metavar="DIR"),
+    timeout: float = typer.Option(60.0, "--timeout", help=TIMEOUT_HELP, metavar="SECONDS"),
 ) -> None:
     """Log in to a registry: check the credentials and store them where podman looks."""
     verify = parse_bool(tls_verify, "--tls-verify")
@@ -96,7 +100,11 @@ def login(
     if not pw:
         pw = getpass.getpass("Password: ")
         source = "the password prompt"
-    path = login_registry(registry, user, pw, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile, source=source)
+    if not timeout > 0:
+        raise UsageError(f"--timeout takes a number of seconds > 0, not {timeout}")
+    path = login_registry(
+        registry, user, pw, tls_verify=verify, cert_dir=cert_dir, auth_file=authfile, source=source, timeout=timeout
+    )
     print(f"Login Succeeded! (credentials stored in {path})")
 
 
