@@ -49,8 +49,8 @@ def _basic_only(inner):
     return script
 
 
-def _zconv(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _zconv(*args: str, timeout: float = 60, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
     return subprocess.run(
         [sys.executable, "-m", "converter.cli", *args],
         capture_output=True,
@@ -278,6 +278,37 @@ def test_login_to_a_stalling_registry_is_one_line_within_its_timeout(tmp_path):
         assert time.monotonic() - started < 30
     _one_line_error(r, 4, r"(stalled|timed out)")
     assert not (tmp_path / "auth.json").exists()
+
+
+def test_deadline_holds_through_an_http_proxy_from_the_environment():
+    """HTTP_PROXY (honoured as podman does): a proxy that trickles its answer stops at --timeout too."""
+    img = TinyImage()
+
+    def proxy(req: Request) -> Answer | None:  # a forward proxy gets absolute URIs: it answers them all
+        return Answer(200, [("Content-Type", "application/json")], b"{" + b" " * 4000 + b"}", drip=0.3)
+
+    # The registry speaks plain HTTP: the https attempt (direct, no HTTPS_PROXY) fails its
+    # handshake, and the http one goes through the proxy.
+    with HostileRegistry(img.answer) as reg, HostileRegistry(proxy) as p:
+        started = time.monotonic()
+        r = _zconv(
+            "inspect",
+            f"docker://{reg.host}/r:t",
+            "--timeout",
+            "1",
+            timeout=120,
+            env_extra={
+                "HTTP_PROXY": f"http://{p.host}",
+                "http_proxy": f"http://{p.host}",
+                "NO_PROXY": "",
+                "no_proxy": "",
+            },
+        )
+        took = time.monotonic() - started
+        assert p.requests, "the request did not go through the proxy"
+        assert all(q.path.startswith(f"http://{reg.host}/") for q in p.requests), [q.path for q in p.requests]
+    _one_line_error(r, 4, r"(stalled|timed out)")
+    assert took < 30, took
 
 
 def test_redirect_loop_and_too_many_redirects_are_one_line():

@@ -39,6 +39,7 @@ import requests.adapters
 import urllib3
 import urllib3.connection
 import urllib3.connectionpool
+import urllib3.poolmanager
 
 from converter.errors import RegistryError, UsageError, ZconvError
 from converter.image.registry.errors import RETRY_STATUS, Transient, conn_error_text, error_detail, transient_for
@@ -275,6 +276,15 @@ class _Adapter(requests.adapters.HTTPAdapter):
         kw.setdefault("blocksize", SEND_BLOCK)
         super().init_poolmanager(connections, maxsize, block, **kw)
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # Proxies from the environment (HTTP(S)_PROXY) get a manager of their own: its
+        # connections must be ours too, or no deadline could reach their sockets.
+        proxy_kwargs.setdefault("blocksize", SEND_BLOCK)
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.poolmanager.ProxyManager):  # not SOCKS: its own connection classes
+            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager
 
 
 class FileSlice(io.RawIOBase):
