@@ -19,8 +19,8 @@ import sys
 import yaml
 from test_sync import ROOT, isolated_auth, layer_tar, make_image  # noqa: F401  (fixture)
 
-from converter.commands.push import push_image
 from converter.image.model import TransportOptions
+from converter.push import push_image
 from support.registry import RegistryServer
 
 JOB_YAML = ROOT / "deploy" / "kubernetes" / "sync-job.yaml"
