@@ -70,6 +70,7 @@ from converter.image.registry import (
 from converter.image.registry.http import operation
 from converter.imageread import choose_instance
 from converter.progress import Progress
+from converter.semver import Constraint, SemverError, parse_constraint
 
 SHARD_COUNT_ENV = "ZCONV_SHARDS"  # N of --shard I/N when JOB_COMPLETION_INDEX gives I
 SHARD_ENV = "ZCONV_SHARD"  # "I/N", as --shard
@@ -78,6 +79,8 @@ K8S_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in the pods of an In
 _ACCEPT = ", ".join(MANIFEST_TYPES + INDEX_TYPES)
 _REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# The keys of a registry in the YAML source, those of `skopeo sync --src yaml`.
+_REGISTRY_KEYS = ("images", "images-by-tag-regex", "images-by-semver", "credentials", "tls-verify", "cert-dir")
 
 
 # ---------------------------------------------------------------- what to sync
@@ -92,6 +95,13 @@ class RepoSpec:
     tags: tuple[str, ...] | None = None  # None: every tag
     regexes: tuple[str, ...] = ()  # only tags all of these match (re.search, as skopeo's Go regexp)
     options: TransportOptions = field(default_factory=TransportOptions)
+    semver: Constraint | None = None  # only tags that are versions satisfying it (images-by-semver)
+
+    def wants(self, tag: str) -> bool:
+        """Whether a listed tag passes the regexes and the semver constraint of this spec."""
+        if not all(re.search(r, tag) for r in self.regexes):
+            return False
+        return self.semver is None or self.semver.matches_tag(tag)
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,8 @@ def load_yaml(path: str, base: TransportOptions, tags_regex: str | None = None) 
         redis: ["1.0", "2.0"]  # these tags
       images-by-tag-regex:
         nginx: ^1\\.13\\.[12]-alpine$
+      images-by-semver:
+        alpine: ">= 3.18, < 4"  # tags that are versions in the range (converter/semver.py)
       credentials: {username: john, password: secret}   # only ever sent to this registry
       tls-verify: true
       cert-dir: /etc/certs
@@ -185,13 +197,14 @@ def load_yaml(path: str, base: TransportOptions, tags_regex: str | None = None) 
     for host, conf in doc.items():
         where = f"{path}: registry {host}"
         if not isinstance(host, str) or not isinstance(conf, dict):
-            raise BadInputError(
-                f"{where}: expected a mapping (images, images-by-tag-regex, credentials, tls-verify, cert-dir)"
-            )
+            raise BadInputError(f"{where}: expected a mapping ({', '.join(_REGISTRY_KEYS)})")
         _split_docker(f"docker://{host}", f"{path}: registry")
-        unknown = set(conf) - {"images", "images-by-tag-regex", "credentials", "tls-verify", "cert-dir"}
+        unknown = set(conf) - set(_REGISTRY_KEYS)
         if unknown:
-            raise BadInputError(f"{where}: unsupported key(s) {', '.join(sorted(map(str, unknown)))}")
+            raise BadInputError(
+                f"{where}: unsupported key(s) {', '.join(sorted(map(str, unknown)))} "
+                f"(allowed: {', '.join(_REGISTRY_KEYS)})"
+            )
         opts = base
         creds = conf.get("credentials")
         if creds is not None:
@@ -210,8 +223,9 @@ def load_yaml(path: str, base: TransportOptions, tags_regex: str | None = None) 
             opts = replace(opts, cert_dir=str(conf["cert-dir"]))
         images = conf.get("images") or {}
         by_regex = conf.get("images-by-tag-regex") or {}
-        if not isinstance(images, dict) or not isinstance(by_regex, dict):
-            raise BadInputError(f"{where}: images and images-by-tag-regex map repositories to tags")
+        by_semver = conf.get("images-by-semver") or {}
+        if not isinstance(images, dict) or not isinstance(by_regex, dict) or not isinstance(by_semver, dict):
+            raise BadInputError(f"{where}: images, images-by-tag-regex and images-by-semver map repositories to tags")
         for repo, tags in images.items():
             _check_repo(str(repo), str(repo), f"{where}: repository")
             if tags is None or tags == []:
@@ -239,6 +253,22 @@ def load_yaml(path: str, base: TransportOptions, tags_regex: str | None = None) 
                 raise BadInputError(f"{where}: images-by-tag-regex: {repo}: invalid regular expression: {e}") from None
             # --tags narrows further: both must match.
             specs.append(RepoSpec(host, str(repo), None, (regex,) + ((tags_regex,) if tags_regex else ()), opts))
+        # As in skopeo, the three keys add up: a repository under several of them gets
+        # the tags of each (a tag is converted once).
+        for repo, text in by_semver.items():
+            _check_repo(str(repo), str(repo), f"{where}: repository")
+            if isinstance(text, bool) or not isinstance(text, (str, int)):
+                # 1.10 would be the float 1.1: a constraint that is not a plain integer must be quoted.
+                raise BadInputError(
+                    f'{where}: images-by-semver: {repo}: expected a semantic version constraint (quote it: ">= 1.10")'
+                )
+            try:
+                constraint = parse_constraint(str(text))
+            except SemverError as e:
+                raise BadInputError(
+                    f"{where}: images-by-semver: {repo}: invalid semantic version constraint {str(text)!r}: {e}"
+                ) from None
+            specs.append(RepoSpec(host, str(repo), None, (tags_regex,) if tags_regex else (), opts, constraint))
     return specs
 
 
@@ -658,9 +688,8 @@ class Syncer:
                         )
                     )
                     continue
-            rxs = [re.compile(r) for r in spec.regexes]
             for tag in tags:
-                if not all(rx.search(tag) for rx in rxs):
+                if not spec.wants(tag):
                     continue
                 if self.destination.suffix and tag.endswith(self.destination.suffix):
                     continue  # an output of an earlier run, not a source

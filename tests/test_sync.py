@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from converter.commands.push import push_image
 from converter.convert import SOURCE_DIGEST_ANNOTATION
 from converter.errors import UsageError
 from converter.image.registry import RegistryClient
+from converter.push import push_image
 from converter.sync import Item, parse_shard, shard_from_env, shard_of
 from support.corpus import LayerBlob, write_oci_image
 from support.registry import RegistryServer
@@ -282,6 +282,68 @@ def test_yaml_source_with_regex_and_shards_cover_everything(reg, tmp_path):
     assert sorted(seen) == sorted(want)  # disjoint (no duplicates) and complete
 
 
+def test_yaml_source_images_by_semver(reg, tmp_path):
+    """images-by-semver as skopeo sync has it: every tag that parses as a version, filtered by the constraint."""
+    host = reg.host
+    tags = ["v1.0.0", "v1.2.3", "1.3.0-rc1", "2.0.0", "latest"]
+    publish(tmp_path, host, "team/sv", tags)
+
+    def source(body: str) -> str:
+        spec = tmp_path / "sv.yaml"
+        spec.write_text(f"{host}:\n{body}  tls-verify: false\n")
+        return str(spec)
+
+    def picked(constraint: str, *extra: str) -> set[str]:
+        p = zconv(
+            "sync",
+            source(f"  images-by-semver:\n    team/sv: '{constraint}'\n"),
+            f"docker://{host}/mirror",
+            "--dry-run",
+            "--json",
+            *extra,
+        )
+        assert p.returncode == 0, p.stderr
+        recs = records(p)
+        assert {r["action"] for r in recs} <= {"would-convert"}, recs
+        return {r["source"].rsplit(":", 1)[1] for r in recs}
+
+    assert picked(">= 1.2.0, < 2") == {"v1.2.3"}  # no prerelease unless the constraint names one
+    assert picked(">= 1.2.0-0, < 2") == {"v1.2.3", "1.3.0-rc1"}
+    assert picked("1.x || >= 2") == {"v1.0.0", "v1.2.3", "2.0.0"}
+    assert picked("*") == {"v1.0.0", "v1.2.3", "2.0.0"}  # "latest" is no version
+    assert picked("~1.2") == {"v1.2.3"}
+    assert picked("1.0.0 - 1.2.3") == {"v1.0.0", "v1.2.3"}
+    assert picked(">= 3") == set()
+    assert picked(">= 1.2.0-0, < 2", "--tags", "^v") == {"v1.2.3"}  # --tags narrows further
+
+    # For real, next to a regex on the same repository: the keys add up (as in skopeo).
+    spec = source(
+        "  images-by-tag-regex:\n    team/sv: ^latest$\n  images-by-semver:\n    team/sv: '>= 1.2.0-0, < 2'\n"
+    )
+    p = zconv("sync", spec, f"docker://{host}/mirror", "--json")
+    assert p.returncode == 0, p.stderr
+    want = {f"docker://{host}/team/sv:{t}" for t in ("latest", "v1.2.3", "1.3.0-rc1")}
+    assert by_action(records(p)) == {"converted": want}
+    with RegistryClient(host) as c:
+        assert sorted(c.list_tags("mirror/team/sv")) == sorted(["latest", "v1.2.3", "1.3.0-rc1"])
+    for t in ("v1.2.3", "1.3.0-rc1"):
+        doc, _ = manifest_of(host, "mirror/team/sv", t)
+        assert doc["annotations"][SOURCE_DIGEST_ANNOTATION] == manifest_of(host, "team/sv", t)[1]
+    again = zconv("sync", spec, f"docker://{host}/mirror", "--json")
+    assert by_action(records(again)) == {"skipped": want}, again.stderr
+
+    # A bad constraint: one line naming the file, the repository and the constraint; nothing done.
+    bad = source("  images-by-semver:\n    team/sv: '>= 1.2 <'\n")
+    p = zconv("sync", bad, f"docker://{host}/other", "--json")
+    assert p.returncode == 2, p.stderr
+    assert p.stdout == ""
+    assert p.stderr.strip().splitlines() == [
+        f"zconv: error: {bad}: registry {host}: images-by-semver: team/sv: invalid semantic version constraint "
+        "'>= 1.2 <': expected a version after '<'"
+    ]
+    assert not (reg.storage_dir / "docker" / "registry" / "v2" / "repositories" / "other").exists()
+
+
 def test_keep_going_past_a_broken_image(reg, tmp_path):
     host = reg.host
     publish(tmp_path, host, "mixed", ["good1", "good2"])
@@ -503,7 +565,17 @@ def test_yaml_source_errors_name_the_file_and_the_problem(tmp_path):
     from converter.sync import load_yaml
 
     cases = {
-        "reg.example:\n  images-by-semver:\n    app: '>= 1'\n": "unsupported key(s) images-by-semver",
+        "reg.example:\n  images-by-digest:\n    app: x\n": "unsupported key(s) images-by-digest (allowed: images, "
+        "images-by-tag-regex, images-by-semver, credentials, tls-verify, cert-dir)",
+        "reg.example:\n  images-by-semver:\n    app: '>= 1.x.y'\n": "images-by-semver: app: invalid semantic "
+        "version constraint '>= 1.x.y': unexpected '.y' after '>= 1.x'",
+        "reg.example:\n  images-by-semver:\n    app: ''\n": "images-by-semver: app: invalid semantic version "
+        "constraint '': empty constraint",
+        "reg.example:\n  images-by-semver:\n    app: 1.10\n": "images-by-semver: app: expected a semantic version "
+        'constraint (quote it: ">= 1.10")',
+        "reg.example:\n  images-by-semver:\n    app:\n": "images-by-semver: app: expected a semantic version constraint",
+        "reg.example:\n  images-by-semver:\n    Web: '1.x'\n": "invalid repository component 'Web'",
+        "reg.example:\n  images-by-semver: ['1.x']\n": "images-by-semver map repositories to tags",
         "reg.example:\n  images:\n    app: [1.10]\n": 'quote tags like "1.10"',
         "reg.example:\n  images-by-tag-regex:\n    app: '('\n": "invalid regular expression",
         "reg.example:\n  images:\n    App: []\n": "invalid repository component 'App'",
@@ -521,12 +593,15 @@ def test_yaml_source_errors_name_the_file_and_the_problem(tmp_path):
     ok.write_text(
         'reg.example:\n  images:\n    app: ["1.10", 2]\n    all: []\n'
         "  images-by-tag-regex:\n    api: ^v\n  credentials: {username: u, password: p}\n"
+        "  images-by-semver:\n    web: '>= 1.2, < 2'\n    api: 3\n"
     )
     specs = load_yaml(str(ok), TransportOptions(), "x$")
-    assert [(s.repository, s.tags, s.regexes, s.options.creds) for s in specs] == [
-        ("app", ("1.10", "2"), ("x$",), "u:p"),
-        ("all", None, ("x$",), "u:p"),
-        ("api", None, ("^v", "x$"), "u:p"),
+    assert [(s.repository, s.tags, s.regexes, s.options.creds, s.semver and s.semver.text) for s in specs] == [
+        ("app", ("1.10", "2"), ("x$",), "u:p", None),
+        ("all", None, ("x$",), "u:p", None),
+        ("api", None, ("^v", "x$"), "u:p", None),
+        ("web", None, ("x$",), "u:p", ">= 1.2, < 2"),
+        ("api", None, ("x$",), "u:p", "3"),  # as in skopeo, a repository under several keys gets each one's tags
     ]
 
 

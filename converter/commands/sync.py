@@ -42,7 +42,7 @@ def sync(
     source: str = typer.Argument(
         ...,
         help="docker://HOST/REPO (every tag; REPO:TAG for one) or a YAML file in the "
-        "shape of `skopeo sync --src yaml` (registry -> images / images-by-tag-regex).",
+        "shape of `skopeo sync --src yaml` (registry -> images / images-by-tag-regex / images-by-semver).",
     ),
     destination: str | None = typer.Argument(
         None,
