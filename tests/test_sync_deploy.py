@@ -67,7 +67,11 @@ def test_indexed_job_shards_are_disjoint_and_complete(tmp_path):
         creds = TransportOptions(creds="syncer:pw")
         base = layer_tar("base", 1)
         layout = tmp_path / "src"
-        pushed = {"team/app": ["1.0", "1.1", "latest"], "team/api": ["v1.0", "v1.1", "v2.0", "dev"]}
+        pushed = {
+            "team/app": ["1.0", "1.1", "latest"],
+            "team/api": ["v1.0", "v1.1", "v2.0", "dev"],
+            "team/web": ["1.9.0", "2.0.1", "v2.1.0", "2.2.0-rc.1", "latest"],
+        }
         for repo, tags in pushed.items():
             for i, tag in enumerate(tags):
                 make_image(layout, tag, [base, layer_tar(f"{repo}-{tag}", 50 + i, files=2, size=3000)])
@@ -78,9 +82,11 @@ def test_indexed_job_shards_are_disjoint_and_complete(tmp_path):
                     check_ranges=False,
                     warn=lambda m: None,
                 )
-        expected = {f"docker://{reg.host}/team/app:{t}" for t in pushed["team/app"]} | {
-            f"docker://{reg.host}/team/api:{t}" for t in ("v1.0", "v1.1", "v2.0")
-        }  # the ConfigMap's regex
+        expected = (
+            {f"docker://{reg.host}/team/app:{t}" for t in pushed["team/app"]}
+            | {f"docker://{reg.host}/team/api:{t}" for t in ("v1.0", "v1.1", "v2.0")}  # the ConfigMap's regex
+            | {f"docker://{reg.host}/team/web:{t}" for t in ("2.0.1", "v2.1.0")}  # and its semver constraint
+        )
 
         # What the volumes would hold, at local paths.
         sources = tmp_path / "sync.yaml"
