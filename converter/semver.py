@@ -77,8 +77,18 @@ class SemverError(ValueError):
 # ---------------------------------------------------------------- versions
 
 
+def _u64(digits: str) -> int | None:
+    """The value of a string of ASCII digits, None above 2**64-1 (checked before int() sees
+    thousands of digits, which Python refuses)."""
+    significant = digits.lstrip("0")
+    if len(significant) > 20:
+        return None
+    n = int(significant or "0")
+    return n if n <= _MAX else None
+
+
 def _numeric(ident: str) -> bool:
-    return ident.isascii() and ident.isdigit() and int(ident) <= _MAX
+    return ident.isascii() and ident.isdigit() and _u64(ident) is not None
 
 
 def _compare_ident(a: str, b: str) -> int:
@@ -90,7 +100,7 @@ def _compare_ident(a: str, b: str) -> int:
         return 1
     na, nb = _numeric(a), _numeric(b)
     if na and nb:
-        return 1 if int(a) > int(b) else -1
+        return 1 if (_u64(a) or 0) > (_u64(b) or 0) else -1
     if na != nb:  # numeric identifiers sort before alphanumeric ones
         return -1 if na else 1
     return 1 if a > b else -1  # ASCII order, as the spec says
@@ -139,11 +149,14 @@ def parse_version(text: str) -> Version | None:
     m = _VERSION_RE.fullmatch(text)
     if m is None:
         return None
-    nums = [int(g) if g is not None else 0 for g in m.group(1, 2, 3)]
+    nums = [_u64(g) if g is not None else 0 for g in m.group(1, 2, 3)]
     pre = m.group(4) or ""
-    if any(n > _MAX for n in nums) or _bad_prerelease(pre):
+    if _bad_prerelease(pre):
         return None
-    return Version(nums[0], nums[1], nums[2], pre)
+    major, minor, patch = nums
+    if major is None or minor is None or patch is None:
+        return None
+    return Version(major, minor, patch, pre)
 
 
 # ---------------------------------------------------------------- terms
@@ -216,8 +229,9 @@ class _Term:
 def _term_version(m: re.Match[str]) -> tuple[Version, str | None]:
     parts = m.group(1, 2, 3)
     pre = m.group(4) or ""
+    shown = _shorten(m.group(0))
     if _bad_prerelease(pre):
-        raise SemverError(f"{m.group(0)!r}: a numeric prerelease identifier takes no leading zero")
+        raise SemverError(f"{shown!r}: a numeric prerelease identifier takes no leading zero")
     nums: list[int] = []
     wild: str | None = None
     for name, part in zip(("major", "minor", "patch"), parts):
@@ -225,13 +239,18 @@ def _term_version(m: re.Match[str]) -> tuple[Version, str | None]:
             wild = name
             break
         if not part.isdigit():
-            raise SemverError(f"{m.group(0)!r}: {part!r} is neither a number nor a wildcard (x, X, *)")
-        n = int(part)
-        if n > _MAX:
-            raise SemverError(f"{m.group(0)!r}: {part} is too large for a version number")
+            raise SemverError(f"{shown!r}: {_shorten(part)!r} is neither a number nor a wildcard (x, X, *)")
+        n = _u64(part)
+        if n is None:
+            raise SemverError(f"{shown!r}: {_shorten(part)} is too large for a version number")
         nums.append(n)
     nums += [0] * (3 - len(nums))  # whatever follows a wildcard is ignored, as in Masterminds
     return Version(nums[0], nums[1], nums[2], pre), wild
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _skip_ws(s: str, i: int) -> int:
@@ -252,21 +271,19 @@ def _parse_group(seg: str, whole: str) -> tuple[_Term, ...]:
         j = _skip_ws(seg, op_m.end()) if op_m else i
         vm = _TERM_VERSION_RE.match(seg, j)
         if vm is None:
-            rest = seg[j:].strip()
+            rest = _shorten(seg[j:])
             where = f" after {op!r}" if op else ""
-            raise SemverError(
-                f"expected a version{where}, found {rest[:40]!r}" if rest else f"expected a version{where}"
-            )
+            raise SemverError(f"expected a version{where}, found {rest!r}" if rest else f"expected a version{where}")
         version, wild = _term_version(vm)
         k = vm.end()
         hy = _HYPHEN_RE.match(seg, k)
         if hy is not None:
             # A hyphen range "A - B": >= A, <= B.
             if op:
-                raise SemverError(f"a hyphen range takes no operator: {seg[i:].strip()[:40]!r}")
+                raise SemverError(f"a hyphen range takes no operator: {_shorten(seg[i:])!r}")
             um = _TERM_VERSION_RE.match(seg, hy.end())
             if um is None:
-                raise SemverError(f"expected a version after ' - ' in {seg[i:].strip()[:40]!r}")
+                raise SemverError(f"expected a version after ' - ' in {_shorten(seg[i:])!r}")
             upper, upper_wild = _term_version(um)
             terms.append(_Term(">=", version, wild))
             terms.append(_Term("<=", upper, upper_wild))
@@ -284,7 +301,7 @@ def _parse_group(seg: str, whole: str) -> tuple[_Term, ...]:
             if n == len(seg):
                 raise SemverError("a comma must be followed by another term")
         elif n == k and not ranged:  # a hyphen range needs no separator after it (Masterminds)
-            raise SemverError(f"unexpected {seg[k:].strip()[:40]!r} after {seg[i:k].strip()!r}")
+            raise SemverError(f"unexpected {_shorten(seg[k:])!r} after {_shorten(seg[i:k])!r}")
         i = n
 
 

@@ -9,6 +9,7 @@ Masterminds rejects are in their own table, LENIENT.
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
@@ -41,6 +42,7 @@ NOT_VERSIONS = [
     "1.2.3_x",
     "1.2.3-rc.01",  # numeric prerelease identifiers take no leading zero
     "18446744073709551616.0.0",  # above uint64
+    "1" * 5000,  # (Python's int() refuses this many digits: never reached)
     "1.2.3\n",  # no trailing newline (Python's $ would allow one)
     "\uff11.2.3",  # no digits other than ASCII
     "sha256-abc",
@@ -235,6 +237,8 @@ INVALID = [
     ("1x", "neither a number nor a wildcard"),
     ("xx", "neither a number nor a wildcard"),
     ("18446744073709551616", "too large"),
+    (">=" + "9" * 5000, "too large"),
+    ("1.0.0 " + "x" * 3000, "neither a number nor a wildcard"),
     ("1.2 - 1.3 - 1.4", "expected a version, found '- 1.4'"),
 ]
 
@@ -275,3 +279,18 @@ def test_skopeo_example_tags():
         "1.4",
         "v2.1.0-beta",
     ]
+
+
+def test_garbage_is_a_semver_error_or_a_constraint():
+    """Random strings over the constraint alphabet: a SemverError or a Constraint, nothing else."""
+    rng = random.Random(7)
+    alphabet = "0123456789.xX*-+v ,|<>=!~^a\t"
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 30)))
+        try:
+            c = parse_constraint(text)
+        except SemverError as e:
+            assert str(e) and "\n" not in str(e), text
+            continue
+        for tag in ("1.2.3", "0.0.0", "1.3.0-rc1", "latest"):
+            assert isinstance(c.matches_tag(tag), bool)
