@@ -3,7 +3,8 @@
 The TOCs of the earlier image's layers say where the frame of every chunk
 lies; only layers whose encoder annotation matches ours are used, because
 only then is the frame the exact bytes we would write. Frames are fetched
-with ranged reads, neighbours coalesced into one request, and each frame is
+with ranged reads: neighbours coalesced into one range, many ranges in one
+request (a multi-range GET on registries), and each frame is
 decompressed and checked against the chunk's sha256 before it is used;
 anything else is left to the writer to compress.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -26,9 +28,13 @@ from converter.image.model import Descriptor, ImageSource, short
 
 log = logging.getLogger("zconv")
 
-GAP = 64 << 10  # bytes between two wanted frames still fetched in the same request
-MAX_REQUEST = 16 << 20
-PARALLEL = 4  # ranged reads in flight: a batch's requests overlap their round trips
+GAP = 64 << 10  # bytes between two wanted frames still fetched as one range
+MAX_RANGE = 16 << 20  # bytes of one coalesced range
+MAX_REQUEST = 16 << 20  # bytes of the ranges of one request
+#: Ranges of one multi-range GET. containers/storage sends up to 1024 in one request and
+#: halves them when a server answers 400; 256 keep the Range header under nginx's 8 KiB.
+MAX_RANGES = 256
+PARALLEL = 4  # requests in flight: a batch's requests overlap their round trips
 
 
 @dataclass(frozen=True)
@@ -44,13 +50,16 @@ class ReuseFrames:
 
     def __init__(self, refs: list[str], options: Any = None) -> None:
         self.stats = SourceStats()
-        self.requests = 0
+        self.requests = 0  # reads (one multi-range GET each on a registry)
+        self.ranges = 0  # coalesced byte ranges those reads carried
         self.bytes_fetched = 0
         self.rejected = 0
         self.layers_indexed = 0
         self._stack = ExitStack()
         self._layers: list[tuple[ImageSource, Descriptor, str]] = []  # source, layer, encoder
         self._where: dict[tuple[str, bytes], _Where] = {}
+        self._dead: set[int] = set()  # layers whose ranged reads failed: not asked again
+        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="zconv-reuse")
         try:
             for ref in refs:
@@ -104,51 +113,79 @@ class ReuseFrames:
 
     def get_frames(self, encoder: str, digests: list[bytes]) -> dict[bytes, bytes]:
         wanted = [(w, d) for d in digests if (w := self._where.get((encoder, d))) is not None]
+        wanted = [(w, d) for w, d in wanted if w.layer not in self._dead]
         if not wanted:
             return {}
         out: dict[bytes, bytes] = {}
         by_layer: dict[int, list[tuple[_Where, bytes]]] = {}
         for w, d in wanted:
             by_layer.setdefault(w.layer, []).append((w, d))
-        jobs = []
+        jobs: list[tuple[int, list[list[tuple[_Where, bytes]]]]] = []
         for li, items in by_layer.items():
             items.sort(key=lambda t: t[0].offset)
-            jobs += [(li, group) for group in _coalesce(items)]
+            jobs += [(li, groups) for groups in _requests(_coalesce(items))]
         results = self._pool.map(self._fetch, jobs) if len(jobs) > 1 else map(self._fetch, jobs)
         dctx = zstandard.ZstdDecompressor()
-        for (_, group), (start, data) in zip(jobs, results):
-            if data is None:
+        for (_, groups), datas in zip(jobs, results):
+            if datas is None:
                 continue
             self.requests += 1
-            self.bytes_fetched += len(data)
-            for w, d in group:
-                frame = data[w.offset - start : w.end - start]
-                if _verify(dctx, frame, w.size, d):
-                    out[d] = frame
-                    self.stats.add(w.size, len(frame))
-                else:
-                    self.rejected += 1
+            self.ranges += len(groups)
+            for group, data in zip(groups, datas):
+                self.bytes_fetched += len(data)
+                start = group[0][0].offset
+                for w, d in group:
+                    frame = data[w.offset - start : w.end - start]
+                    if _verify(dctx, frame, w.size, d):
+                        out[d] = frame
+                        self.stats.add(w.size, len(frame))
+                    else:
+                        self.rejected += 1
         return out
 
-    def _fetch(self, job: tuple[int, list[tuple[_Where, bytes]]]) -> tuple[int, bytes | None]:
-        li, group = job
+    def _fetch(self, job: tuple[int, list[list[tuple[_Where, bytes]]]]) -> list[bytes] | None:
+        """The bytes of a request's ranges (one multi-range GET on a registry), None if unusable."""
+        li, groups = job
         src, layer, _ = self._layers[li]
-        start, end = group[0][0].offset, max(w.end for w, _ in group)
+        ranges = [(g[0][0].offset, max(w.end for w, _ in g) - g[0][0].offset) for g in groups]
         try:
-            return start, src.read_blob_range(layer, start, end - start)
+            datas = src.read_blob_ranges(layer, ranges)
         except ZconvError as e:
-            log.warning(
-                "--reuse-from: layer %s: range %d+%d not read (%s); compressing instead",
-                short(layer.digest),
-                start,
-                end - start,
-                e,
-            )
-            return start, None
+            with self._lock:
+                first = li not in self._dead
+                self._dead.add(li)
+            if first:
+                # A source that answers ranged reads unusably is not asked again in this run.
+                log.warning(
+                    "--reuse-from: layer %s: %d range(s) from byte %d not read (%s); its frames are compressed instead",
+                    short(layer.digest),
+                    len(ranges),
+                    ranges[0][0],
+                    e,
+                )
+            return None
+        if len(datas) != len(ranges) or any(len(d) != n for d, (_, n) in zip(datas, ranges)):
+            raise AssertionError(f"read_blob_ranges of {src.description} returned other lengths than asked")
+        return datas
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._stack.close()
+
+
+def _requests(groups: list[list[tuple[_Where, bytes]]]) -> list[list[list[tuple[_Where, bytes]]]]:
+    """Coalesced ranges of one layer packed into requests: at most MAX_RANGES ranges and
+    MAX_REQUEST bytes each, so a big batch still keeps PARALLEL requests in flight."""
+    out: list[list[list[tuple[_Where, bytes]]]] = []
+    size = 0
+    for g in groups:
+        n = max(w.end for w, _ in g) - g[0][0].offset
+        if not out or len(out[-1]) >= MAX_RANGES or size + n > MAX_REQUEST:
+            out.append([])
+            size = 0
+        out[-1].append(g)
+        size += n
+    return out
 
 
 def _coalesce(items: list[tuple[_Where, bytes]]) -> list[list[tuple[_Where, bytes]]]:
@@ -158,7 +195,7 @@ def _coalesce(items: list[tuple[_Where, bytes]]) -> list[list[tuple[_Where, byte
         if groups:
             g = groups[-1]
             g_start, g_end = g[0][0].offset, max(x.end for x, _ in g)
-            if w.offset - g_end <= GAP and max(g_end, w.end) - g_start <= MAX_REQUEST:
+            if w.offset - g_end <= GAP and max(g_end, w.end) - g_start <= MAX_RANGE:
                 g.append(it)
                 continue
         groups.append([it])

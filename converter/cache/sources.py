@@ -14,7 +14,8 @@ from converter.cache.frames import FrameCache, SourceStats
 
 class RemoteFrames(Protocol):
     stats: SourceStats
-    requests: int  # ranged reads made
+    requests: int  # ranged reads made (a multi-range GET each on a registry)
+    ranges: int  # byte ranges those reads carried
     bytes_fetched: int
     rejected: int  # frames fetched that failed verification
 
@@ -61,17 +62,24 @@ class FrameSources:
 
     def stats(self) -> dict[str, Any]:
         reuse = SourceStats()
-        requests = fetched = rejected = 0
+        requests = ranges = fetched = rejected = 0
         for r in self.remotes:
             reuse.frames += r.stats.frames
             reuse.bytes += r.stats.bytes
             reuse.frame_bytes += r.stats.frame_bytes
             requests += r.requests
+            ranges += r.ranges
             fetched += r.bytes_fetched
             rejected += r.rejected
         return {
             "cache": self.cache.hits.to_json() if self.cache is not None else None,
-            "reuse": {**reuse.to_json(), "requests": requests, "fetched_bytes": fetched, "rejected": rejected}
+            "reuse": {
+                **reuse.to_json(),
+                "requests": requests,
+                "ranges": ranges,
+                "fetched_bytes": fetched,
+                "rejected": rejected,
+            }
             if self.remotes
             else None,
             "compressed": self.compressed.to_json(),

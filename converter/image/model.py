@@ -23,7 +23,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
 from converter.chunked.format import INDEX_ZSTD_ANNOTATION as INDEX_ZSTD_ANNOTATION  # re-exported: image code uses it
 from converter.chunked.format import (
@@ -627,6 +627,15 @@ class ImageSource(ABC):
         if len(data) != length:
             raise BadInputError(f"{self.description}: blob {short(desc.digest)} is truncated")
         return data
+
+    def read_blob_ranges(self, desc: Descriptor, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of every (offset, length) of the blob, in the order given (not digest-verified).
+
+        For many small reads at once (--reuse-from's frames). This default reads
+        them one by one with read_blob_range; registries send one GET with many
+        ranges (multipart/byteranges).
+        """
+        return [self.read_blob_range(desc, off, n) for off, n in ranges]
 
     def read_blob(self, desc: Descriptor, limit: int = MAX_CONFIG_SIZE) -> bytes:
         """The whole (small) blob, verified; for configs and other JSON."""

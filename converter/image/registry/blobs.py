@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import re
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import oras.utils
@@ -19,8 +19,16 @@ import urllib3
 
 from converter.errors import BadInputError, RegistryError
 from converter.image.model import check_digest, new_hasher, short
+from converter.image.registry import multipart
 from converter.image.registry.core import ClientCore
-from converter.image.registry.errors import Transient, check_status, conn_error_text, error_codes, error_detail
+from converter.image.registry.errors import (
+    Transient,
+    check_status,
+    conn_error_text,
+    error_codes,
+    error_detail,
+    printable,
+)
 from converter.image.registry.http import FileSlice, deadline_expired, resolve_url
 from converter.image.registry.upload_sessions import range_end
 
@@ -28,6 +36,8 @@ if TYPE_CHECKING:
     pass
 
 READ_BLOCK = 1024 * 1024
+#: Longest Range header sent in one request: nginx refuses header lines over 8 KiB by default.
+MAX_RANGE_HEADER = 6000
 
 
 class LocalBlobCheck:
@@ -447,6 +457,62 @@ class BlobsMixin(ClientCore):
                 return data
             self._raise_for_blob(resp, repo, digest)
         raise AssertionError("unreachable")
+
+    def get_ranges(
+        self, repo: str, digest: str, ranges: Sequence[tuple[int, int]], size: int | None = None
+    ) -> list[bytes]:
+        """The bytes of every (offset, length) of a blob, in the order asked, with one multi-range GET.
+
+        The answer may be multipart/byteranges, one merged range, or the whole
+        blob (read only up to the last asked byte); see multipart.py. A Range
+        header too long for one request, or one a server or proxy refuses as
+        too big (400, 413, 414, 431), is split in halves. `size`: the blob's
+        size, which every part's Content-Range must name.
+        """
+        out = [b""] * len(ranges)
+        todo = [(i, r) for i, r in enumerate(ranges) if r[1] > 0]
+        if todo:
+            for i, data in zip([i for i, _ in todo], self._get_ranges(repo, digest, [r for _, r in todo], size)):
+                out[i] = data
+        return out
+
+    def _get_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]], size: int | None) -> list[bytes]:
+        spec = ",".join(f"{off}-{off + n - 1}" for off, n in ranges)
+        if len(spec) > MAX_RANGE_HEADER and len(ranges) > 1:
+            return self._get_halves(repo, digest, ranges, size)
+        what = f"{self.host}/{repo}@{short(digest)}"
+        asked = multipart.Asked(ranges, size, what)
+        resp = self.get_blob_ranges(repo, digest, spec, what)
+        with resp:
+            if resp.status_code in (200, 206):
+                encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise asked.fail(f"Content-Encoding {printable(encoding, 40)!r} (offsets would not be the blob's)")
+
+                def read(n: int) -> bytes:
+                    return read_body(resp, n, what)
+
+                if resp.status_code == 200:
+                    parts = multipart.read_through(read, asked)
+                else:
+                    ctype = resp.headers.get("Content-Type", "")
+                    if multipart.is_multipart(ctype):
+                        boundary = multipart.boundary_of(ctype)
+                        if boundary is None:
+                            raise asked.fail(f"Content-Type {printable(ctype, 120)!r} has no usable boundary")
+                        parts = multipart.read_multipart(read, boundary, asked)
+                    else:
+                        parts = multipart.read_single(read, resp.headers.get("Content-Range", ""), asked)
+                return multipart.assemble(asked, parts)
+            if resp.status_code in (400, 413, 414, 431) and len(ranges) > 1:
+                resp.close()
+                return self._get_halves(repo, digest, ranges, size)
+            self._raise_for_blob(resp, repo, digest)
+        raise AssertionError("unreachable")
+
+    def _get_halves(self, repo: str, digest: str, ranges: list[tuple[int, int]], size: int | None) -> list[bytes]:
+        half = len(ranges) // 2
+        return self._get_ranges(repo, digest, ranges[:half], size) + self._get_ranges(repo, digest, ranges[half:], size)
 
     def _raise_for_blob(self, resp: requests.Response, repo: str, digest: str) -> None:
         check_status(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
 from converter.errors import BadInputError, RegistryError, UsageError, ZconvError
 from converter.image.model import (
@@ -146,6 +146,14 @@ class DockerSource(ImageSource):
                 f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes"
             )
         return self.client.get_range(self.repository, desc.digest, offset, length)
+
+    def read_blob_ranges(self, desc: Descriptor, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        for offset, length in ranges:
+            if offset < 0 or length < 0 or offset + length > desc.size:
+                raise BadInputError(
+                    f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes"
+                )
+        return self.client.get_ranges(self.repository, desc.digest, ranges, desc.size)
 
     def check_range_requests(self, desc: Descriptor) -> RangeCheck:
         """Does the registry answer Range requests correctly for this blob? Never raises."""
