@@ -3,34 +3,51 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
 import pytest
-from test_cache import convert, files_v1, files_v2, image, tree
+from test_cache import _text, convert, files_v1, files_v2, image, tree
 
 from converter.cache import ENCODER_ANNOTATION
+from converter.cache.reuse import GAP
 from converter.chunked.writer import encoder_identity
 from converter.convert import ConvertOptions, convert_refs
-from converter.image.registry import DockerSource
+from converter.image.registry import DockerSource, multipart
+from support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.interop
 
 
 @pytest.fixture
 def ranged(monkeypatch):
-    """Count the ranged reads of registry sources; any whole-blob read of one fails the test."""
-    calls: list[tuple[int, int]] = []
+    """Count the ranged reads of registry sources: one entry (offset, length) per range, one
+    per read_blob_range call and one per range of a read_blob_ranges call (see `ranged.calls`);
+    any whole-blob read of one fails the test."""
+
+    class Ranges(list):
+        calls = 0  # read_blob_range + read_blob_ranges calls
+
+    calls = Ranges()
     orig = DockerSource.read_blob_range
+    orig_many = DockerSource.read_blob_ranges
 
     def read_blob_range(self, desc, offset, length):
         calls.append((offset, length))
+        calls.calls += 1
         return orig(self, desc, offset, length)
+
+    def read_blob_ranges(self, desc, ranges):
+        calls.extend(ranges)
+        calls.calls += 1
+        return orig_many(self, desc, ranges)
 
     def open_blob(self, desc):
         raise AssertionError(f"whole blob {desc.digest} read from {self.description}")
 
     monkeypatch.setattr(DockerSource, "read_blob_range", read_blob_range)
+    monkeypatch.setattr(DockerSource, "read_blob_ranges", read_blob_ranges)
     monkeypatch.setattr(DockerSource, "open_blob", open_blob)
     return calls
 
@@ -51,14 +68,49 @@ def test_reuse_from_previous_tag_in_the_registry(tmp_path, registry, ranged):
     alone = convert(s2, tmp_path / "alone", tmp_path / "empty-cache")["frames"]
     assert fr["reuse"]["frames"] + fr["compressed"]["frames"] == alone["compressed"]["frames"]
     assert fr["reuse"]["bytes"] > 4 * fr["compressed"]["bytes"]
-    # frames came with a few coalesced ranged reads (TOC reads included), not one per chunk
+    # frames came with a few coalesced ranges (TOC reads included), not one per chunk
     assert 1 < len(ranged) < fr["reuse"]["frames"] / 4
     layer = cold["layers"][0]
     assert sum(n for _, n in ranged) < layer["new_size"] * 1.2
-    assert fr["reuse"]["rejected"] == 0 and 0 < fr["reuse"]["requests"] < len(ranged)
+    assert fr["reuse"]["rejected"] == 0 and 0 < fr["reuse"]["requests"] <= fr["reuse"]["ranges"] < len(ranged)
     # the layers we write name their encoder, which is what makes them reusable
     m = json.loads((tmp_path / "cold" / "blobs/sha256" / cold["images"][0]["digest"][7:]).read_bytes())
     assert m["layers"][0]["annotations"][ENCODER_ANNOTATION] == encoder_identity(7)
+
+
+def test_reuse_fetches_many_ranges_per_multirange_get(tmp_path, registry, ranged, monkeypatch):
+    """Frames far apart in v1 are separate ranges; they come in a few multipart/byteranges GETs."""
+    rng = random.Random(28)
+    f1 = {}
+    for i in range(40):
+        f1[f"usr/share/doc/{i:03d}a.txt"] = _text(rng, 12_000)
+        f1[f"usr/share/doc/{i:03d}b.pad"] = rng.randbytes(GAP + 4096)  # incompressible: v1's frames lie apart
+    f2 = {name: data for name, data in f1.items() if name.endswith(".txt")}
+    s1, s2 = image(tmp_path / "s1", f1), image(tmp_path / "s2", f2)
+    convert_refs(f"oci:{s1}", f"docker://{registry.host}/multi:v1", ConvertOptions(cache=False))
+    answers: list[int] = []
+    orig = multipart.read_multipart
+
+    def read_multipart(read, boundary, asked):
+        parts = orig(read, boundary, asked)
+        answers.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(multipart, "read_multipart", read_multipart)
+    cold = convert(s2, tmp_path / "cold", None)
+    with FaultProxy(upstream_port=registry.port) as proxy:
+        reused = convert(s2, tmp_path / "reused", None, reuse_from=(f"docker://{proxy.host}/multi:v1",))
+        gets = proxy.requests("GET", "/blobs/")
+    assert tree(tmp_path / "reused") == tree(tmp_path / "cold")
+    fr = reused["frames"]["reuse"]
+    assert fr["frames"] >= 40 and fr["rejected"] == 0 and reused["frames"]["compressed"]["bytes"] < fr["bytes"] / 4
+    # one GET per request (the TOC reads are the rest); far fewer requests than ranges
+    assert fr["ranges"] >= 40 and fr["requests"] * 10 <= fr["ranges"]
+    assert len(gets) == ranged.calls and all(status == 206 for _, _, status in gets)
+    # the registry answered them multipart/byteranges, one part per range
+    assert len(answers) == fr["requests"] and sum(answers) == fr["ranges"]
+    # only the frames and the TOC were fetched, not the pads between them
+    assert sum(n for _, n in ranged) < cold["layers"][0]["new_size"] * 1.2 < 40 * GAP
 
 
 def test_reuse_ignores_frames_of_another_encoder_and_bad_frames(tmp_path, registry, ranged):

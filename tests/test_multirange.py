@@ -1,0 +1,295 @@
+"""Multi-range GETs (RegistryClient.get_ranges, ImageSource.read_blob_ranges).
+
+Against the real registry (Debian's docker-registry: Go's http.ServeContent
+answers multipart/byteranges) and against HostileRegistry for the answers a
+registry, proxy or CDN might send: merged or reordered parts, one merged
+range, the whole blob, and malformed or hostile bodies, each of which must be
+one RegistryError naming the blob, never a traceback or a hang.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+
+import pytest
+
+from converter.errors import BadInputError, RegistryError
+from converter.image.model import Descriptor
+from converter.image.registry import DockerSource, RegistryClient, RetryPolicy, multipart
+from support.faultproxy import FaultProxy
+from support.hostile_registry import Answer, HostileRegistry, Request
+
+FAST = RetryPolicy(retries=0, delay=0.01, max_delay=0.01)
+
+
+@pytest.fixture
+def parsed(monkeypatch):
+    """Which reader of multipart.py handled each answer (the real functions, counted)."""
+    seen: list[tuple[str, int]] = []
+    for name in ("read_multipart", "read_single", "read_through"):
+        orig = getattr(multipart, name)
+
+        def spy(read, *a, _orig=orig, _name=name):
+            parts = _orig(read, *a)
+            seen.append((_name, len(parts)))
+            return parts
+
+        monkeypatch.setattr(multipart, name, spy)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def pushed(registry):
+    blob = random.Random(7).randbytes(400_000)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    with RegistryClient(registry.host) as c:
+        c.push_blob("multirange", digest, len(blob), lambda: io.BytesIO(blob))
+    return blob, digest
+
+
+# ------------------------------------------------------------------ the real registry
+
+
+def test_many_ranges_one_get_multipart_from_the_real_registry(registry, pushed, parsed):
+    blob, digest = pushed
+    rng = random.Random(1)
+    # any order, adjacent and overlapping ranges, zero-length ones (not sent)
+    ranges = [(rng.randrange(0, len(blob) - 2000), rng.randint(1, 2000)) for _ in range(150)]
+    ranges += [(100, 50), (150, 50), (120, 60), (5000, 0), (len(blob) - 1, 1)]
+    with FaultProxy(upstream_port=registry.port) as proxy, RegistryClient(proxy.host) as c:
+        got = c.get_ranges("multirange", digest, ranges, len(blob))
+        gets = proxy.requests("GET", "/blobs/")
+    assert got == [blob[o : o + n] for o, n in ranges]
+    assert [g[2] for g in gets] == [206]
+    # the registry sent one part per range asked (zero-length ones are not asked)
+    assert parsed == [("read_multipart", len(ranges) - 1)]
+
+
+def test_one_range_and_overlong_ranges_from_the_real_registry(registry, pushed, parsed):
+    blob, digest = pushed
+    with RegistryClient(registry.host) as c:
+        assert c.get_ranges("multirange", digest, [(10, 90)], len(blob)) == [blob[10:100]]
+        assert parsed[-1] == ("read_single", 1)
+        # ranges adding up to more than the blob: Go's ServeContent answers 200 with the whole blob
+        big = [(0, 300_000), (100_000, 300_000)]
+        assert c.get_ranges("multirange", digest, big, len(blob)) == [blob[0:300_000], blob[100_000:400_000]]
+        assert parsed[-1] == ("read_through", 1)
+
+
+def test_a_long_range_header_is_split_into_several_gets(registry, pushed, parsed):
+    blob, digest = pushed
+    ranges = [(i * 500, 7) for i in range(800)]  # ~11 KB of Range header
+    with FaultProxy(upstream_port=registry.port) as proxy, RegistryClient(proxy.host) as c:
+        got = c.get_ranges("multirange", digest, ranges, len(blob))
+        gets = proxy.requests("GET", "/blobs/")
+    assert got == [blob[o : o + n] for o, n in ranges]
+    assert len(gets) == 2 and sorted(n for _, n in parsed) == [400, 400]
+
+
+def test_docker_source_read_blob_ranges(registry, pushed):
+    blob, digest = pushed
+    desc = Descriptor("application/octet-stream", digest, len(blob))
+    with DockerSource(f"docker://{registry.host}/multirange:none") as src:
+        assert src.read_blob_ranges(desc, [(5, 5), (0, 5)]) == [blob[5:10], blob[0:5]]
+        with pytest.raises(BadInputError, match="outside blob"):
+            src.read_blob_ranges(desc, [(0, 5), (len(blob) - 1, 2)])
+
+
+# ------------------------------------------------------------------ hostile answers
+
+BLOB = bytes(random.Random(3).randbytes(100_000))
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+ASK = [(1000, 100), (1200, 50), (50_000, 1000)]
+BOUNDARY = "zconv-test-boundary"
+
+
+def _asked(req: Request) -> list[tuple[int, int]]:
+    """The (first, last) byte pairs of the request's Range header."""
+    spec = req.headers["range"].removeprefix("bytes=")
+    return [(int(a), int(b)) for a, b in (r.split("-") for r in spec.split(","))]
+
+
+def _part(first: int, last: int, data: bytes | None = None, total: int = len(BLOB), extra: str = "") -> bytes:
+    body = BLOB[first : last + 1] if data is None else data
+    head = f"--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {first}-{last}/{total}\r\n{extra}\r\n"
+    return head.encode() + body + b"\r\n"
+
+
+def _multipart(*parts: bytes, end: bytes = f"--{BOUNDARY}--\r\n".encode()) -> Answer:
+    return Answer(206, [("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")], b"".join(parts) + end)
+
+
+def _serve(answer):
+    """A script: blob range GETs get `answer(asked ranges)`; the requests are in reg.requests."""
+
+    def script(req: Request) -> Answer | None:
+        if req.path == "/v2/":
+            return Answer.json({})
+        if req.path == f"/v2/r/blobs/{DIGEST}" and "range" in req.headers:
+            return answer(_asked(req))
+        return None
+
+    return script
+
+
+def _get(answer, ranges=ASK, timeout: float = 10.0) -> list[bytes]:
+    with HostileRegistry(_serve(answer)) as reg, RegistryClient(reg.host, retry=FAST, timeout=timeout) as c:
+        return c.get_ranges("r", DIGEST, ranges, len(BLOB))
+
+
+def _want(ranges=ASK) -> list[bytes]:
+    return [BLOB[o : o + n] for o, n in ranges]
+
+
+def test_parts_reordered_and_merged_are_mapped_onto_what_was_asked():
+    # the two close ranges merged into one part (gap of 100 bytes), and that part sent last
+    assert _get(lambda a: _multipart(_part(50_000, 50_999), _part(1000, 1249))) == _want()
+
+
+def test_one_content_range_covering_everything_is_used():
+    def answer(a):
+        return Answer(206, [("Content-Range", f"bytes 1000-50999/{len(BLOB)}")], BLOB[1000:51000])
+
+    # the hull is 50 KB for 1150 bytes asked: within the slack a merging server may take
+    assert _get(answer) == _want()
+
+
+def test_whole_blob_answer_is_read_only_up_to_the_last_asked_byte():
+    # a 200 that claims a gigabyte and then stops: reading past the last asked byte would fail
+    def answer(a):
+        return Answer(200, body=BLOB[:51_000], content_length=1 << 30, close=True)
+
+    assert _get(answer) == _want()
+
+
+def test_nginx_style_preamble_and_quoted_boundary():
+    def answer(a):
+        body = b"\r\n" + b"".join(_part(first, last) for first, last in a) + f"--{BOUNDARY}--\r\n".encode()
+        return Answer(206, [("Content-Type", f'multipart/byteranges; boundary="{BOUNDARY}"')], body)
+
+    assert _get(answer) == _want()
+
+
+def test_too_long_range_header_refused_with_400_is_split_in_halves():
+    reqs: list[list[tuple[int, int]]] = []
+
+    def answer(a):
+        reqs.append(a)
+        if len(a) > 1:
+            return Answer(400, body=b"Request Header Or Cookie Too Large")
+        (first, last) = a[0]
+        return Answer(206, [("Content-Range", f"bytes {first}-{last}/{len(BLOB)}")], BLOB[first : last + 1])
+
+    assert _get(answer) == _want()
+    assert [len(r) for r in reqs] == [3, 1, 2, 1, 1]
+
+
+HOSTILE = {
+    "missing boundary": (
+        lambda a: Answer(206, [("Content-Type", "multipart/byteranges")], _part(1000, 1099)),
+        "no usable boundary",
+    ),
+    "truncated part": (
+        lambda a: Answer(
+            206,
+            [("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")],
+            _part(1000, 1099)[:-60],
+            content_length=10_000,
+            close=True,
+        ),
+        "ended early|reading the answer failed",
+    ),
+    "part outside the asked ranges": (
+        lambda a: _multipart(_part(1000, 1099), _part(1200, 1249), _part(60_000, 60_999)),
+        "outside the ranges asked",
+    ),
+    "part in the gap between asked ranges": (
+        lambda a: _multipart(_part(1000, 1099), _part(1200, 1249), _part(2000, 2099), _part(50_000, 50_999)),
+        "in none of the ranges asked",
+    ),
+    "part of another blob size": (
+        lambda a: _multipart(_part(1000, 1099, total=2 * len(BLOB)), _part(1200, 1249), _part(50_000, 50_999)),
+        "of a 200000-byte blob, not 100000 bytes",
+    ),
+    "part missing": (
+        lambda a: _multipart(_part(1000, 1099), _part(50_000, 50_999)),
+        r"bytes 1200-1249 .* in no part",
+    ),
+    "part longer than its Content-Range": (
+        lambda a: _multipart(_part(1000, 1099, data=BLOB[1000:1150]), _part(1200, 1249), _part(50_000, 50_999)),
+        "not followed by a boundary",
+    ),
+    "no closing boundary, connection closed": (
+        lambda a: _multipart(_part(1000, 1099), end=b""),
+        "ended early",
+    ),
+    "endless parts": (
+        lambda a: _multipart(*[_part(1000, 1000)] * 500),
+        "more than 14 parts|more bytes than were asked",
+    ),
+    "endless header line": (
+        lambda a: _multipart(_part(1000, 1099, extra="X-Junk: " + "j" * 100_000 + "\r\n")),
+        "longer than|headers over",
+    ),
+    "no Content-Range in a part": (
+        lambda a: Answer(
+            206,
+            [("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")],
+            f"--{BOUNDARY}\r\nContent-Type: x\r\n\r\nabc\r\n--{BOUNDARY}--\r\n".encode(),
+        ),
+        "no Content-Range",
+    ),
+    "merged range far beyond what was asked": (
+        lambda a: Answer(206, [("Content-Range", f"bytes 0-99999/{len(BLOB)}")], BLOB),
+        "outside the ranges asked",
+    ),
+    "gzip-encoded answer": (
+        lambda a: Answer(206, [("Content-Range", f"bytes 1000-1099/{len(BLOB)}"), ("Content-Encoding", "gzip")], b"x"),
+        "Content-Encoding",
+    ),
+    "garbage instead of a boundary": (
+        lambda a: Answer(206, [("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")], os.urandom(20_000)),
+        "no boundary line|longer than",
+    ),
+    "416": (
+        lambda a: Answer(416, [("Content-Range", f"bytes */{len(BLOB)}")]),
+        "416",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_answers_are_one_registry_error(case):
+    answer, message = HOSTILE[case]
+    with HostileRegistry(_serve(answer)) as reg, RegistryClient(reg.host, retry=FAST, timeout=5) as c:
+        with pytest.raises(RegistryError) as e:
+            c.get_ranges("r", DIGEST, ASK, len(BLOB))
+    text = str(e.value)
+    assert re.search(message, text), text
+    assert "\n" not in text and reg.host in text
+
+
+def test_a_dripping_multipart_answer_is_cut_off_by_the_deadline():
+    def answer(a):
+        ans = _multipart(_part(1000, 1099), _part(1200, 1249), _part(50_000, 50_999))
+        ans.drip = 0.05
+        return ans
+
+    with pytest.raises(RegistryError, match="stalled|timed out|reading the answer failed"):
+        _get(answer, timeout=1.0)
+
+
+def test_content_range_parser_and_boundary():
+    assert multipart.parse_content_range("bytes 0-9/100") == (0, 9, 100)
+    assert multipart.parse_content_range("bytes 5-9/*") == (5, 9, None)
+    for bad in ("bytes 9-0/100", "bytes 0-100/100", "bytes */100", "items 0-1/2", "bytes 0-9/100 junk"):
+        assert multipart.parse_content_range(bad) is None, bad
+    assert multipart.boundary_of("multipart/byteranges; boundary=abc:def") == "abc:def"
+    assert multipart.boundary_of('Multipart/ByteRanges; charset=x; boundary="a b"') == "a b"
+    assert multipart.boundary_of("multipart/byteranges; boundary=") is None
+    assert multipart.boundary_of("multipart/byteranges; boundary=" + "a" * 300) is None
+    assert multipart.boundary_of("application/octet-stream") is None
