@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import random
 import re
+from pathlib import Path
+from typing import Callable
 
 import pytest
+from test_cache import _text, convert, image, tree
 
+from converter.cache.reuse import GAP
 from converter.errors import BadInputError, RegistryError
 from converter.image.model import Descriptor
 from converter.image.registry import DockerSource, RegistryClient, RetryPolicy, multipart
@@ -293,3 +298,86 @@ def test_content_range_parser_and_boundary():
     assert multipart.boundary_of("multipart/byteranges; boundary=") is None
     assert multipart.boundary_of("multipart/byteranges; boundary=" + "a" * 300) is None
     assert multipart.boundary_of("application/octet-stream") is None
+
+
+# ------------------------------------------------------------------ --reuse-from and a hostile answer
+
+
+def _layout_server(layout: Path, multi: Callable[[bytes, list[tuple[int, int]]], Answer]):
+    """A script serving an OCI layout as repository "r" (tag "v1"): single ranges answered
+    right (the TOC reads), requests with several ranges by `multi(blob, ranges)`."""
+    index = json.loads((layout / "index.json").read_text())
+    mdesc = index["manifests"][0]
+
+    def blob(digest: str) -> bytes:
+        return (layout / "blobs/sha256" / digest.split(":", 1)[1]).read_bytes()
+
+    def script(req: Request) -> Answer | None:
+        if req.path == "/v2/":
+            return Answer.json({})
+        if req.path in ("/v2/r/manifests/v1", f"/v2/r/manifests/{mdesc['digest']}"):
+            headers = [("Content-Type", mdesc["mediaType"]), ("Docker-Content-Digest", mdesc["digest"])]
+            return Answer(200, headers, blob(mdesc["digest"]))
+        m = re.fullmatch(r"/v2/r/blobs/(sha256:[0-9a-f]{64})", req.path)
+        if not m:
+            return None
+        data = blob(m.group(1))
+        if "range" not in req.headers:
+            return Answer(200, [("Content-Type", "application/octet-stream")], data)
+        asked = _asked(req)
+        if len(asked) > 1:
+            return multi(data, asked)
+        first, last = asked[0]
+        return Answer(206, [("Content-Range", f"bytes {first}-{last}/{len(data)}")], data[first : last + 1])
+
+    return script
+
+
+def _far_apart(tmp_path: Path) -> tuple[Path, Path]:
+    """v1: 30 text files with incompressible pads between them; v2: the text files alone."""
+    rng = random.Random(29)
+    f1 = {}
+    for i in range(30):
+        f1[f"doc/{i:03d}a.txt"] = _text(rng, 12_000)
+        f1[f"doc/{i:03d}b.pad"] = rng.randbytes(GAP + 4096)
+    f2 = {n: d for n, d in f1.items() if n.endswith(".txt")}
+    return image(tmp_path / "s1", f1), image(tmp_path / "s2", f2)
+
+
+def _bad_parts(blob: bytes, asked: list[tuple[int, int]]) -> Answer:
+    """The right parts, but the last one holds the bytes just after the last range asked."""
+    *head, (first, last) = asked
+    n = last - first + 1
+    return _multipart(*[_part_of(blob, a, b) for a, b in head], _part_of(blob, first + n, last + n))
+
+
+def _part_of(blob: bytes, first: int, last: int) -> bytes:
+    head = f"--{BOUNDARY}\r\nContent-Range: bytes {first}-{last}/{len(blob)}\r\n\r\n"
+    return head.encode() + blob[first : last + 1] + b"\r\n"
+
+
+def _whole(blob: bytes, asked: list[tuple[int, int]]) -> Answer:
+    return Answer(200, [("Content-Type", "application/octet-stream")], blob)
+
+
+@pytest.mark.parametrize("multi", [_bad_parts, _whole], ids=["malformed multipart", "whole blob"])
+def test_reuse_from_a_registry_with_odd_multirange_answers(tmp_path, caplog, multi):
+    s1, s2 = _far_apart(tmp_path)
+    convert(s1, tmp_path / "v1", None)
+    cold = convert(s2, tmp_path / "cold", None)
+    with HostileRegistry(_layout_server(tmp_path / "v1", multi)) as reg:
+        r = convert(s2, tmp_path / "r", None, reuse_from=(f"docker://{reg.host}/r:v1",))
+        multi_gets = [q for q in reg.requests if "," in q.headers.get("range", "")]
+    # the output never depends on where frames came from
+    assert tree(tmp_path / "r") == tree(tmp_path / "cold") and r["images"] == cold["images"]
+    fr = r["frames"]["reuse"]
+    assert multi_gets and fr["ranges"] >= 30
+    if multi is _whole:
+        # a 200 is read up to the last byte asked, and the frames in it are used
+        assert fr["frames"] >= 30 and fr["rejected"] == 0 and fr["requests"] == len(multi_gets)
+    else:
+        # one warning naming the registry; the layer is not asked again; its frames are compressed
+        assert fr["frames"] == 0 and r["frames"]["compressed"]["frames"] >= 30
+        assert len(multi_gets) == 1
+        warnings = [rec.getMessage() for rec in caplog.records if "--reuse-from" in rec.getMessage()]
+        assert len(warnings) == 1 and reg.host in warnings[0] and "outside the ranges asked" in warnings[0]

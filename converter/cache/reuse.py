@@ -127,10 +127,10 @@ class ReuseFrames:
         results = self._pool.map(self._fetch, jobs) if len(jobs) > 1 else map(self._fetch, jobs)
         dctx = zstandard.ZstdDecompressor()
         for (_, groups), datas in zip(jobs, results):
-            if datas is None:
-                continue
             self.requests += 1
             self.ranges += len(groups)
+            if datas is None:
+                continue
             for group, data in zip(groups, datas):
                 self.bytes_fetched += len(data)
                 start = group[0][0].offset
