@@ -193,6 +193,45 @@ def test_too_long_range_header_refused_with_400_is_split_in_halves():
     assert [len(r) for r in reqs] == [3, 1, 2, 1, 1]
 
 
+def _single(first: int, last: int) -> Answer:
+    return Answer(206, [("Content-Range", f"bytes {first}-{last}/{len(BLOB)}")], BLOB[first : last + 1])
+
+
+@pytest.mark.parametrize(
+    "multi",
+    [
+        lambda a: Answer(200, body=BLOB),  # S3 and other object stores: the whole object
+        lambda a: _single(*a[0]),  # the first range only
+    ],
+    ids=["whole blob", "first range only"],
+)
+def test_blob_whose_multirange_requests_fail_is_read_one_range_per_request(multi):
+    def answer(a):
+        return multi(a) if len(a) > 1 else _single(*a[0])
+
+    with HostileRegistry(_serve(answer)) as reg, RegistryClient(reg.host, retry=FAST) as c:
+        assert c.get_ranges("r", DIGEST, ASK, len(BLOB)) == _want()
+        first = [len(_asked(q)) for q in reg.requests if "range" in q.headers]
+        assert c.get_ranges("r", DIGEST, ASK, len(BLOB)) == _want()
+        second = [len(_asked(q)) for q in reg.requests if "range" in q.headers][len(first) :]
+    # the first call learns it (the whole blob is read once; a first range is completed by
+    # single requests); the second asks one range per request from the start
+    assert first == ([3] if multi(ASK).status == 200 else [3, 1, 1])
+    assert second == [1, 1, 1]
+
+
+def test_blob_without_any_range_support_is_read_once_per_call():
+    ranges = ASK + [(70_000, 10), (90_000, 10)]
+    with HostileRegistry(_serve(lambda a: Answer(200, body=BLOB))) as reg, RegistryClient(reg.host, retry=FAST) as c:
+        counts = []
+        for _ in range(3):
+            assert c.get_ranges("r", DIGEST, ranges, len(BLOB)) == _want(ranges)
+            counts.append([len(_asked(q)) for q in reg.requests if "range" in q.headers])
+    # 1: one multi-range GET (200); 2: one single range (200 again: no ranges at all), then
+    # the rest in one GET; 3: one GET for everything
+    assert counts[0] == [5] and counts[1][1:] == [1, 4] and counts[2][3:] == [5]
+
+
 HOSTILE = {
     "missing boundary": (
         lambda a: Answer(206, [("Content-Type", "multipart/byteranges")], _part(1000, 1099)),

@@ -468,6 +468,12 @@ class BlobsMixin(ClientCore):
         header too long for one request, or one a server or proxy refuses as
         too big (400, 413, 414, 431), is split in halves. `size`: the blob's
         size, which every part's Content-Range must name.
+
+        Where a multi-range request gets the whole blob (S3 and other object
+        stores behind registries ignore multi-range requests) or only its first
+        range, later calls for the blob ask one range per request; where one
+        range gets the whole blob too (no Range support), many ranges again, so
+        that a call reads the blob once, not once per range.
         """
         out = [b""] * len(ranges)
         todo = [(i, r) for i, r in enumerate(ranges) if r[1] > 0]
@@ -476,7 +482,17 @@ class BlobsMixin(ClientCore):
                 out[i] = data
         return out
 
+    def _range_modes(self) -> dict[tuple[str, str], str]:
+        """(repo, digest) -> "single" (multi-range requests not answered with parts) or "none" (no ranges)."""
+        modes: dict[tuple[str, str], str] | None = self.__dict__.get("_zconv_range_modes")
+        if modes is None:
+            modes = self.__dict__.setdefault("_zconv_range_modes", {})
+        return modes
+
     def _get_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]], size: int | None) -> list[bytes]:
+        modes = self._range_modes()
+        if len(ranges) > 1 and modes.get((repo, digest)) == "single":
+            return self._one_by_one(repo, digest, ranges, size)
         spec = ",".join(f"{off}-{off + n - 1}" for off, n in ranges)
         if len(spec) > MAX_RANGE_HEADER and len(ranges) > 1:
             return self._get_halves(repo, digest, ranges, size)
@@ -492,23 +508,43 @@ class BlobsMixin(ClientCore):
                 def read(n: int) -> bytes:
                     return read_body(resp, n, what)
 
+                ctype = resp.headers.get("Content-Type", "")
                 if resp.status_code == 200:
-                    parts = multipart.read_through(read, asked)
-                else:
-                    ctype = resp.headers.get("Content-Type", "")
-                    if multipart.is_multipart(ctype):
-                        boundary = multipart.boundary_of(ctype)
-                        if boundary is None:
-                            raise asked.fail(f"Content-Type {printable(ctype, 120)!r} has no usable boundary")
-                        parts = multipart.read_multipart(read, boundary, asked)
+                    if len(ranges) > 1:
+                        modes.setdefault((repo, digest), "single")
                     else:
-                        parts = multipart.read_single(read, resp.headers.get("Content-Range", ""), asked)
-                return multipart.assemble(asked, parts)
+                        modes[(repo, digest)] = "none"
+                    parts = multipart.read_through(read, asked)
+                elif multipart.is_multipart(ctype):
+                    boundary = multipart.boundary_of(ctype)
+                    if boundary is None:
+                        raise asked.fail(f"Content-Type {printable(ctype, 120)!r} has no usable boundary")
+                    parts = multipart.read_multipart(read, boundary, asked)
+                    _drain(resp)
+                else:
+                    parts = multipart.read_single(read, resp.headers.get("Content-Range", ""), asked)
+                    got = multipart.assemble(asked, parts, missing_ok=True)
+                    if len(ranges) > 1 and any(g is None for g in got):
+                        # Only some of the ranges came back (servers that answer the first range only).
+                        modes.setdefault((repo, digest), "single")
+                        rest = [r for r, g in zip(ranges, got) if g is None]
+                        more = iter(self._one_by_one(repo, digest, rest, size))
+                        return [g if g is not None else next(more) for g in got]
+                return [g for g in multipart.assemble(asked, parts) if g is not None]
             if resp.status_code in (400, 413, 414, 431) and len(ranges) > 1:
                 resp.close()
                 return self._get_halves(repo, digest, ranges, size)
             self._raise_for_blob(resp, repo, digest)
         raise AssertionError("unreachable")
+
+    def _one_by_one(self, repo: str, digest: str, ranges: list[tuple[int, int]], size: int | None) -> list[bytes]:
+        out: list[bytes] = []
+        for i, r in enumerate(ranges):
+            if self._range_modes().get((repo, digest)) == "none":
+                # no Range support at all: the rest in one request, which reads the blob once
+                return out + self._get_ranges(repo, digest, ranges[i:], size)
+            out += self._get_ranges(repo, digest, [r], size)
+        return out
 
     def _get_halves(self, repo: str, digest: str, ranges: list[tuple[int, int]], size: int | None) -> list[bytes]:
         half = len(ranges) // 2
@@ -523,6 +559,14 @@ class BlobsMixin(ClientCore):
             name_unknown=f"{self.host}/{repo}: repository not found",
             not_found=f"{self.host}/{repo}: blob {digest} not found",
         )
+
+
+def _drain(resp: requests.Response) -> None:
+    """Read a short epilogue after the last part, so the connection can serve the next request."""
+    try:
+        resp.raw.read(4096)
+    except (urllib3.exceptions.HTTPError, OSError, requests.exceptions.RequestException, ValueError):
+        pass
 
 
 def read_body(resp: requests.Response, n: int, what: str) -> bytes:

@@ -263,11 +263,14 @@ def read_through(read: Read, asked: Asked) -> list[tuple[int, bytes]]:
     return parts
 
 
-def assemble(asked: Asked, parts: list[tuple[int, bytes]]) -> list[bytes]:
-    """The bytes of every asked range, in the order asked, from parts in any order that may overlap."""
+def assemble(asked: Asked, parts: list[tuple[int, bytes]], missing_ok: bool = False) -> list[bytes | None]:
+    """The bytes of every asked range, in the order asked, from parts in any order that may overlap.
+
+    A range no part covers whole is an error, or None with `missing_ok`.
+    """
     by_start = sorted(parts, key=lambda p: p[0])
     order = sorted(range(len(asked.ranges)), key=lambda i: asked.ranges[i][0])
-    out: list[bytes] = [b""] * len(asked.ranges)
+    out: list[bytes | None] = [None] * len(asked.ranges)
     active: list[tuple[int, bytes]] = []
     j = 0
     for i in order:
@@ -295,6 +298,8 @@ def assemble(asked: Asked, parts: list[tuple[int, bytes]]) -> list[bytes]:
                 break
             at = max(at, b)
         if at < end:
+            if missing_ok:
+                continue
             raise asked.fail(f"bytes {at}-{end - 1} (asked as {off}-{end - 1}) are in no part")
         out[i] = bytes(buf)
     return out
