@@ -23,7 +23,7 @@ from test_cache import _text, convert, image, tree
 
 from converter.cache.reuse import GAP
 from converter.errors import BadInputError, RegistryError
-from converter.image.model import Descriptor
+from converter.image.model import Descriptor, ImageSource, VerifyingReader
 from converter.image.registry import DockerSource, RegistryClient, RetryPolicy, multipart
 from support.faultproxy import FaultProxy
 from support.hostile_registry import Answer, HostileRegistry, Request
@@ -410,7 +410,7 @@ def test_reuse_from_a_registry_with_odd_multirange_answers(tmp_path, caplog, mul
     # the output never depends on where frames came from
     assert tree(tmp_path / "r") == tree(tmp_path / "cold") and r["images"] == cold["images"]
     fr = r["frames"]["reuse"]
-    assert multi_gets and fr["ranges"] >= 30
+    assert multi_gets and fr["ranges"] >= 25
     if multi is _whole:
         # a 200 is read up to the last byte asked, and the frames in it are used
         assert fr["frames"] >= 30 and fr["rejected"] == 0 and fr["requests"] == len(multi_gets)
@@ -420,3 +420,50 @@ def test_reuse_from_a_registry_with_odd_multirange_answers(tmp_path, caplog, mul
         assert len(multi_gets) == 1
         warnings = [rec.getMessage() for rec in caplog.records if "--reuse-from" in rec.getMessage()]
         assert len(warnings) == 1 and reg.host in warnings[0] and "outside the ranges asked" in warnings[0]
+
+
+# ------------------------------------------------------------------ sources without ranged reads
+
+
+class _Streamed(ImageSource):
+    """A source whose blobs can only be streamed from the start (as docker-archive and
+    containers-storage sources are): read_blob_ranges's default reads the blob once."""
+
+    description = "streamed"
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.read = 0
+
+    def list_tags(self) -> list[str]:
+        return []
+
+    def resolve(self, tag: str) -> Descriptor:
+        raise BadInputError("no tags")
+
+    def get_manifest(self, desc: Descriptor) -> bytes:
+        raise BadInputError("no manifests")
+
+    def open_blob(self, desc: Descriptor) -> VerifyingReader:
+        self.opened += 1
+        source = self
+
+        class Counting(io.BytesIO):
+            def read(self, n: int | None = -1) -> bytes:
+                data = super().read(n)
+                source.read += len(data)
+                return data
+
+        return VerifyingReader(Counting(BLOB), DIGEST, len(BLOB), "streamed blob")
+
+
+def test_default_read_blob_ranges_streams_the_blob_once():
+    src = _Streamed()
+    desc = Descriptor("application/octet-stream", DIGEST, len(BLOB))
+    ranges = [(50_000, 1000), (10, 5), (12, 10), (20_000, 0), (49_990, 20)]
+    assert src.read_blob_ranges(desc, ranges) == _want(ranges)
+    # one stream, read up to the last byte asked and no further
+    assert src.opened == 1 and src.read == 51_000
+    with pytest.raises(BadInputError, match="outside blob"):
+        src.read_blob_ranges(desc, [(len(BLOB) - 1, 2)])
+    assert src.read_blob_ranges(desc, []) == [] and src.opened == 1

@@ -28,7 +28,7 @@ from converter.image.model import Descriptor, ImageSource, short
 
 log = logging.getLogger("zconv")
 
-GAP = 64 << 10  # bytes between two wanted frames still fetched as one range
+GAP = 8 << 10  # bytes between two wanted frames still fetched as one range (a part costs ~150 bytes)
 MAX_RANGE = 16 << 20  # bytes of one coalesced range
 MAX_REQUEST = 16 << 20  # bytes of the ranges of one request
 #: Ranges of one multi-range GET. containers/storage sends up to 1024 in one request and

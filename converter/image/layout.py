@@ -31,7 +31,7 @@ import stat
 import tarfile
 import tempfile
 import time
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Iterable, Sequence
 
 from converter.errors import BadInputError, UsageError, ZconvError
 from converter.fsutil import open_regular, write_file_atomic
@@ -351,6 +351,9 @@ class LayoutSource(_LayoutReader):
         root = None if relpath in self._warned else self.path
         self._warned.add(relpath)
         return open_regular(os.path.join(self.path, relpath), f"{self.description}: {relpath}", root)
+
+    def read_blob_ranges(self, desc: Descriptor, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [self.read_blob_range(desc, offset, length) for offset, length in ranges]  # seeks
 
     def read_blob_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > desc.size:
