@@ -467,3 +467,30 @@ def test_default_read_blob_ranges_streams_the_blob_once():
     with pytest.raises(BadInputError, match="outside blob"):
         src.read_blob_ranges(desc, [(len(BLOB) - 1, 2)])
     assert src.read_blob_ranges(desc, []) == [] and src.opened == 1
+
+
+# ------------------------------------------------------------------ the range check (verify, sync)
+
+
+@pytest.mark.parametrize(
+    "multi, problem",
+    [
+        (lambda a: _multipart(*[_part(first, last) for first, last in a]), None),
+        (
+            lambda a: _multipart(*[_part(first, last) for first, last in reversed(a)]),
+            "not the ranges asked, one each, in order",
+        ),
+        (lambda a: _single(a[0][0], a[-1][1]), "answered with one range"),
+        (lambda a: Answer(200, body=BLOB), "answered with the whole blob"),
+        (lambda a: _multipart(_part(*a[0]), end=b""), "ended early"),
+    ],
+    ids=["right", "reordered", "one merged range", "whole blob", "truncated"],
+)
+def test_range_check_judges_multirange_answers_as_containers_storage_needs_them(multi, problem):
+    def answer(a):
+        return multi(a) if len(a) > 1 else _single(*a[0])
+
+    with HostileRegistry(_serve(answer)) as reg, RegistryClient(reg.host, retry=FAST) as c:
+        rc = c.check_range_requests("r", DIGEST, len(BLOB), lambda o, n: BLOB[o : o + n])
+    assert rc.ok == (problem is None), rc.message
+    assert problem is None or (problem in rc.message and "\n" not in rc.message)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from converter.errors import RegistryError
 from converter.image.model import RangeCheck, short
+from converter.image.registry import multipart
 from converter.image.registry.blobs import read_body
 from converter.image.registry.core import ClientCore
+from converter.image.registry.errors import printable
 
 if TYPE_CHECKING:
     pass
@@ -46,25 +49,38 @@ class RangeCheckMixin(ClientCore):
                 problems.append(f"got {len(data)} bytes for a {b - a + 1}-byte range")
             elif read_local is not None and data != read_local(a, b - a + 1):
                 problems.append(f"bytes {a}-{b} differ from the blob's content")
-        # multi-range, as containers/storage sends for chunked pulls
-        c = max(0, size - 100)
-        resp = self.get_blob_ranges(repo, digest, f"0-9,{c}-{size - 1}", what)
+        # multi-range, as containers/storage sends for chunked pulls: it takes the parts of a
+        # multipart/byteranges answer one per range, in the order asked, without reading their
+        # Content-Range, so merged or reordered parts break its pulls too
+        if size < 200:
+            ranges = [(0, 1), (size - 1, 1)]
+        else:
+            ranges = [(0, 10), (size // 2, 50), (size - 100, 100)]
+        asked = multipart.Asked(ranges, size, what)
+        resp = self.get_blob_ranges(repo, digest, ",".join(f"{o}-{o + n - 1}" for o, n in ranges), what)
         with resp:
-            body = read_body(resp, 1 << 20, what)
             ctype = resp.headers.get("Content-Type", "")
+            boundary = multipart.boundary_of(ctype)
             if resp.status_code == 200:
                 problems.append("multi-range requests answered with the whole blob")
             elif resp.status_code != 206:
                 problems.append(f"multi-range request answered HTTP {resp.status_code}")
-            elif read_local is not None:
-                want = [read_local(0, min(10, size)), read_local(c, size - c)]
-                if "multipart/byteranges" in ctype:
-                    if not all(w in body for w in want):
+            elif not multipart.is_multipart(ctype):
+                problems.append(
+                    f"multi-range request answered with one range ({printable(ctype, 80) or 'no Content-Type'}), not multipart/byteranges"
+                )
+            elif boundary is None:
+                problems.append(f"multi-range response without a usable boundary ({printable(ctype, 120)})")
+            else:
+                try:
+                    parts = multipart.read_multipart(lambda n: read_body(resp, n, what), boundary, asked)
+                except RegistryError as e:
+                    problems.append(str(e).removeprefix(f"{what}: "))
+                else:
+                    if [(start, len(data)) for start, data in parts] != ranges:
+                        problems.append("multi-range response parts are not the ranges asked, one each, in order")
+                    elif read_local is not None and any(data != read_local(o, len(data)) for o, data in parts):
                         problems.append("multi-range response does not hold the requested bytes")
-                elif body not in (read_local(0, size - c + 10 if c <= 10 else 0),):
-                    # a server may coalesce overlapping ranges into one part
-                    if not (c <= 10 and body == read_local(0, size)):
-                        problems.append(f"multi-range response is not multipart ({ctype[:80] or 'no Content-Type'})")
         if problems:
             return RangeCheck(
                 False,
