@@ -16,6 +16,8 @@ import base64
 import binascii
 import concurrent.futures as cf
 import hashlib
+import tempfile
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -23,25 +25,39 @@ from converter.chunked.toc import _PLAIN, NotRepresentable, go_clean, go_json
 
 SEGMENT = 2
 FILE = 1
+_HASH_MASK = (1 << 60) - 1  # a name's hash kept to 60 bits: a 32-byte int, not 36
 
 
 class TarSplitWriter:
-    """Streams tar-split lines through a zstd compressor, keeping only the compressed bytes."""
+    """Streams tar-split lines through a zstd compressor, keeping only the compressed bytes.
+
+    Its memory per tar entry is small, for layers of many entries: the
+    compressed output waits in a spooled temporary file (on disk past
+    SPOOL bytes), and the duplicate-name check keeps a 60-bit hash per name
+    (an int in a set, about 60 bytes with its slot, half the name's str),
+    with the names themselves in a temporary file that is read back only if
+    a hash comes twice: from then on the check keeps a set of the names, so
+    a duplicate is refused and two names that share a hash are not.
+    """
 
     FLUSH = 1 << 20  # lines are handed to the compressor in batches of this size
+    SPOOL = 4 << 20  # compressed output kept in memory up to this, then in a temporary file
 
     def __init__(self, cctx: zstandard.ZstdCompressor) -> None:
-        self._chunks: list[bytes] = []
+        self._out: Any = tempfile.SpooledTemporaryFile(max_size=self.SPOOL, prefix="zconv-tarsplit-")
         self._cobj = cctx.compressobj()
         # One worker compresses the batches in order, off the parsing thread
-        # (zstd releases the GIL); list.append keeps their order.
+        # (zstd releases the GIL); it alone writes self._out until finish().
         self._worker = cf.ThreadPoolExecutor(1)
         self._jobs: list[cf.Future] = []
         self._pending: list[bytes] = []
         self._pending_size = 0
         self.uncompressed_size = 0
         self._pos = 0
-        self._seen: set[str] = set()
+        self._seen: set[int] = set()  # hash(name) & _HASH_MASK of every cleaned name
+        self._names = bytearray()  # cleaned names not yet in self._names_file, each after its 4-byte length
+        self._names_file: Any = None
+        self._exact: set[str] | None = None  # every cleaned name, once a hash came twice
 
     def _emit(self, line: bytes) -> None:
         self._pending.append(line)
@@ -60,7 +76,7 @@ class TarSplitWriter:
     def _compress(self, data: bytes) -> None:
         out = self._cobj.compress(data)
         if out:
-            self._chunks.append(out)
+            self._out.write(out)
 
     def segment(self, raw: bytes) -> None:
         if not raw:
@@ -75,11 +91,66 @@ class TarSplitWriter:
         # Clean already unless it has empty, "." or ".." parts or a leading/trailing slash.
         if "//" in text or "/." in text or text[0] in "./" or text[-1] == "/":
             clean = go_clean(text)
+            if clean != text:
+                self._claim(clean, clean.encode("ascii"), text)
+                return
         else:
             clean = text
-        if clean in self._seen:
-            raise NotRepresentable(f"path {text!r} appears twice in the layer")
-        self._seen.add(clean)
+        h = hash(clean) & _HASH_MASK
+        seen = self._seen
+        if h in seen or self._exact is not None:
+            self._claim(clean, name, text)
+            return
+        seen.add(h)
+        log = self._names
+        log += len(name).to_bytes(4, "little")
+        log += name
+        if len(log) >= self.FLUSH:
+            self._flush_names()
+
+    def _claim(self, clean: str, raw: bytes, shown: str) -> None:
+        """Record a cleaned name (`raw`: its bytes, UTF-8 with surrogateescape); refuse one seen before (as `shown`)."""
+        if self._exact is None:
+            h = hash(clean) & _HASH_MASK
+            if h not in self._seen:
+                self._seen.add(h)
+                self._names += len(raw).to_bytes(4, "little")
+                self._names += raw
+                if len(self._names) >= self.FLUSH:
+                    self._flush_names()
+                return
+            # The hash came before: a duplicate, or (rarely) another name with that hash.
+            # From here on the check keeps the names themselves.
+            self._exact = self._load_names()
+            self._seen = set()
+            self._names = bytearray()
+        if clean in self._exact:
+            # tar-split refuses a second entry for one path, and so does the consumer.
+            raise NotRepresentable(f"path {shown!r} appears twice in the layer")
+        self._exact.add(clean)
+
+    def _flush_names(self) -> None:
+        if self._names_file is None:
+            self._names_file = tempfile.TemporaryFile(prefix="zconv-names-")
+        self._names_file.write(self._names)
+        self._names = bytearray()
+
+    def _load_names(self) -> set[str]:
+        """Every name recorded so far (from the temporary file and memory)."""
+        data = bytearray()
+        if self._names_file is not None:
+            self._names_file.seek(0)
+            data += self._names_file.read()
+            self._names_file.close()
+            self._names_file = None
+        data += self._names
+        names = set()
+        i = 0
+        while i < len(data):
+            n = int.from_bytes(data[i : i + 4], "little")
+            names.add(data[i + 4 : i + 4 + n].decode("utf-8", "surrogateescape"))
+            i += 4 + n
+        return names
 
     def entry(self, raw: bytes, name: bytes, size: int, crc64: int | None) -> None:
         """segment(raw) then file(name, size, crc64): one tar entry's two lines, formatted at once when plain."""
@@ -126,10 +197,7 @@ class TarSplitWriter:
             text = None
             key = name.decode("utf-8", "surrogateescape")
         clean = go_clean(key)
-        if clean in self._seen:
-            # tar-split refuses a second entry for one path, and so does the consumer.
-            raise NotRepresentable(f"path {key!r} appears twice in the layer")
-        self._seen.add(clean)
+        self._claim(clean, clean.encode("utf-8", "surrogateescape"), key)
         obj: dict = {"type": FILE}
         if text is None:
             obj["name_raw"] = base64.b64encode(name).decode()
@@ -142,21 +210,44 @@ class TarSplitWriter:
         self._emit(go_json(obj) + b"\n")
         self._pos += 1
 
-    def finish(self) -> tuple[bytes, str]:
-        """The compressed tar-split and its sha256 digest."""
+    def finish(self) -> tuple[BinaryIO, int, str]:
+        """The compressed tar-split: a file positioned at its start, its size and its sha256 digest.
+
+        The caller closes the file.
+        """
         self._flush()
-        self._seen = set()  # the names are checked: free them before the TOC is compressed
+        self._drop_names()  # the names are checked: free them before the TOC is compressed
         for job in self._jobs:
             job.result()
-        self.close()
-        self._chunks.append(self._cobj.flush())
-        data = b"".join(self._chunks)
-        self._chunks = []
-        return data, "sha256:" + hashlib.sha256(data).hexdigest()
+        self._worker.shutdown(wait=True)
+        self._out.write(self._cobj.flush())
+        size = self._out.tell()
+        self._out.seek(0)
+        sha = hashlib.sha256()
+        while block := self._out.read(1 << 20):
+            sha.update(block)
+        self._out.seek(0)
+        out, self._out = self._out, None
+        return out, size, "sha256:" + sha.hexdigest()
+
+    def _drop_names(self) -> None:
+        self._seen = set()
+        self._exact = None
+        self._names = bytearray()
+        if self._names_file is not None:
+            self._names_file.close()
+            self._names_file = None
 
     def close(self) -> None:
-        """Stop the worker (also when the layer is abandoned half way)."""
+        """Stop the worker and free what finish() did not hand over (a layer abandoned half way)."""
         self._worker.shutdown(wait=True, cancel_futures=True)
+        self._drop_names()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
 
 
 _ZERO_BLOCK = bytes(512)

@@ -2,9 +2,11 @@
 
 - ``node_modules_tar(files, seed)``: a node_modules-like tree of many small
   text files (about 2 KB each) in package directories, with the odd symlink
-  and hardlink; 150,000 files make a tar of about 445 MB. Written by Python's
-  tarfile (PAX format, fixed times and owners), so the bytes depend only on
-  the arguments.
+  and hardlink; 150,000 files make a tar of about 445 MB. Written by
+  Python's tarfile (PAX format, fixed times and owners), so the bytes depend
+  only on the arguments. ``sizes`` sets the range of file sizes: ``(100,
+  300)`` makes tiny files (1 KiB of tar each, a header block and a payload
+  block) for measuring the writer's memory per entry.
 - ``mixed_tar(seed)``: a few large files that cross the writer's internal
   block and frame sizes: random data, zero holes, data that ends in zeros,
   a file over the stream-frame size, many header-only entries in a row.
@@ -59,8 +61,8 @@ def _info(name: str, type_=tarfile.REGTYPE, size: int = 0, mode: int = 0o644, **
     return ti
 
 
-def write_node_modules(f, files: int, seed: int = 1) -> None:
-    """Write the node_modules-like tar to a binary file object."""
+def write_node_modules(f, files: int, seed: int = 1, sizes: tuple[int, int] = (300, 4000)) -> None:
+    """Write the node_modules-like tar to a binary file object (file sizes drawn from `sizes`, inclusive)."""
     rng = random.Random(seed)
     pool = _text_pool(rng, 1 << 20)
     with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -76,7 +78,7 @@ def write_node_modules(f, files: int, seed: int = 1) -> None:
             for i in range(min(rng.randint(4, 24), files - done)):
                 sub = "lib/" if i > 1 else ""
                 name = f"{base}/{sub}{'package.json' if i == 0 else f'file{i}.js'}"
-                size = rng.randint(300, 4000)
+                size = rng.randint(*sizes)
                 off = rng.randrange(len(pool) - size)
                 header = f"// {name} {done}\n".encode()
                 data = (header + pool[off : off + size])[:size]
@@ -88,9 +90,9 @@ def write_node_modules(f, files: int, seed: int = 1) -> None:
                 tf.addfile(_info(f"{base}/lib/copy.js", tarfile.LNKTYPE, linkname=f"{base}/lib/file2.js"))
 
 
-def node_modules_bytes(files: int, seed: int = 1) -> bytes:
+def node_modules_bytes(files: int, seed: int = 1, sizes: tuple[int, int] = (300, 4000)) -> bytes:
     buf = io.BytesIO()
-    write_node_modules(buf, files, seed)
+    write_node_modules(buf, files, seed, sizes)
     return buf.getvalue()
 
 
@@ -132,9 +134,11 @@ def cached(name: str, make: Callable[[Path], None]) -> Path:
     return out
 
 
-def node_modules_tar(files: int = 150_000, seed: int = 1) -> Path:
+def node_modules_tar(files: int = 150_000, seed: int = 1, sizes: tuple[int, int] = (300, 4000)) -> Path:
     def make(path: Path) -> None:
         with open(path, "wb") as f:
-            write_node_modules(f, files, seed)
+            write_node_modules(f, files, seed, sizes)
 
-    return cached(f"node-modules-{files}-{seed}.tar", make)
+    # The default sizes keep the name the cached corpus already has.
+    tag = "" if sizes == (300, 4000) else f"-{sizes[0]}-{sizes[1]}b"
+    return cached(f"node-modules-{files}-{seed}{tag}.tar", make)
