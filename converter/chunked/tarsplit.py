@@ -42,6 +42,7 @@ class TarSplitWriter:
 
     FLUSH = 1 << 20  # lines are handed to the compressor in batches of this size
     SPOOL = 4 << 20  # compressed output kept in memory up to this, then in a temporary file
+    NAMES_FLUSH = 1 << 20  # names recorded for the duplicate check go to their file in pieces of this size
 
     def __init__(self, cctx: zstandard.ZstdCompressor) -> None:
         self._out: Any = tempfile.SpooledTemporaryFile(max_size=self.SPOOL, prefix="zconv-tarsplit-")
@@ -105,7 +106,7 @@ class TarSplitWriter:
         log = self._names
         log += len(name).to_bytes(4, "little")
         log += name
-        if len(log) >= self.FLUSH:
+        if len(log) >= self.NAMES_FLUSH:
             self._flush_names()
 
     def _claim(self, clean: str, raw: bytes, shown: str) -> None:
@@ -116,7 +117,7 @@ class TarSplitWriter:
                 self._seen.add(h)
                 self._names += len(raw).to_bytes(4, "little")
                 self._names += raw
-                if len(self._names) >= self.FLUSH:
+                if len(self._names) >= self.NAMES_FLUSH:
                     self._flush_names()
                 return
             # The hash came before: a duplicate, or (rarely) another name with that hash.
