@@ -47,6 +47,7 @@ fuzz: $(STAMP)
 
 bench: setup
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_sync.py
 	$(BIN)/python bench/bench_cache.py
 

@@ -16,6 +16,7 @@ import tempfile
 
 import pytest
 import zstandard
+from test_writer import GOLDEN, run
 
 from converter.chunked import tarsplit as tarsplit_mod
 from converter.chunked import writer as writer_mod
@@ -24,7 +25,6 @@ from converter.errors import IncompatibleLayerError
 from support import synth
 from support.chunked_util import check_against_tar
 from support.tarcases import all_cases, unrepresentable_cases
-from test_writer import GOLDEN, run
 
 
 def _pinned() -> tuple[bytes, str]:
