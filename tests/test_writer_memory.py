@@ -51,11 +51,11 @@ def test_everything_on_disk_writes_the_pinned_bytes(threads, tmp_path, monkeypat
 
 
 def test_names_sharing_a_hash_are_not_duplicates(tmp_path, monkeypatch):
-    """With every name's hash the same, the check falls back to the names: same layers, duplicates still refused."""
+    """With every name's hash the same, the names are read back: same layers, duplicates still refused."""
     tar, digest = _pinned()
     cases = all_cases()
     plain = {name: run(data, tmp_path)[0] for name, data in cases.items()}
-    monkeypatch.setattr(tarsplit_mod, "_HASH_MASK", 0)
+    monkeypatch.setattr(tarsplit_mod, "_name_hash", lambda name: 7)
     monkeypatch.setattr(tarsplit_mod.TarSplitWriter, "NAMES_FLUSH", 1000)
     assert run(tar, tmp_path)[0].digest == digest
     for name, data in cases.items():
@@ -66,21 +66,20 @@ def test_names_sharing_a_hash_are_not_duplicates(tmp_path, monkeypatch):
         run(dup, tmp_path, strict=True)
 
 
-@pytest.mark.parametrize("mask", [0, (1 << 60) - 1])
-def test_duplicate_check_sees_names_as_go_cleans_them(mask, monkeypatch):
-    """Plain and non-plain names, raw or to be cleaned, before and after the names file: one path each."""
-    monkeypatch.setattr(tarsplit_mod, "_HASH_MASK", mask)
-    monkeypatch.setattr(tarsplit_mod.TarSplitWriter, "NAMES_FLUSH", 64)
+@pytest.mark.parametrize("collide", [False, True])
+@pytest.mark.parametrize("flush", [64, 1 << 20])
+def test_duplicate_check_sees_names_as_go_cleans_them(collide, flush, monkeypatch):
+    """Plain and non-plain names, raw or to be cleaned, in the names file or in memory: one path each."""
+    if collide:
+        monkeypatch.setattr(tarsplit_mod, "_name_hash", lambda name: len(name) % 3)
+    monkeypatch.setattr(tarsplit_mod.TarSplitWriter, "NAMES_FLUSH", flush)
     names = [f"dir/file{i}".encode() for i in range(50)] + ["dir/é".encode(), b"dir/\xff", b"./other//x"]
     for again in (b"dir/file3", b"./dir/file3", b"dir//file40/", "dir/./é".encode(), b"dir/\xff", b"other/x"):
         w = tarsplit_mod.TarSplitWriter(zstandard.ZstdCompressor())
-        try:
-            for n in names:
-                w.file(n, 1, 0)
-            with pytest.raises(NotRepresentable, match="appears twice"):
-                w.file(again, 1, 0)
-        finally:
-            w.close()
+        for n in names[:20] + [again] + names[20:]:
+            w.file(n, 1, 0)
+        with pytest.raises(NotRepresentable, match="appears twice"):
+            w.finish()
     w = tarsplit_mod.TarSplitWriter(zstandard.ZstdCompressor())
     for n in names + [b"dir/file50", "dir/è".encode(), b"dir/\xfe"]:
         w.file(n, 1, 0)

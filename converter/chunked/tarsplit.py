@@ -16,28 +16,32 @@ import base64
 import binascii
 import concurrent.futures as cf
 import hashlib
+import itertools
 import tempfile
+from array import array
 from typing import Any, BinaryIO
 
+import numpy as np
 import zstandard
 
 from converter.chunked.toc import _PLAIN, NotRepresentable, go_clean, go_json
 
 SEGMENT = 2
 FILE = 1
-_HASH_MASK = (1 << 60) - 1  # a name's hash kept to 60 bits: a 32-byte int, not 36
+_name_hash = hash  # of a cleaned name, for the duplicate check (a hook for the tests to force collisions)
 
 
 class TarSplitWriter:
     """Streams tar-split lines through a zstd compressor, keeping only the compressed bytes.
 
     Its memory per tar entry is small, for layers of many entries: the
-    compressed output waits in a spooled temporary file (on disk past
-    SPOOL bytes), and the duplicate-name check keeps a 60-bit hash per name
-    (an int in a set, about 60 bytes with its slot, half the name's str),
-    with the names themselves in a temporary file that is read back only if
-    a hash comes twice: from then on the check keeps a set of the names, so
-    a duplicate is refused and two names that share a hash are not.
+    compressed output waits in a spooled temporary file (on disk past SPOOL
+    bytes), and the duplicate-name check keeps 8 bytes per name, the hash of
+    the name as Go cleans it, with the names themselves in a temporary file.
+    finish() sorts the hashes (numpy), and only if one comes twice reads the
+    names back to tell a duplicate (refused: NotRepresentable) from two names
+    that share a hash. A duplicate is therefore found at the end of the
+    layer, not at its second entry: the outcome is the same, plain zstd.
     """
 
     FLUSH = 1 << 20  # lines are handed to the compressor in batches of this size
@@ -55,10 +59,9 @@ class TarSplitWriter:
         self._pending_size = 0
         self.uncompressed_size = 0
         self._pos = 0
-        self._seen: set[int] = set()  # hash(name) & _HASH_MASK of every cleaned name
+        self._hashes = array("q")  # _name_hash of every cleaned name, in order
         self._names = bytearray()  # cleaned names not yet in self._names_file, each after its 4-byte length
         self._names_file: Any = None
-        self._exact: set[str] | None = None  # every cleaned name, once a hash came twice
 
     def _emit(self, line: bytes) -> None:
         self._pending.append(line)
@@ -87,48 +90,30 @@ class TarSplitWriter:
         self._pos += 1
 
     def _claim_plain(self, name: bytes) -> None:
-        """Record a plain (ASCII, JSON-safe) file name; refuse one seen before, as cleaned by Go."""
+        """Record a plain (ASCII, JSON-safe) file name, as cleaned by Go, for the duplicate check."""
         text = name.decode("ascii")
         # Clean already unless it has empty, "." or ".." parts or a leading/trailing slash.
         if "//" in text or "/." in text or text[0] in "./" or text[-1] == "/":
             clean = go_clean(text)
             if clean != text:
-                self._claim(clean, clean.encode("ascii"), text)
+                self._claim(clean, clean.encode("ascii"))
                 return
         else:
             clean = text
-        h = hash(clean) & _HASH_MASK
-        seen = self._seen
-        if h in seen or self._exact is not None:
-            self._claim(clean, name, text)
-            return
-        seen.add(h)
+        self._hashes.append(_name_hash(clean))
         log = self._names
         log += len(name).to_bytes(4, "little")
         log += name
         if len(log) >= self.NAMES_FLUSH:
             self._flush_names()
 
-    def _claim(self, clean: str, raw: bytes, shown: str) -> None:
-        """Record a cleaned name (`raw`: its bytes, UTF-8 with surrogateescape); refuse one seen before (as `shown`)."""
-        if self._exact is None:
-            h = hash(clean) & _HASH_MASK
-            if h not in self._seen:
-                self._seen.add(h)
-                self._names += len(raw).to_bytes(4, "little")
-                self._names += raw
-                if len(self._names) >= self.NAMES_FLUSH:
-                    self._flush_names()
-                return
-            # The hash came before: a duplicate, or (rarely) another name with that hash.
-            # From here on the check keeps the names themselves.
-            self._exact = self._load_names()
-            self._seen = set()
-            self._names = bytearray()
-        if clean in self._exact:
-            # tar-split refuses a second entry for one path, and so does the consumer.
-            raise NotRepresentable(f"path {shown!r} appears twice in the layer")
-        self._exact.add(clean)
+    def _claim(self, clean: str, raw: bytes) -> None:
+        """Record a cleaned name (`raw`: its bytes, UTF-8 with surrogateescape) for the duplicate check."""
+        self._hashes.append(_name_hash(clean))
+        self._names += len(raw).to_bytes(4, "little")
+        self._names += raw
+        if len(self._names) >= self.NAMES_FLUSH:
+            self._flush_names()
 
     def _flush_names(self) -> None:
         if self._names_file is None:
@@ -136,22 +121,40 @@ class TarSplitWriter:
         self._names_file.write(self._names)
         self._names = bytearray()
 
-    def _load_names(self) -> set[str]:
-        """Every name recorded so far (from the temporary file and memory)."""
-        data = bytearray()
+    def _check_names(self) -> None:
+        """Refuse a path that appears twice (as Go cleans it): tar-split and the consumer refuse it."""
+        if len(self._hashes) < 2:
+            return
+        hashes = np.sort(np.frombuffer(self._hashes, dtype=np.int64))
+        repeated = hashes[1:][hashes[1:] == hashes[:-1]]
+        del hashes
+        if not len(repeated):
+            return
+        suspects = set(repeated.tolist())
+        seen: set[str] = set()
+        for name in self._read_names():
+            if _name_hash(name) in suspects:
+                if name in seen:
+                    raise NotRepresentable(f"path {name!r} appears twice in the layer")
+                seen.add(name)
+
+    def _read_names(self):
+        """The recorded names, in order (from the temporary file, then memory)."""
         if self._names_file is not None:
+            self._names_file.flush()
             self._names_file.seek(0)
-            data += self._names_file.read()
-            self._names_file.close()
-            self._names_file = None
-        data += self._names
-        names = set()
-        i = 0
-        while i < len(data):
-            n = int.from_bytes(data[i : i + 4], "little")
-            names.add(data[i + 4 : i + 4 + n].decode("utf-8", "surrogateescape"))
-            i += 4 + n
-        return names
+        parts = iter(lambda: self._names_file.read(1 << 20), b"") if self._names_file is not None else iter(())
+        data = b""
+        for piece in itertools.chain(parts, [bytes(self._names)]):
+            data += piece
+            i = 0
+            while i + 4 <= len(data):
+                n = int.from_bytes(data[i : i + 4], "little")
+                if i + 4 + n > len(data):
+                    break
+                yield data[i + 4 : i + 4 + n].decode("utf-8", "surrogateescape")
+                i += 4 + n
+            data = data[i:]
 
     def entry(self, raw: bytes, name: bytes, size: int, crc64: int | None) -> None:
         """segment(raw) then file(name, size, crc64): one tar entry's two lines, formatted at once when plain."""
@@ -198,7 +201,7 @@ class TarSplitWriter:
             text = None
             key = name.decode("utf-8", "surrogateescape")
         clean = go_clean(key)
-        self._claim(clean, clean.encode("utf-8", "surrogateescape"), key)
+        self._claim(clean, clean.encode("utf-8", "surrogateescape"))
         obj: dict = {"type": FILE}
         if text is None:
             obj["name_raw"] = base64.b64encode(name).decode()
@@ -214,9 +217,14 @@ class TarSplitWriter:
     def finish(self) -> tuple[BinaryIO, int, str]:
         """The compressed tar-split: a file positioned at its start, its size and its sha256 digest.
 
-        The caller closes the file.
+        The caller closes the file. Raises NotRepresentable if a path appears twice.
         """
-        self._flush()
+        try:
+            self._flush()
+            self._check_names()  # while the worker compresses the last batch
+        except BaseException:
+            self.close()
+            raise
         self._drop_names()  # the names are checked: free them before the TOC is compressed
         for job in self._jobs:
             job.result()
@@ -232,8 +240,7 @@ class TarSplitWriter:
         return out, size, "sha256:" + sha.hexdigest()
 
     def _drop_names(self) -> None:
-        self._seen = set()
-        self._exact = None
+        self._hashes = array("q")
         self._names = bytearray()
         if self._names_file is not None:
             self._names_file.close()

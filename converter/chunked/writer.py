@@ -36,6 +36,8 @@ one-shot frame the format pins; see _compress_file).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
+import ctypes.util
 import functools
 import hashlib
 import logging
@@ -515,6 +517,25 @@ class _TocWriter:
             self._spill = None
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    What the entry loop freed (batches, the worker threads' buffers) stays
+    in glibc's arenas otherwise: about 15 MiB on a layer of 600,000 files.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 DROP_EVERY = 0.05  # seconds between drops of the TOC's mapped pages while it is compressed
 
 
@@ -644,9 +665,12 @@ def _write_chunked(
         raise
     finally:
         sink.close()
-    tarsplit, tarsplit_size, tarsplit_digest = tsw.finish()
+    tarsplit = None
     try:
+        tarsplit, tarsplit_size, tarsplit_digest = tsw.finish()  # NotRepresentable if a path appears twice
         toc_len = toc.finish(tarsplit_digest)
+        sink.ends = array("q")  # every TOC entry is encoded: the frame offsets are not needed any more
+        _trim_heap()  # before the TOC's compressed copy is made, the peak of a many-entry layer
         # The consumer's only size limit (maxTocSize in containers/storage
         # pkg/chunked/compression_linux.go), on the TOC compressed and uncompressed.
         if toc_len > MAX_TOC_SIZE:
@@ -669,7 +693,8 @@ def _write_chunked(
         if out.offset != ts_off + tarsplit_size:
             raise OSError("temporary tar-split file came back short")
     finally:
-        tarsplit.close()
+        if tarsplit is not None:
+            tarsplit.close()
         toc.close()
     footer = Footer(toc_off, toc_z_len, toc_len, ts_off, tarsplit_size, tsw.uncompressed_size)
     out.write(skippable_frame(footer.pack()))
