@@ -38,7 +38,7 @@ class TarSplitWriter:
     compressed output waits in a spooled temporary file (on disk past SPOOL
     bytes), and the duplicate-name check keeps 8 bytes per name, the hash of
     the name as Go cleans it, with the names themselves in a temporary file.
-    finish() sorts the hashes, and only if one comes twice reads the
+    check_names() sorts the hashes, and only if one comes twice reads the
     names back to tell a duplicate (refused: NotRepresentable) from two names
     that share a hash. A duplicate is therefore found at the end of the
     layer, not at its second entry: the outcome is the same, plain zstd.
@@ -121,24 +121,30 @@ class TarSplitWriter:
         self._names_file.write(self._names)
         self._names = bytearray()
 
-    def _check_names(self) -> None:
-        """Refuse a path that appears twice (as Go cleans it): tar-split and the consumer refuse it."""
+    def check_names(self) -> None:
+        """Refuse a path that appears twice (as Go cleans it): tar-split and the consumer refuse it.
+
+        Frees the recorded names (a second call checks nothing).
+        """
         # As floats: CPython sorts them with a faster comparison than 64-bit ints
         # (0.26 s, not 0.42 s, and 28 MiB for a moment, on 700,000 names; numpy
         # is not imported at run time). Hashes that round to one float only make
         # suspects, told apart below by the names themselves.
         hashes = sorted(map(float, self._hashes))
         self._hashes = array("q")
-        if not any(map(operator.eq, hashes, itertools.islice(hashes, 1, None))):
-            return
-        suspects = {a for a, b in zip(hashes, itertools.islice(hashes, 1, None)) if a == b}
-        del hashes
-        seen: set[str] = set()
-        for name in self._read_names():
-            if float(_name_hash(name)) in suspects:
-                if name in seen:
-                    raise NotRepresentable(f"path {name!r} appears twice in the layer")
-                seen.add(name)
+        try:
+            if not any(map(operator.eq, hashes, itertools.islice(hashes, 1, None))):
+                return
+            suspects = {a for a, b in zip(hashes, itertools.islice(hashes, 1, None)) if a == b}
+            del hashes
+            seen: set[str] = set()
+            for name in self._read_names():
+                if float(_name_hash(name)) in suspects:
+                    if name in seen:
+                        raise NotRepresentable(f"path {name!r} appears twice in the layer")
+                    seen.add(name)
+        finally:
+            self._drop_names()
 
     def _read_names(self):
         """The recorded names, in order (from the temporary file, then memory)."""
@@ -216,20 +222,22 @@ class TarSplitWriter:
         self._emit(go_json(obj) + b"\n")
         self._pos += 1
 
-    def finish(self) -> tuple[BinaryIO, int, str]:
+    def finish(self, check: bool = True) -> tuple[BinaryIO, int, str]:
         """The compressed tar-split: a file positioned at its start, its size and its sha256 digest.
 
-        The caller closes the file. Raises NotRepresentable if a path appears twice.
+        The caller closes the file. Raises NotRepresentable if a path appears
+        twice, unless `check` is false: then the caller calls check_names()
+        later (the writer does, once the TOC's compressed copy is freed).
         """
         try:
             self._flush()
-            self._check_names()  # while the worker compresses the last batch
+            if check:
+                self.check_names()  # while the worker compresses the last batch
+            for job in self._jobs:
+                job.result()
         except BaseException:
             self.close()
             raise
-        self._drop_names()  # the names are checked: free them before the TOC is compressed
-        for job in self._jobs:
-            job.result()
         self._worker.shutdown(wait=True)
         self._out.write(self._cobj.flush())
         size = self._out.tell()
@@ -252,9 +260,6 @@ class TarSplitWriter:
         """Stop the worker and free what finish() did not hand over (a layer abandoned half way)."""
         self._worker.shutdown(wait=True, cancel_futures=True)
         self._drop_names()
-        if self._out is not None:
-            self._out.close()
-            self._out = None
         if self._out is not None:
             self._out.close()
             self._out = None

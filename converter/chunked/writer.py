@@ -529,7 +529,7 @@ def _trim_heap() -> None:
 
     What the entry loop freed (batches, the worker threads' buffers) stays
     in glibc's arenas otherwise: about 15 MiB on a layer of 600,000 files,
-    under what the end of the layer allocates next.
+    under the TOC's compressed copy.
     """
     trim = _malloc_trim()
     if trim is not None:
@@ -666,9 +666,8 @@ def _write_chunked(
     finally:
         sink.close()
     tarsplit = None
-    _trim_heap()  # the entry loop's freed memory, before the tar-split's duplicate check sorts its hashes
     try:
-        tarsplit, tarsplit_size, tarsplit_digest = tsw.finish()  # NotRepresentable if a path appears twice
+        tarsplit, tarsplit_size, tarsplit_digest = tsw.finish(check=False)  # names checked below
         toc_len = toc.finish(tarsplit_digest)
         sink.ends = array("q")  # every TOC entry is encoded: the frame offsets are not needed any more
         _trim_heap()  # before the TOC's compressed copy is made, the peak of a many-entry layer
@@ -693,6 +692,8 @@ def _write_chunked(
             out.write(block)
         if out.offset != ts_off + tarsplit_size:
             raise OSError("temporary tar-split file came back short")
+        # Last, so that its moment of memory (sorting a hash per name) and the TOC's do not add up.
+        tsw.check_names()  # NotRepresentable if a path appears twice: the layer is then written again
     finally:
         if tarsplit is not None:
             tarsplit.close()
