@@ -138,3 +138,29 @@ def test_toc_over_the_limit_is_refused_before_it_is_compressed(tmp_path, monkeyp
     assert not res.chunked and "exceeds the consumer's 150 MiB limit" in res.reason
     assert zstandard.ZstdDecompressor().decompressobj().decompress(blob) == tar
     assert io.BytesIO(blob).read(4) == b"\x28\xb5\x2f\xfd"
+
+
+@pytest.mark.interop
+@pytest.mark.slow
+def test_consumer_pulls_partially_a_layer_of_150k_tiny_files(interop, registry, tmp_path):
+    """The on-disk paths at their real sizes (TOC spilled and mapped, tar-split spooled, names file):
+    the real consumer pulls the layer partially, with no fallback, to the tar's tree."""
+    from test_interop import assert_partial_pull, assert_tree_equal, push_and_pull
+
+    from converter.chunked.format import MANIFEST_POSITION_KEY, TARSPLIT_POSITION_KEY
+    from support.corpus import write_oci_image
+    from support.interop import read_oci_image, zconv_convert
+
+    tar = synth.node_modules_tar(150_000, sizes=(100, 300))
+    write_oci_image(tmp_path / "src", "v1", [tar])
+    zconv_convert(f"oci:{tmp_path / 'src'}:v1", f"oci:{tmp_path / 'ours'}:v1")
+    manifest, _ = read_oci_image(tmp_path / "ours", "v1")
+    (desc,) = manifest["layers"]
+    ann = desc.get("annotations", {})
+    assert MANIFEST_POSITION_KEY in ann, f"written as plain zstd: {desc}"
+    toc_size = int(ann[MANIFEST_POSITION_KEY].split(":")[2])
+    tarsplit_z = int(ann[TARSPLIT_POSITION_KEY].split(":")[1])
+    assert toc_size > writer_mod._TocWriter.SPILL and tarsplit_z > tarsplit_mod.TarSplitWriter.SPOOL
+    res = push_and_pull(interop, registry, tmp_path / "ours", "v1", "tiny-files", tmp_path / "store")
+    assert_partial_pull(res, manifest, "150k tiny files")
+    assert_tree_equal(res, [tar], "150k tiny files")
