@@ -167,7 +167,7 @@ class FrameSink:
         self._pool = cf.ThreadPoolExecutor(1) if threads > 1 else None
         self._inflight: deque = deque()
         self.ends = array("q")  # end offset of every frame, by index (8 bytes each)
-        self.digests: dict[int, str] = {}
+        self.digests: dict[int, str] = {}  # frame index -> its chunk digest, until the TOC entry takes it
         self._count = 0
         self._stream: zstandard.ZstdCompressionObj | None = None
 
@@ -482,7 +482,7 @@ class _TocWriter:
                 out += b',"chunkSize":%d' % size
                 if off:
                     out += b',"chunkOffset":%d' % off
-                out += b',"chunkDigest":"%s"' % (cdigest or digests[frame]).encode()
+                out += b',"chunkDigest":"%s"' % (cdigest or digests.pop(frame)).encode()
                 if typ == ZEROS:
                     out += b',"chunkType":"zeros"'
         out += b"}"
