@@ -49,7 +49,7 @@ from converter.image.model import (
 )
 from converter.image.storage import userns
 from converter.image.storage.layer import LayerFiles, LayerReader, RebuiltTar
-from converter.image.storage.lock import ReadLocks
+from converter.image.storage.lock import ReadLocks, say_on_stderr
 from converter.image.storage.lock import lock_timeout as default_lock_timeout
 from converter.image.storage.store import Store, StoreSpec, find_store, parse_reference
 
@@ -112,7 +112,9 @@ class StorageSource(ImageSource):
         self.reference_tag = None
         # Before the locks: `podman unshare` cannot start while we hold them (userns.py).
         self._files, self._no_userns = userns.acquire(
-            self.store.graphroot, lock_timeout if lock_timeout is not None else default_lock_timeout()
+            self.store.graphroot,
+            lock_timeout if lock_timeout is not None else default_lock_timeout(),
+            say_on_stderr,
         )
         self._locks = ReadLocks(
             [

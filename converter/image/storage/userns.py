@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Callable
 
 from converter.errors import BadInputError
 
@@ -162,13 +163,13 @@ class NamespaceFiles:
             self._sock.close()
         except OSError:
             pass
-        # podman unshare takes the store's locks again as it exits: it must not be waited for
-        # while this process holds them (the last user released its locks before calling this).
+        # The helper ends at EOF. podman unshare then takes the store's locks as it exits, so it is
+        # not waited for: another podman holding them must not keep zconv from finishing; the
+        # process is reaped if it is done by now, else it finishes on its own.
         try:
-            self._proc.wait(timeout=10)
+            self._proc.wait(timeout=0.5)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+            pass
         close = getattr(self._stderr, "close", None)
         if close is not None:
             close()
@@ -199,7 +200,7 @@ def _say_once(msg: str) -> None:
         print(f"zconv: {msg}", file=sys.stderr, flush=True)
 
 
-def _start(timeout: float) -> NamespaceFiles:
+def _start(timeout: float, say: Callable[[str], None]) -> NamespaceFiles:
     podman = shutil.which("podman")
     if podman is None:
         raise OSError("podman is not installed")
@@ -217,7 +218,9 @@ def _start(timeout: float) -> NamespaceFiles:
             )
         finally:
             theirs.close()
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        told = False
         while True:
             ready, _, _ = select.select([ours], [], [], 0.2)
             if ready:
@@ -228,7 +231,14 @@ def _start(timeout: float) -> NamespaceFiles:
                 raise OSError(f"`podman unshare` failed (exit code {proc.returncode}){_last_line(errf)}")
             if proc.poll() is not None:
                 raise OSError(f"`podman unshare` failed (exit code {proc.returncode}){_last_line(errf)}")
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if not told and now - started >= 2:
+                say(
+                    "waiting for `podman unshare` to start (it waits for the store's locks: a podman build, "
+                    f"pull or rmi?; giving up after {timeout:g}s)"
+                )
+                told = True
+            if now >= deadline:
                 proc.kill()
                 proc.wait()
                 raise OSError(f"`podman unshare` did not start within {timeout:g}s (is the store locked?)")
@@ -238,7 +248,9 @@ def _start(timeout: float) -> NamespaceFiles:
         raise
 
 
-def acquire(graphroot: str, timeout: float) -> tuple[LocalFiles | NamespaceFiles, str | None]:
+def acquire(
+    graphroot: str, timeout: float, say: Callable[[str], None]
+) -> tuple[LocalFiles | NamespaceFiles, str | None]:
     """The way to open this store's files, and why not through the namespace when that failed.
 
     Call before taking the store's locks. A store we can read as we are gets LocalFiles.
@@ -249,7 +261,7 @@ def acquire(graphroot: str, timeout: float) -> tuple[LocalFiles | NamespaceFiles
         helper = _SHARED.get("helper")
         if helper is None:
             try:
-                helper = _start(timeout)
+                helper = _start(timeout, say)
             except OSError as e:
                 # Not fatal yet: a rootless store whose files all belong to the user reads as it is.
                 return LocalFiles(), str(e)
