@@ -31,10 +31,13 @@ from pathlib import Path
 import pytest
 
 from converter.convert import convert_refs
+from converter.errors import BadInputError
+from converter.image.storage import userns
 from support.podstore import make_store
 from support.rootless import ensure_user, unavailable, user_code, user_venv
 
-pytestmark = [pytest.mark.slow, pytest.mark.interop]
+# The tests with the real rootless user are slow and interop: ~15 s per driver (podman import and
+# build as the user); the helper's own protocol is checked without a namespace, quickly.
 
 IMAGE = "localhost/zconv-rootless:1"
 APP = "localhost/zconv-rootless-app:1"
@@ -170,6 +173,8 @@ def _zconv(store: dict, *args: str, env: dict | None = None, via: list[str] | No
     return store["user"].run([*(via or []), python, "-m", "converter.cli", *args], env=env)
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_layer_files_are_unreadable_to_the_user_as_is(store):
     """The premise: the store has files the user cannot open without the user namespace."""
     user = store["user"]
@@ -181,6 +186,8 @@ def test_layer_files_are_unreadable_to_the_user_as_is(store):
     assert p.returncode != 0 and "Permission denied" in p.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_rootless_convert_equals_root_and_the_stored_tars(store, tmp_path, monkeypatch):
     user = store["user"]
     out = _user_dir(store, f"out-{store['home'].name}")
@@ -232,6 +239,8 @@ def test_rootless_convert_equals_root_and_the_stored_tars(store, tmp_path, monke
     assert "verdict: OK" in p.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_inside_podman_unshare_gives_the_same_image(store):
     """The documented fallback, `podman unshare zconv ...`, finds the same store and writes the same image."""
     base = _user_dir(store, f"unshare-{store['home'].name}")
@@ -257,6 +266,8 @@ print(json.dumps({"helper": helper, "rmi_waited": waited, "rmi_rc": rc}))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_rootless_reader_holds_the_stores_locks_against_podman(store):
     """As the user, with the namespace helper running: a real `podman rmi` waits until the source closes."""
     store["user"].podman("tag", APP, "localhost/zconv-rootless-app:untag-me", env=store["env"])
@@ -269,6 +280,8 @@ def test_rootless_reader_holds_the_stores_locks_against_podman(store):
     assert "untag-me" not in names
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_store_locked_for_writing_as_the_user_fails_with_one_line(store):
     user = store["user"]
     lock = store["graphroot"] / f"{store['driver']}-layers" / "layers.lock"
@@ -305,6 +318,8 @@ def test_store_locked_for_writing_as_the_user_fails_with_one_line(store):
     assert not (out / "index.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.interop
 def test_without_podman_one_line_says_to_use_podman_unshare(store):
     out = _user_dir(store, f"nopodman-{store['home'].name}")
     env = {**store["env"], "PATH": "/nonexistent", "ZCONV_CACHE_DIR": str(out / "cache")}
@@ -315,3 +330,70 @@ def test_without_podman_one_line_says_to_use_podman_unshare(store):
     assert "permission denied" in lines[0] and "podman is not installed" in lines[0]
     assert "`podman unshare zconv ...`" in lines[0]
     assert not (out / "lay" / "index.json").exists()
+
+
+# ------------------------------------------------------------------ the helper, without a namespace
+
+
+def test_helper_protocol_opens_resolves_and_passes_descriptors(tmp_path):
+    """The helper run as we are (no `podman unshare`): the same requests, answers and descriptors."""
+    import errno
+    import threading
+
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(20):
+        (d / f"f{i}").write_bytes(b"content %d\n" % i * (i + 1))
+    (tmp_path / "dirlink").symlink_to(d)
+    (tmp_path / "filelink").symlink_to(d / "f1")
+    files = userns.start_helper([], 30, lambda msg: None)
+    try:
+        fd = files.open(str(d / "f3"))
+        try:
+            assert os.read(fd, 1000) == b"content 3\n" * 4
+        finally:
+            os.close(fd)
+        assert files.realpath(str(tmp_path / "dirlink")) == os.path.realpath(d)
+        with pytest.raises(FileNotFoundError):
+            files.open(str(d / "missing"))
+        with pytest.raises(OSError) as e:
+            files.open(str(tmp_path / "filelink"))  # O_NOFOLLOW: a symlink is not the layer's file
+        assert e.value.errno == errno.ELOOP
+
+        got: dict[int, bytes] = {}
+
+        def read(i: int) -> None:
+            for _ in range(10):
+                fd = files.open(str(d / f"f{i}"))
+                try:
+                    got[i] = os.read(fd, 1000)
+                finally:
+                    os.close(fd)
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == {i: b"content %d\n" % i * (i + 1) for i in range(20)}
+    finally:
+        files.stop()
+    with pytest.raises(BadInputError, match="podman unshare"):
+        files.open(str(d / "f1"))
+
+
+def test_helper_that_cannot_start_says_why(tmp_path):
+    fail = ["sh", "-c", "echo 'Error: cannot find newuidmap: exec: not found' >&2; exit 125", "sh"]
+    with pytest.raises(OSError, match=r"exit code 125\): Error: cannot find newuidmap"):
+        userns.start_helper(fail, 30, lambda msg: None)
+    said = []
+    with pytest.raises(OSError, match="did not start within 2.5s"):
+        userns.start_helper(["sh", "-c", "sleep 30", "sh"], 2.5, said.append)
+    assert len(said) == 1 and "waiting for `podman unshare`" in said[0]
+
+
+def test_root_reads_a_store_as_it_is():
+    if os.geteuid() != 0:
+        pytest.skip("as root")
+    files, why = userns.acquire("/", 5, lambda msg: None)
+    assert isinstance(files, userns.LocalFiles) and why is None

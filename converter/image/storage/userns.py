@@ -204,12 +204,17 @@ def _start(timeout: float, say: Callable[[str], None]) -> NamespaceFiles:
     podman = shutil.which("podman")
     if podman is None:
         raise OSError("podman is not installed")
+    return start_helper([podman, "unshare"], timeout, say)
+
+
+def start_helper(prefix: list[str], timeout: float, say: Callable[[str], None]) -> NamespaceFiles:
+    """The helper run by `prefix` (`podman unshare`), once it says it is ready; OSError saying why not."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     errf = tempfile.TemporaryFile()
     try:
         try:
             proc = subprocess.Popen(
-                [podman, "unshare", sys.executable, "-I", "-S", "-c", _HELPER],
+                [*prefix, sys.executable, "-I", "-S", "-c", _HELPER],
                 stdin=theirs.fileno(),
                 stdout=subprocess.DEVNULL,
                 stderr=errf,
@@ -227,7 +232,11 @@ def _start(timeout: float, say: Callable[[str], None]) -> NamespaceFiles:
                 msg = ours.recv(64)
                 if msg == b"ready":
                     return NamespaceFiles(ours, proc, errf)
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 raise OSError(f"`podman unshare` failed (exit code {proc.returncode}){_last_line(errf)}")
             if proc.poll() is not None:
                 raise OSError(f"`podman unshare` failed (exit code {proc.returncode}){_last_line(errf)}")
