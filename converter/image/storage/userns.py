@@ -116,7 +116,9 @@ class NamespaceFiles:
         with self._lock:
             try:
                 self._sock.send(op + os.fsencode(path))
-                msg, anc, _flags, _addr = self._sock.recvmsg(65536, socket.CMSG_SPACE(array.array("i").itemsize))
+                msg, anc, _flags, _addr = self._sock.recvmsg(
+                    65536, socket.CMSG_SPACE(array.array("i").itemsize), socket.MSG_CMSG_CLOEXEC
+                )
             except OSError as e:
                 raise BadInputError(
                     f"the helper reading the rootless store under `podman unshare` failed ({e.strerror})"
