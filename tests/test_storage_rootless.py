@@ -280,6 +280,45 @@ def test_rootless_reader_holds_the_stores_locks_against_podman(store):
     assert "untag-me" not in names
 
 
+_TWO_SOURCES = """
+import json, shutil, sys
+from converter.image.model import parse_manifest_or_index
+from converter.image.storage import StorageSource, userns
+
+def drain(src):
+    ((_, desc),) = src.targets()
+    n = 0
+    for layer in parse_manifest_or_index(src.get_manifest(desc)).layers:
+        with src.open_blob(layer) as r:
+            while chunk := r.read(1 << 20):
+                n += len(chunk)
+            r.finish()
+    return n
+
+first = StorageSource(None, sys.argv[1], "first")
+second = StorageSource(None, sys.argv[2], "second")  # opened while the first holds the locks
+shared = first._files is second._files and type(first._files).__name__ == "NamespaceFiles"
+sizes = [drain(second)]
+first.close()
+sizes.append(drain(second))  # the helper outlives the first source
+second.close()
+print(json.dumps({"shared": shared, "sizes": sizes, "helpers_left": len(userns._SHARED)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.interop
+def test_two_sources_in_one_process_share_the_helper(store):
+    """A second source opened under the first one's locks (estimate, --reuse-from) must not start a
+    second `podman unshare`, which would wait for those locks."""
+    python = str(store["venv"] / "bin" / "python")
+    p = store["user"].run([python, "-c", _TWO_SOURCES, IMAGE, APP], env=store["env"], timeout=120)
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["shared"] and result["helpers_left"] == 0
+    assert result["sizes"][0] == result["sizes"][1] > 2 << 20  # every layer read, DiffIDs checked
+
+
 @pytest.mark.slow
 @pytest.mark.interop
 def test_store_locked_for_writing_as_the_user_fails_with_one_line(store):

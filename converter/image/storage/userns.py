@@ -19,10 +19,12 @@ the rebuilt tar is the one whose sha256 the store recorded.
 
 The helper must be started before the process takes the store's read locks:
 `podman unshare` opens the user's store and takes its layer and image locks
-for writing while it starts (and again when it exits), so started under our
-read locks it would wait for them forever. One helper serves the whole
-process (refcounted by the sources using it) and is stopped after the last
-source released its locks.
+for writing when it sets up the namespace (no pause process yet) and again
+as it exits; podman 4.3 was seen waiting forever at both points for the read
+locks of the process that started it. So one helper serves the whole process
+(refcounted by the sources using it: a second source opened while the first
+holds its locks reuses it), it is stopped after the last source released
+its locks, and its podman is never waited for while locks are held.
 """
 
 from __future__ import annotations
