@@ -436,3 +436,35 @@ def test_root_reads_a_store_as_it_is():
         pytest.skip("as root")
     files, why = userns.acquire("/", 5, lambda msg: None)
     assert isinstance(files, userns.LocalFiles) and why is None
+
+
+def test_user_config_is_read_over_the_systems_rootless_defaults(tmp_path, monkeypatch):
+    """~/.config/containers/storage.conf without graphroot or driver keeps the system file's
+    rootless_storage_path and driver, as containers/storage's rootless defaults do."""
+    import converter.image.storage.store as store_mod
+    from converter.image.storage.store import find_store
+
+    for var in ("CONTAINERS_STORAGE_CONF", "STORAGE_DRIVER", "XDG_RUNTIME_DIR", "_CONTAINERS_ROOTLESS_UID"):
+        monkeypatch.delenv(var, raising=False)
+    system = tmp_path / "system.conf"
+    system.write_text(
+        '[storage]\ndriver = "vfs"\ngraphroot = "/var/lib/containers/storage"\n'
+        'rootless_storage_path = "/srv/users/$UID/storage"\n'
+    )
+    monkeypatch.setattr(store_mod, "SYSTEM_CONF", str(system))
+    monkeypatch.setattr(store_mod, "_is_root", lambda: False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    user = tmp_path / "cfg" / "containers" / "storage.conf"
+    user.parent.mkdir(parents=True)
+    user.write_text("[storage]\n")
+    st = find_store()
+    assert (st.driver, st.graphroot, st.config_file) == ("vfs", f"/srv/users/{os.getuid()}/storage", str(user))
+    user.write_text('[storage]\ndriver = "overlay"\ngraphroot = "/home/u/g"\n')
+    assert (find_store().driver, find_store().graphroot) == ("overlay", "/home/u/g")
+    # a driver rootless podman cannot use is not taken over; the store's own directories decide
+    system.write_text('[storage]\ndriver = "zfs"\n')
+    user.write_text("[storage]\n")
+    (tmp_path / "data" / "containers" / "storage" / "vfs-layers").mkdir(parents=True)
+    st = find_store()
+    assert (st.driver, st.graphroot) == ("vfs", str(tmp_path / "data" / "containers" / "storage"))
