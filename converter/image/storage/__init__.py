@@ -47,8 +47,10 @@ from converter.image.model import (
     short,
     verify_bytes,
 )
+from converter.image.storage import userns
 from converter.image.storage.layer import LayerFiles, LayerReader, RebuiltTar
-from converter.image.storage.lock import ReadLocks
+from converter.image.storage.lock import ReadLocks, say_on_stderr
+from converter.image.storage.lock import lock_timeout as default_lock_timeout
 from converter.image.storage.store import Store, StoreSpec, find_store, parse_reference
 
 __all__ = ["StorageSource", "parse_reference", "find_store", "Store", "StoreSpec"]
@@ -108,6 +110,12 @@ class StorageSource(ImageSource):
         self.store = find_store(spec)
         self.image = image
         self.reference_tag = None
+        # Before the locks: `podman unshare` cannot start while we hold them (userns.py).
+        self._files, self._no_userns = userns.acquire(
+            self.store.graphroot,
+            lock_timeout if lock_timeout is not None else default_lock_timeout(),
+            say_on_stderr,
+        )
         self._locks = ReadLocks(
             [
                 os.path.join(self.store.graphroot, "storage.lock"),
@@ -117,14 +125,18 @@ class StorageSource(ImageSource):
             description,
             timeout=lock_timeout,
         )
-        self._locks.__enter__()
         try:
-            # Waiting on storage.lock waits out a driver operation in flight; the
-            # layer and image locks are what keep our records and files still.
-            self._locks.release(os.path.join(self.store.graphroot, "storage.lock"))
-            self._load()
+            self._locks.__enter__()
+            try:
+                # Waiting on storage.lock waits out a driver operation in flight; the
+                # layer and image locks are what keep our records and files still.
+                self._locks.release(os.path.join(self.store.graphroot, "storage.lock"))
+                self._load()
+            except BaseException:
+                self._locks.release()
+                raise
         except BaseException:
-            self._locks.release()
+            userns.release(self._files)
             raise
 
     # ------------------------------------------------------------ loading
@@ -290,10 +302,13 @@ class StorageSource(ImageSource):
             {n.rsplit("/", 1)[-1].rsplit(":", 1)[1] for n in img.get("names") or [] if ":" in n.rsplit("/", 1)[-1]}
         )
 
+    def _layer_files(self, layer: _Layer, what: str) -> LayerFiles:
+        return LayerFiles(list(layer.dirs), what, self._files, self._no_userns)
+
     def _measure(self, layer: _Layer) -> int:
         """Size of a layer whose record lacks it (old stores): one pass over the rebuilt tar."""
         n = 0
-        with RebuiltTar(layer.tarsplit, LayerFiles(list(layer.dirs), f"{self.description}: layer {layer.id}")) as r:
+        with RebuiltTar(layer.tarsplit, self._layer_files(layer, f"{self.description}: layer {layer.id}")) as r:
             while True:
                 data = r.read(1 << 20)
                 if not data:
@@ -330,8 +345,10 @@ class StorageSource(ImageSource):
         if layer is None:
             raise BadInputError(f"{self.description}: blob {desc.digest} is not part of image {self._image_id[:12]}")
         what = f"{self.description}: layer {layer.id}"
-        raw = RebuiltTar(layer.tarsplit, LayerFiles(list(layer.dirs), what))
+        raw = RebuiltTar(layer.tarsplit, self._layer_files(layer, what))
         return LayerReader(raw, layer.diff_id, layer.size, what, what)
 
     def close(self) -> None:
         self._locks.release()
+        files, self._files = self._files, userns.LocalFiles()
+        userns.release(files)  # after the locks: the helper's podman takes them as it exits

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from converter.errors import BadInputError
 from converter.image.model import VerifyingReader, short
+from converter.image.storage.userns import LocalFiles, NamespaceFiles
 
 PIECE = 1 << 20
 
@@ -35,17 +36,23 @@ PIECE = 1 << 20
 class LayerFiles:
     """Opens a layer's files: its own diff directory first, then the lower ones (overlay's getter order)."""
 
-    def __init__(self, dirs: list[str], what: str) -> None:
+    def __init__(
+        self, dirs: list[str], what: str, fs: LocalFiles | NamespaceFiles | None = None, no_userns: str | None = None
+    ) -> None:
         self.dirs = dirs
         self.what = what
-        self._real = [os.path.realpath(d) for d in dirs]
+        # How files are opened: as we are, or in a rootless store's user namespace (userns.py);
+        # no_userns says why a rootless store could not be entered, for the permission error.
+        self.fs = fs or LocalFiles()
+        self.no_userns = no_userns
+        self._real = [self.fs.realpath(d) for d in dirs]
         self._parent_ok: dict[tuple[int, str], bool] = {}
 
     def _inside(self, i: int, rel_dir: str) -> bool:
         key = (i, rel_dir)
         ok = self._parent_ok.get(key)
         if ok is None:
-            real = os.path.realpath(os.path.join(self.dirs[i], rel_dir)) if rel_dir else self._real[i]
+            real = self.fs.realpath(os.path.join(self.dirs[i], rel_dir)) if rel_dir else self._real[i]
             ok = real == self._real[i] or real.startswith(self._real[i] + os.sep)
             self._parent_ok[key] = ok
         return ok
@@ -59,21 +66,30 @@ class LayerFiles:
             if not self._inside(i, parent):
                 continue  # a symlinked parent pointing out of the layer is not the layer's file
             try:
-                fd = os.open(os.path.join(d, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = self.fs.open(os.path.join(d, rel))
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except PermissionError:
-                raise BadInputError(
-                    f"{self.what}: cannot read {rel} in {d} (permission denied; for a rootless podman store "
-                    "run zconv under `podman unshare`, which can read every file of the store)"
-                ) from None
+                raise BadInputError(f"{self.what}: cannot read {rel} in {d}{self.fs.via}: {self._denied()}") from None
             except OSError as e:
-                raise BadInputError(f"{self.what}: cannot open {rel} in {d} ({e.strerror})") from None
+                raise BadInputError(f"{self.what}: cannot open {rel} in {d}{self.fs.via} ({e.strerror})") from None
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 continue
             return fd
         raise BadInputError(f"{self.what}: file {rel} is missing from {self.dirs[0]}")
+
+    def _denied(self) -> str:
+        if self.no_userns:
+            return (
+                "permission denied; the files of a rootless podman store belong to your subordinate uids, and "
+                f"zconv could not enter the store's user namespace ({self.no_userns}): "
+                "run it as `podman unshare zconv ...` (or `buildah unshare zconv ...`)"
+            )
+        return (
+            "permission denied; for a rootless podman store run it as `podman unshare zconv ...`, "
+            "which can read every file of the store"
+        )
 
 
 def _pieces(tarsplit_path: str, files: LayerFiles) -> Iterator[bytes]:

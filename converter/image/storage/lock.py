@@ -48,7 +48,7 @@ def lock_timeout() -> float:
 _HELD: dict[str, list[int]] = {}
 
 
-def _say(msg: str) -> None:
+def say_on_stderr(msg: str) -> None:
     print(f"zconv: {msg}", file=sys.stderr, flush=True)
 
 
@@ -60,7 +60,7 @@ class ReadLocks:
         paths: list[str],
         what: str,
         timeout: float | None = None,
-        say: Callable[[str], None] = _say,
+        say: Callable[[str], None] = say_on_stderr,
         poll: float = 0.1,
     ) -> None:
         self.paths = paths

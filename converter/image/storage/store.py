@@ -9,13 +9,14 @@ the store comes from the configuration, in containers/storage's order:
 
 1. `$CONTAINERS_STORAGE_CONF`, when set (the only file read then);
 2. for a non-root user, `$XDG_CONFIG_HOME/containers/storage.conf`
-   (`~/.config/...`) when it exists;
+   (`~/.config/...`) when it exists, read over the defaults the user gets
+   from the system file (below);
 3. `/etc/containers/storage.conf`, else `/usr/share/containers/storage.conf`.
 
 A non-root user (also inside `podman unshare`, which podman marks with
-`$_CONTAINERS_ROOTLESS_UID`) reading a system file gets the per-user store
-(`rootless_storage_path`, else `$XDG_DATA_HOME/containers/storage`), as
-podman does. `$STORAGE_DRIVER` overrides the driver. With no driver
+`$_CONTAINERS_ROOTLESS_UID`) gets from a system file the per-user store
+(`rootless_storage_path`, else `$XDG_DATA_HOME/containers/storage`) and the
+system's driver when rootless podman can use it, as podman does. `$STORAGE_DRIVER` overrides the driver. With no driver
 configured, the first driver directory found in the graph root wins
 (overlay before vfs), and overlay when there is none.
 """
@@ -35,6 +36,8 @@ ROOT_RUNROOT = "/run/containers/storage"
 SUPPORTED_DRIVERS = ("overlay", "vfs")
 # containers/storage's driver priority, for picking the one a graph root already uses.
 _DRIVER_PRIORITY = ("overlay", "btrfs", "zfs", "vfs")
+# Drivers a rootless user takes over from the system file (containers/storage's isRootlessDriver).
+_ROOTLESS_DRIVERS = ("overlay", "overlay2", "vfs", "btrfs")
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,17 @@ def _load_conf(path: str) -> dict:
     return storage if isinstance(storage, dict) else {}
 
 
+def _rootless_defaults(system: dict | None = None) -> tuple[str, str]:
+    """A non-root user's graph root and driver from the system file: `rootless_storage_path`
+    (else the per-user store) and its driver when rootless podman can use it (else none)."""
+    if system is None:
+        path = SYSTEM_CONF if os.path.exists(SYSTEM_CONF) else DEFAULT_CONF
+        system = _load_conf(path) if os.path.exists(path) else {}
+    rsp = system.get("rootless_storage_path")
+    driver = str(system.get("driver") or "")
+    return (_expand(str(rsp)) if rsp else _rootless_graphroot(), driver if driver in _ROOTLESS_DRIVERS else "")
+
+
 def _expand(path: str) -> str:
     return os.path.expandvars(path.replace("$UID", str(_rootless_uid())))
 
@@ -174,15 +188,19 @@ def find_store(spec: StoreSpec | None = None) -> Store:
     conf = _load_conf(conf_file) if conf_file else {}
 
     if _is_root() or user_file:
-        graphroot = _expand(str(conf.get("graphroot") or "")) or (
-            ROOT_GRAPHROOT if _is_root() else _rootless_graphroot()
-        )
+        if _is_root() or env_conf:
+            base_graphroot = ROOT_GRAPHROOT if _is_root() else _rootless_graphroot()
+            base_driver = ""
+        else:
+            # A user's ~/.config file is read over the rootless defaults taken from the system file
+            # (its rootless_storage_path and driver), as containers/storage does.
+            base_graphroot, base_driver = _rootless_defaults()
+        graphroot = _expand(str(conf.get("graphroot") or "")) or base_graphroot
         runroot = _expand(str(conf.get("runroot") or "")) or (ROOT_RUNROOT if _is_root() else _rootless_runroot())
+        driver = str(conf.get("driver") or "") or base_driver
     else:
-        rsp = conf.get("rootless_storage_path")
-        graphroot = _expand(str(rsp)) if rsp else _rootless_graphroot()
+        graphroot, driver = _rootless_defaults(conf)
         runroot = _rootless_runroot()
-    driver = str(conf.get("driver") or "")
     if os.environ.get("STORAGE_DRIVER"):
         driver = os.environ["STORAGE_DRIVER"]
 
