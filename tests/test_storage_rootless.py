@@ -125,6 +125,12 @@ def store(request, rootless):
     if request.param == "fuse-overlayfs":
         if not os.path.exists("/usr/bin/fuse-overlayfs") or not os.path.exists("/dev/fuse"):
             pytest.skip("fuse-overlayfs or /dev/fuse missing")
+        mode = os.stat("/dev/fuse").st_mode & 0o777
+        if mode & 0o006 != 0o006 and os.geteuid() == 0:
+            # Inside a container /dev/fuse may be root's 0600 (hosts have 0666, which rootless
+            # podman needs): give other users access for this driver's tests, then put it back.
+            os.chmod("/dev/fuse", mode | 0o666)
+            request.addfinalizer(lambda: os.chmod("/dev/fuse", mode))
         if os.stat("/dev/fuse").st_mode & 0o006 != 0o006:
             # e.g. inside a container whose /dev/fuse is root's 0600: podman build cannot mount as the user
             pytest.skip(
