@@ -126,7 +126,12 @@ def _curl_put(reg: RegistryServer, repo: str, blob: Path, digest: str) -> float:
     return time.perf_counter() - t0
 
 
-def _zconv_push(reg: RegistryServer, repo: str, layout: Path, chunk_mib: int | None) -> float:
+def _zconv_push(reg: RegistryServer, repo: str, layout: Path, chunk_mib: int | None, rss: list[float]) -> float:
+    """One CLI push in a fresh process with a fresh cache directory.
+
+    A fresh cache: zconv remembers where it pushed a blob before and would mount it into
+    the next repository instead of uploading it (the layer memo), which is not what is measured here.
+    """
     args = [
         sys.executable,
         "-c",
@@ -138,9 +143,15 @@ def _zconv_push(reg: RegistryServer, repo: str, layout: Path, chunk_mib: int | N
     ]
     if chunk_mib is not None:
         args += ["--chunk-size", str(chunk_mib)]
-    t0 = time.perf_counter()
-    subprocess.run(args, check=True, cwd=ROOT)
-    return time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="zconv-bench-push-cache-") as cache:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, ZCONV_CACHE_DIR=cache))
+        _, status, ru = os.wait4(p.pid, 0)
+        dt = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench_push: {' '.join(args)} failed")
+    rss.append(ru.ru_maxrss / 1024)  # KiB -> MiB (Linux): this process's own peak
+    return dt
 
 
 def _client_push(reg: RegistryServer, repo: str, blob: Path, digest: str, cpu: list[float]) -> float:
@@ -156,14 +167,14 @@ def _client_push(reg: RegistryServer, repo: str, blob: Path, digest: str, cpu: l
         return time.perf_counter() - t0
 
 
-def _fixed_cost(reg: RegistryServer, layout: Path) -> float:
+def _fixed_cost(reg: RegistryServer, layout: Path, rss: list[float]) -> float:
     """Everything but the blob bytes: interpreter start, imports, HEADs, manifest and tag PUTs.
 
     Measured as a second push of the same image to the same repository, where every
     blob is skipped; subtracted from the CLI times so they compare with one curl PUT.
     """
-    _zconv_push(reg, "bench/fixed", layout, None)
-    return min(_zconv_push(reg, "bench/fixed", layout, None) for _ in range(2))
+    _zconv_push(reg, "bench/fixed", layout, None, rss)
+    return min(_zconv_push(reg, "bench/fixed", layout, None, rss) for _ in range(2))
 
 
 def run(mib: int = 256, rounds: int = 3, report=print) -> dict:
@@ -172,14 +183,17 @@ def run(mib: int = 256, rounds: int = 3, report=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="zconv-bench-push-") as d, RegistryServer() as reg:
         layout, blob, digest = _make_layout(Path(d), mib)
         size = blob.stat().st_size
-        startup = _fixed_cost(reg, layout)
+        rss: list[float] = []
+        startup = _fixed_cost(reg, layout, rss)
         best = {"curl": float("inf"), "zconv": float("inf"), "zconv_mono": float("inf"), "client": float("inf")}
         cpu: list[float] = []
         for r in range(rounds):
             best["curl"] = min(best["curl"], _curl_put(reg, f"bench/curl{r}", blob, digest))
             best["client"] = min(best["client"], _client_push(reg, f"bench/client{r}", blob, digest, cpu))
-            best["zconv"] = min(best["zconv"], _zconv_push(reg, f"bench/zconv{r}", layout, None) - startup)
-            best["zconv_mono"] = min(best["zconv_mono"], _zconv_push(reg, f"bench/mono{r}", layout, mib + 1) - startup)
+            best["zconv"] = min(best["zconv"], _zconv_push(reg, f"bench/zconv{r}", layout, None, rss) - startup)
+            best["zconv_mono"] = min(
+                best["zconv_mono"], _zconv_push(reg, f"bench/mono{r}", layout, mib + 1, rss) - startup
+            )
         mibs = {k: size / (1 << 20) / v for k, v in best.items()}
         result = {
             "blob_mib": size / (1 << 20),
@@ -206,12 +220,9 @@ def run(mib: int = 256, rounds: int = 3, report=print) -> dict:
             f"  = {result['ratio_client_vs_curl']:.2f}x curl's throughput (in-process, chunked;"
             f" {min(cpu):.2f}s of client CPU: the registry is the bottleneck)"
         )
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB -> MiB (Linux)
-        result["peak_rss_mib_child_processes"] = rss
+        result["peak_rss_mib_zconv_push"] = max(rss)
         report(
-            f"  peak RSS of the zconv push processes: {rss:.0f} MiB for a {size / (1 << 20):.0f} MiB blob (streamed)"
+            f"  peak RSS of a zconv push process: {max(rss):.0f} MiB for a {size / (1 << 20):.0f} MiB blob (streamed)"
         )
         report(
             f"  (fixed cost of a zconv push process, {startup:.2f}s: start-up, imports, HEADs, manifest;"

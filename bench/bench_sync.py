@@ -71,7 +71,7 @@ def layer(name: str, mib: float, seed: int) -> bytes:
 
 
 def push_all(work: Path, host: str, repos: int, tags: int, base_mib: float) -> tuple[list[tuple[str, str]], Path]:
-    from converter.commands.push import push_image
+    from converter.push import push_image
 
     base = layer("base", base_mib, 1)
     pairs = []
