@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import platform as _platform
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
-from converter.chunked.reader import BlobAccess, load_toc
 from converter.errors import BadInputError, UsageError
 from converter.image.model import (
     INDEX_TYPES,
@@ -28,6 +27,9 @@ from converter.image.model import (
     short,
 )
 from converter.jsonload import load_json
+
+if TYPE_CHECKING:
+    from converter.chunked.reader import BlobAccess
 
 # Real images nest one index (a multi-platform list, or podman's --dual
 # index); a chain of more than a few is either a mistake or an attack on the
@@ -208,6 +210,8 @@ def layer_access(src: ImageSource, desc: Descriptor, name: str) -> BlobAccess:
     def fetch(offset: int, length: int) -> bytes:
         return src.read_blob_range(desc, offset, length)
 
+    from converter.chunked.reader import BlobAccess  # the reader only for commands that read layers
+
     return BlobAccess(fetch, desc.size, name)
 
 
@@ -245,5 +249,7 @@ def read_layer_toc(src: ImageSource, layer: Descriptor) -> tuple[dict[str, Any],
     on registries).
     """
     what = f"{src.description}: layer {short(layer.digest)}"
+    from converter.chunked.reader import load_toc
+
     toc = load_toc(layer_access(src, layer, what), layer.annotations)
     return {"version": 1, "entries": toc.entries, "tarSplitDigest": toc.tarsplit_digest}, toc.annotations.toc.length
