@@ -49,7 +49,7 @@ bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_sync.py
-	$(BIN)/python bench/bench_cache.py
+	$(BIN)/python bench/bench_cache.py --rounds 3
 
 # zconv as a container image (Containerfile). Wheels are built here on the host,
 # so the image builds with no package index; IMAGE_BASE needs Python 3.11 (the
