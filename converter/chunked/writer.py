@@ -164,10 +164,15 @@ class FrameSink:
         self._shas: dict[int, bytes] = {}  # frame index -> sha256 of its content, when already known
         self._first = 0  # index of the batch's first frame
         self._batch_bytes = 0
-        self._pool = cf.ThreadPoolExecutor(1) if threads > 1 else None
+        # Two workers: one batch can be hashed, looked up and compressed while the one before is written.
+        self._pool = cf.ThreadPoolExecutor(2, thread_name_prefix="zconv-frames") if threads > 1 else None
         self._inflight: deque = deque()
         self.ends = array("q")  # end offset of every frame, by index (8 bytes each)
         self.digests: dict[int, str] = {}  # frame index -> its chunk digest, until the TOC entry takes it
+        # Whole-file digests hashed by the worker too (add_hash), so the parsing thread does not:
+        self.file_digests: dict[int, str] = {}  # add_hash key -> hex digest, until the TOC entry takes it
+        self._hashes: list[tuple[int, Any]] = []  # this batch's (key, data) to hash
+        self._nhash = 0
         self._count = 0
         self._stream: zstandard.ZstdCompressionObj | None = None
 
@@ -188,7 +193,32 @@ class FrameSink:
             self._submit()
         return idx
 
-    def _process(self, first: int, frames: list[bytes], want: list[int], known_shas: dict[int, bytes]) -> None:
+    def add_hash(self, data) -> int:
+        """Have the worker hash a whole payload; returns the key of its digest in `file_digests`.
+
+        Called before the payload's frames are added, so the digest is there
+        once the last of them is written (batches are processed in order).
+        """
+        key = self._nhash
+        self._nhash += 1
+        self._hashes.append((key, data))
+        return key
+
+    def _process(
+        self,
+        first: int,
+        frames: list[bytes],
+        want: list[int],
+        known_shas: dict[int, bytes],
+        hashes: list[tuple[int, Any]],
+        prev: cf.Future | None = None,
+    ) -> None:
+        """Hash, look up and compress one batch; then, once batch `prev` is written, write it.
+
+        Two batches may be in their first part at once (two workers); the writes stay in order.
+        """
+        for key, data in hashes:
+            self.file_digests[key] = hashlib.sha256(data).hexdigest()
         # Every frame of a batch is compressed one-shot on its own, so its bytes depend
         # only on its content and the encoder: a store may supply any of them.
         shas: dict[int, bytes] = {}  # position in batch -> content sha256, for frames a store may supply
@@ -221,6 +251,8 @@ class FrameSink:
                 result: Any = cctx.multi_compress_to_buffer([frames[j] for j in todo], threads=self._threads)
                 made = {j: result[k].tobytes() for k, j in enumerate(todo)}
             out = [found[j] if j in found else made[j] for j in range(len(frames))]
+        if prev is not None:
+            prev.result()  # the batch before is written (or failed: then this one fails too)
         # One write (and one hash update) per batch, not per frame.
         ends = accumulate(map(len, out), initial=self._out.offset)
         next(ends)  # the batch's start
@@ -231,14 +263,16 @@ class FrameSink:
             self._store.put_frames(self._encoder, new)  # type: ignore[union-attr]
 
     def _submit(self) -> None:
-        if not self._batch:
+        if not self._batch and not self._hashes:
             return
-        job = (self._first, self._batch, self._want, self._shas)
+        job = (self._first, self._batch, self._want, self._shas, self._hashes)
         self._first, self._batch, self._want, self._shas, self._batch_bytes = self._count, [], [], {}, 0
+        self._hashes = []
         if self._pool is None:
             self._process(*job)
             return
-        self._inflight.append(self._pool.submit(self._process, *job))
+        prev = self._inflight[-1] if self._inflight else None
+        self._inflight.append(self._pool.submit(self._process, *job, prev))
         while len(self._inflight) > MAX_BATCHES_IN_FLIGHT:
             self._inflight.popleft().result()
 
@@ -385,15 +419,18 @@ def _write_payload(tar: TarStream, sink: FrameSink, size: int):
 
 
 def _write_small_payload(tar: TarStream, sink: FrameSink, size: int):
-    """The same for a payload read in one piece (at most READ_BLOCK bytes)."""
+    """The same for a payload read in one piece (at most READ_BLOCK bytes).
+
+    The file digest is left to the sink's worker (the second item is then
+    None: the one chunk's digest, or an add_hash key), off the parsing thread.
+    """
     data = tar.read_payload(size)
     crc = crc64.go_iso(data)
-    file_sha = hashlib.sha256(data)
-    digest = file_sha.hexdigest()
     parts = payload_chunks(data)
     if len(parts) == 1:  # the common case: one chunk, whose digest is the file's
-        return [(0, size, parts[0][2], sink.add(data, sha=file_sha.digest()), None)], digest, crc
-    return _small_chunks(data, sink, parts), digest, crc
+        return [(0, size, parts[0][2], sink.add(data, want_digest=True), None)], None, crc
+    key = sink.add_hash(data)
+    return _small_chunks(data, sink, parts), key, crc
 
 
 def _small_chunks(data: bytes, sink: FrameSink, parts=None) -> list:
@@ -440,7 +477,8 @@ class _TocWriter:
         self._spilled = 0
         self._started = False
 
-    def add(self, head: bytes, name: bytes, digest: str | None = None, chunks=None) -> None:
+    def add(self, head: bytes, name: bytes, digest: str | int | None = None, chunks=None) -> None:
+        """One entry; `digest`: the file's hex digest, an add_hash key, or None for the one chunk's."""
         self._pending.append((chunks[-1][3] if chunks else -1, head, name, digest, chunks))
         self.count += 1 + (len(chunks) - 1 if chunks else 0)
 
@@ -459,7 +497,7 @@ class _TocWriter:
             self._spilled += len(self.raw)
             self.raw = bytearray()
 
-    def _encode(self, last: int, head: bytes, name: bytes, digest: str | None, chunks) -> None:
+    def _encode(self, last: int, head: bytes, name: bytes, digest: str | int | None, chunks) -> None:
         out = self.raw
         if self._started:
             out += b","
@@ -468,10 +506,13 @@ class _TocWriter:
         if chunks is None:
             out += b"}"
             return
-        assert digest is not None  # every entry with frames has its file digest
         ends, start_of, digests = self.sink.ends, self.sink.start_of, self.sink.digests
-        out += b',"digest":"sha256:%s","offset":%d,"endOffset":%d' % (
-            digest.encode(),
+        if digest is None:  # one chunk: the file's digest is its frame's, hashed by the sink
+            full = digests.pop(chunks[0][3])
+        else:
+            full = "sha256:" + (self.sink.file_digests.pop(digest) if isinstance(digest, int) else digest)
+        out += b',"digest":"%s","offset":%d,"endOffset":%d' % (
+            full.encode(),
             start_of(chunks[0][3]),
             ends[last],
         )
@@ -596,7 +637,7 @@ def _write_chunked(
     # The loop runs once per tar entry: names bound locally, the one-chunk
     # small file (the common entry of a many-files layer) handled inline.
     tar_next, sink_add, toc_add, tsw_entry = tar.next, sink.add, toc.add, tsw.entry
-    read_payload, encode_head, sha256, go_iso = tar.read_payload, tocmod.encode_head, hashlib.sha256, crc64.go_iso
+    read_payload, encode_head, go_iso = tar.read_payload, tocmod.encode_head, crc64.go_iso
     scan = _rollsum.chunks if _rollsum is not None else None
     try:
         while True:
@@ -630,11 +671,12 @@ def _write_chunked(
             if n <= SMALL_INLINE and scan is not None:
                 data = read_payload(n)
                 crc = go_iso(data)
-                file_sha = sha256(data)
-                digest = file_sha.hexdigest()
+                # The digests are the sink worker's to compute (this thread sets the pace).
                 if len(scan(data)) == 1:  # one chunk: its digest is the file's
-                    chunks = [(0, n, "", sink_add(data, False, file_sha.digest()), None)]
+                    digest = None
+                    chunks = [(0, n, "", sink_add(data, True), None)]
                 else:
+                    digest = sink.add_hash(data)
                     chunks = _small_chunks(data, sink)
             elif n <= READ_BLOCK:
                 chunks, digest, crc = _write_small_payload(tar, sink, n)
