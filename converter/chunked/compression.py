@@ -19,10 +19,10 @@ from typing import BinaryIO
 import zstandard
 from isal import igzip
 
+from converter.chunked.format import ZSTD_MAGIC
 from converter.errors import BadInputError
 
 GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def detect_compression(head: bytes) -> str:

@@ -90,9 +90,14 @@ HOLES_THRESHOLD = 1024
 MAX_TOC_SIZE = 150 * 1024 * 1024
 
 
+def skippable_header(size: int) -> bytes:
+    """The 8 bytes that start a zstd skippable frame of `size` bytes of content."""
+    return SKIPPABLE_MAGIC + struct.pack("<I", size)
+
+
 def skippable_frame(data: bytes) -> bytes:
     """Wrap `data` in a zstd skippable frame, which every decoder ignores."""
-    return SKIPPABLE_MAGIC + struct.pack("<I", len(data)) + data
+    return skippable_header(len(data)) + data
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,9 @@ from converter.chunked.format import (
     LAYER_MEDIA_TYPE_ZSTD,
     MAX_TOC_SIZE,
     SKIPPABLE_HEADER_SIZE,
-    SKIPPABLE_MAGIC,
     Footer,
     skippable_frame,
+    skippable_header,
 )
 from converter.chunked.tarsplit import TarSplitWriter, trailing_segment_problem
 from converter.chunked.tarstream import LINK, CountingReader, TarStream
@@ -723,13 +723,13 @@ def _write_chunked(
             raise tocmod.NotRepresentable(f"compressed TOC of {len(toc_z)} bytes exceeds the consumer's 150 MiB limit")
         # Each skippable frame written as its header then its data, not joined into one more copy.
         toc_off = out.offset + SKIPPABLE_HEADER_SIZE
-        out.write(_skippable_header(len(toc_z)))
+        out.write(skippable_header(len(toc_z)))
         out.write(toc_z)
         toc_z_len = len(toc_z)
         toc_digest = "sha256:" + hashlib.sha256(toc_z).hexdigest()
         del toc_z
         ts_off = out.offset + SKIPPABLE_HEADER_SIZE
-        out.write(_skippable_header(tarsplit_size))
+        out.write(skippable_header(tarsplit_size))
         while block := tarsplit.read(READ_BLOCK):
             out.write(block)
         if out.offset != ts_off + tarsplit_size:
@@ -744,11 +744,6 @@ def _write_chunked(
     out.write(skippable_frame(footer.pack()))
     annotations = footer.annotations(toc_digest)
     return annotations, toc.count
-
-
-def _skippable_header(size: int) -> bytes:
-    """The 8 bytes that start a skippable frame of `size` bytes (skippable_frame's header)."""
-    return SKIPPABLE_MAGIC + size.to_bytes(4, "little")
 
 
 def _write_plain(tar: TarStream, out: _HashingWriter, level: int) -> None:
