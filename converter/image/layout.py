@@ -356,8 +356,7 @@ class LayoutSource(_LayoutReader):
         return [self.read_blob_range(desc, offset, length) for offset, length in ranges]  # seeks
 
     def read_blob_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0 or offset + length > desc.size:
-            return super().read_blob_range(desc, offset, length)  # raises the range error
+        self.check_range(desc, offset, length)
         try:
             with self._open(blob_relpath(desc.digest)) as f:
                 f.seek(offset)

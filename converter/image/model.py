@@ -607,16 +607,20 @@ class ImageSource(ABC):
         May be called several times for the same blob (each call is a new stream).
         """
 
+    def check_range(self, desc: Descriptor, offset: int, length: int) -> None:
+        """BadInputError unless [offset, offset+length) lies within the blob (what every ranged read checks first)."""
+        if offset < 0 or length < 0 or offset + length > desc.size:
+            raise BadInputError(
+                f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes"
+            )
+
     def read_blob_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
         """`length` bytes of the blob from `offset` (not digest-verified: it is a part).
 
         Used to read a zstd:chunked TOC without the whole layer. This default
         streams from the start; layouts seek, registries send a Range request.
         """
-        if offset < 0 or length < 0 or offset + length > desc.size:
-            raise BadInputError(
-                f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes"
-            )
+        self.check_range(desc, offset, length)
         with self.open_blob(desc) as r:
             remaining = offset
             while remaining:
@@ -638,10 +642,7 @@ class ImageSource(ABC):
         (multipart/byteranges).
         """
         for offset, length in ranges:
-            if offset < 0 or length < 0 or offset + length > desc.size:
-                raise BadInputError(
-                    f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes"
-                )
+            self.check_range(desc, offset, length)
         spans: list[list[int]] = []  # the asked ranges merged, in blob order
         for offset, length in sorted(r for r in ranges if r[1] > 0):
             if spans and offset <= spans[-1][1]:

@@ -141,18 +141,12 @@ class DockerSource(ImageSource):
         return VerifyingReader(stream, desc.digest, desc.size, f"{self.description} blob {short(desc.digest)}")  # type: ignore[arg-type]
 
     def read_blob_range(self, desc: Descriptor, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0 or offset + length > desc.size:
-            raise BadInputError(
-                f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes"
-            )
+        self.check_range(desc, offset, length)
         return self.client.get_range(self.repository, desc.digest, offset, length)
 
     def read_blob_ranges(self, desc: Descriptor, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         for offset, length in ranges:
-            if offset < 0 or length < 0 or offset + length > desc.size:
-                raise BadInputError(
-                    f"{self.description}: range {offset}+{length} outside blob {short(desc.digest)} of {desc.size} bytes"
-                )
+            self.check_range(desc, offset, length)
         return self.client.get_ranges(self.repository, desc.digest, ranges, desc.size)
 
     def check_range_requests(self, desc: Descriptor) -> RangeCheck:
