@@ -98,14 +98,7 @@ class TarSplitWriter:
             if clean != text:
                 self._claim(clean, clean.encode("ascii"))
                 return
-        else:
-            clean = text
-        self._hashes.append(_name_hash(clean))
-        log = self._names
-        log += len(name).to_bytes(4, "little")
-        log += name
-        if len(log) >= self.NAMES_FLUSH:
-            self._flush_names()
+        self._claim(text, name)
 
     def _claim(self, clean: str, raw: bytes) -> None:
         """Record a cleaned name (`raw`: its bytes, UTF-8 with surrogateescape) for the duplicate check."""
